@@ -1,0 +1,39 @@
+"""Lazy imports of optional, heavy frameworks with a one-line message when missing."""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from shipyard.errors import MissingDependencyError
+
+# module -> (pip package, shipyard extra)
+_KNOWN = {
+    "tensorflow": ("tensorflow-cpu", "tf"),
+    "tf2onnx": ("tf2onnx", "tf"),
+    "keras": ("tensorflow-cpu", "tf"),
+    "torch": ("torch", "torch"),
+    "ai_edge_litert": ("ai-edge-litert", "tflite"),
+    "onnxruntime": ("onnxruntime", "all"),
+    "onnxslim": ("onnxslim", "onnx-tools"),
+}
+
+
+def quiet_tensorflow_logs() -> None:
+    """Keep TensorFlow's C++ start-up chatter off the user's terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the extra to install."""
+    if module in ("tensorflow", "keras", "tf2onnx"):
+        quiet_tensorflow_logs()
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        package, extra = _KNOWN.get(top, (top, "all"))
+        if exc.name and exc.name.split(".")[0] != top:
+            # The package is there but one of *its* dependencies is broken: say so.
+            raise MissingDependencyError(exc.name, extra, f"{purpose} (via {module})") from exc
+        raise MissingDependencyError(package, extra, purpose) from exc

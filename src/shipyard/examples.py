@@ -1,0 +1,169 @@
+"""Small real models built on the spot: the demo's example and the test suite's fixtures.
+
+Each builder trains nothing heavy; weights are random but batch-norm statistics are set to
+non-trivial values so that a broken conversion shows up as a real numeric difference.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from shipyard.deps import require
+
+KERAS_INPUT_SHAPE = (12, 12, 3)
+TORCH_INPUT_SHAPE = (3, 12, 12)
+
+
+def keras_cnn(seed: int = 0):
+    """A small Keras CNN with conv, batch norm, depthwise conv, pooling and a dense head."""
+    require("tensorflow", "Building the example Keras model")
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(KERAS_INPUT_SHAPE, name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(6.0, name="relu1")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.ReLU(name="relu2")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Conv2D(16, 1, name="conv3", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(10, name="logits")(x)
+    out = keras.layers.Softmax(name="probs")(x)
+    model = keras.Model(inp, out, name="example_cnn")
+    randomize_batchnorm(model, seed)
+    return model
+
+
+def randomize_batchnorm(model, seed: int = 0) -> None:
+    """Give every BatchNormalization layer non-trivial statistics (fresh ones are identity)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.__class__.__name__ == "BatchNormalization":
+            gamma, beta, mean, var = (w.shape for w in layer.get_weights())
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma).astype("float32"),
+                rng.normal(0, 0.1, beta).astype("float32"),
+                rng.normal(0, 0.1, mean).astype("float32"),
+                rng.uniform(0.5, 1.5, var).astype("float32"),
+            ])
+
+
+def save_keras_family(model, directory: Path) -> dict[str, Path]:
+    """Write one Keras model in every TensorFlow-side format; returns {name: path}."""
+    tf = require("tensorflow", "Saving the example models")
+    import tf2onnx
+    from google.protobuf import text_format
+
+    from shipyard.convert.tf_freeze import freeze_concrete_function, keras_concrete_function
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "keras": directory / "model.keras",
+        "h5": directory / "model.h5",
+        "savedmodel": directory / "saved_model",
+        "pb": directory / "frozen.pb",
+        "pbtxt": directory / "frozen.pbtxt",
+        "tflite": directory / "model.tflite",
+        "onnx": directory / "model.onnx",
+    }
+    model.save(paths["keras"])
+    model.save(paths["h5"])
+    model.export(str(paths["savedmodel"]), verbose=False)
+    concrete = keras_concrete_function(model)
+    graph_def = freeze_concrete_function(concrete)
+    paths["pb"].write_bytes(graph_def.SerializeToString())
+    paths["pbtxt"].write_text(text_format.MessageToString(graph_def))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    paths["tflite"].write_bytes(converter.convert())
+    inputs = [n.name + ":0" for n in graph_def.node if n.op == "Placeholder"]
+    outputs = [t.name for t in concrete.outputs] if hasattr(concrete, "outputs") else ["Identity:0"]
+    onnx_model, _ = tf2onnx.convert.from_graph_def(
+        graph_def, input_names=inputs, output_names=outputs, opset=17
+    )
+    paths["onnx"].write_bytes(onnx_model.SerializeToString())
+    return paths
+
+
+def tf1_training_graph(directory: Path, seed: int = 0) -> dict[str, Path]:
+    """A TF1-style classifier: placeholders, variables, Adam train op and a Saver.
+
+    Writes the GraphDef (``graph.pb``), a checkpoint with its ``.meta`` and returns the
+    paths plus the tensor names a C/C++ user would look up.
+    """
+    tf = require("tensorflow", "Building the TF1 example graph")
+    v1 = tf.compat.v1
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(seed)
+        x = v1.placeholder(tf.float32, [None, 8], name="x")
+        y = v1.placeholder(tf.float32, [None, 3], name="y")
+        w1 = v1.get_variable("dense1/kernel", [8, 16], initializer=v1.glorot_uniform_initializer(seed=seed))
+        b1 = v1.get_variable("dense1/bias", [16], initializer=v1.zeros_initializer())
+        w2 = v1.get_variable("dense2/kernel", [16, 3], initializer=v1.glorot_uniform_initializer(seed=seed + 1))
+        b2 = v1.get_variable("dense2/bias", [3], initializer=v1.zeros_initializer())
+        hidden = tf.nn.relu(tf.matmul(x, w1) + b1, name="hidden")
+        logits = tf.add(tf.matmul(hidden, w2), b2, name="logits")
+        tf.nn.softmax(logits, name="probs")
+        loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=logits), name="loss")
+        v1.train.AdamOptimizer(0.01).minimize(loss, name="train")
+        init = v1.global_variables_initializer()
+        saver = v1.train.Saver()
+        with v1.Session(graph=graph) as sess:
+            sess.run(init)
+            prefix = saver.save(sess, str(directory / "model.ckpt"))
+        tf.io.write_graph(graph.as_graph_def(), str(directory), "graph.pb", as_text=False)
+    return {
+        "graph": directory / "graph.pb",
+        "checkpoint": Path(prefix),
+        "meta": Path(prefix + ".meta"),
+        "directory": directory,
+    }
+
+
+def torch_cnn(seed: int = 0):
+    """A small torch CNN (conv, batch norm, pooling, linear) in eval mode."""
+    torch = require("torch", "Building the example PyTorch model")
+    nn = torch.nn
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def save_torch_family(model, directory: Path) -> dict[str, Path]:
+    """TorchScript (traced) and ONNX (TorchScript-based exporter, one file) of a torch module."""
+    torch = require("torch", "Saving the example PyTorch model")
+    directory.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(1, *TORCH_INPUT_SHAPE)
+    paths = {"torchscript": directory / "model.pt", "onnx": directory / "model_torch.onnx"}
+    traced = torch.jit.trace(model, example)
+    traced.save(str(paths["torchscript"]))
+    torch.onnx.export(
+        model, (example,), str(paths["onnx"]), input_names=["input"], output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+    return paths
+
+
+def quiet_keras_home(directory: Path) -> None:
+    """Keep Keras from writing ~/.keras/keras.json on first import."""
+    os.environ.setdefault("KERAS_HOME", str(directory))

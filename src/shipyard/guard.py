@@ -1,0 +1,121 @@
+"""Contain native crashes: the CLI does its work in a forked child process.
+
+Runtimes and converters are C++; a corrupt model can make them abort or segfault, which
+would kill the CLI with no message. The parent process stays tiny (only the standard
+library is imported when it forks, so forking is safe and costs about a millisecond),
+waits for the child, and turns death by a signal into one clear line naming what the child
+was doing. Temporary output files the child announced are removed, so nothing half-written
+is left behind.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+_channel: int | None = None  # write end of the pipe to the parent, in the child only
+
+
+def _send(kind: str, text: str) -> None:
+    if _channel is not None:
+        try:
+            os.write(_channel, f"{kind}\t{text}\n".encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def stage(text: str) -> None:
+    """Say what the process is about to do (reported if it crashes natively)."""
+    _send("stage", text)
+
+
+def register_temp(path: Path) -> None:
+    _send("tmp", str(path))
+
+
+def run_guarded(work: Callable[[], int]) -> int:
+    """Run ``work`` in a child process and return its exit code (3 on a native crash)."""
+    if not hasattr(os, "fork") or os.environ.get("SHIPYARD_NO_FORK") == "1":
+        return work()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_end)
+        global _channel
+        _channel = write_end
+        code = 1
+        try:
+            code = work()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except KeyboardInterrupt:
+            code = 130
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    messages = _collect(read_end, pid)
+    _, status = _wait(pid)
+    if os.WIFSIGNALED(status):
+        return _report_crash(os.WTERMSIG(status), messages)
+    return os.WEXITSTATUS(status)
+
+
+def _collect(fd: int, pid: int) -> list[tuple[str, str]]:
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except KeyboardInterrupt:
+            continue  # the child got the same SIGINT; wait for it to finish
+        if not data:
+            break
+        chunks.append(data)
+    os.close(fd)
+    lines = b"".join(chunks).decode("utf-8", "replace").splitlines()
+    return [tuple(line.split("\t", 1)) for line in lines if "\t" in line]  # type: ignore[misc]
+
+
+def _wait(pid: int):
+    while True:
+        try:
+            return os.waitpid(pid, 0)
+        except KeyboardInterrupt:
+            continue
+        except ChildProcessError:
+            return pid, 0
+
+
+def _report_crash(sig: int, messages: list[tuple[str, str]]) -> int:
+    stages = [text for kind, text in messages if kind == "stage"]
+    for kind, text in messages:
+        if kind == "tmp":
+            _remove(Path(text))
+    name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+    doing = stages[-1] if stages else "working"
+    if sig == signal.SIGINT:
+        print("shipyard: interrupted", file=sys.stderr)
+        return 130
+    print(
+        f"shipyard: a native library crashed ({name}) while {doing}.\n"
+        "  hint: the model is probably corrupt or uses something this runtime does not support; "
+        "try another --backend, or re-export the model",
+        file=sys.stderr,
+    )
+    return 3
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()

@@ -1,0 +1,107 @@
+"""The model handle and its signature types.
+
+A :class:`Model` is only a (format, path) pair: sniffing reads a few bytes, and nothing is
+parsed or imported until a summary, signature or runner is asked for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+Dim = Union[int, str]  # a static size, -1 for an unknown size, or a symbol such as "batch"
+
+FORMATS = (
+    "onnx",
+    "tflite",
+    "tf-graphdef",
+    "tf-checkpoint",
+    "tf-savedmodel",
+    "keras",
+    "torchscript",
+    "tfjs",
+)
+
+
+def tensor_name(name: str) -> str:
+    """Canonical tensor name: ``"x:0"`` and ``"x"`` both mean output 0 of node ``x``."""
+    return name[:-2] if name.endswith(":0") else name
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype (a numpy dtype name, or ``"string"``) and shape of one model input or output.
+
+    ``shape`` is ``None`` when even the rank is unknown; dynamic dimensions are ``-1`` or a
+    symbolic name.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...] | None
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) and d >= 0 for d in self.shape)
+
+    def concrete_shape(self, fill: int = 1) -> tuple[int, ...]:
+        """The shape with every dynamic dimension replaced by ``fill`` (used for generated inputs)."""
+        if self.shape is None:
+            raise ValueError(f"the rank of '{self.name}' is unknown")
+        return tuple(d if isinstance(d, int) and d >= 0 else fill for d in self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
+
+    def describe(self) -> str:
+        shape = "?" if self.shape is None else "[" + ", ".join(str(d) for d in self.shape) + "]"
+        return f"{self.name} {self.dtype}{shape}"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The inputs and outputs of a model, in the order the model declares them."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec | None:
+        return _find(self.inputs, name)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return _find(self.outputs, name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs]}
+
+
+def _find(specs: tuple[TensorSpec, ...], name: str) -> TensorSpec | None:
+    wanted = tensor_name(name)
+    for spec in specs:
+        if tensor_name(spec.name) == wanted:
+            return spec
+    return None
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model file (or directory) whose format is known.
+
+    ``path`` is what the user named; for a TF1 checkpoint it is the checkpoint prefix, and
+    ``extras`` holds companion paths (``meta`` graph, checkpoint directory) found next to it.
+    """
+
+    format: str
+    path: Path
+    extras: dict[str, Path] = field(default_factory=dict, compare=False)
+
+    @property
+    def display(self) -> str:
+        return str(self.path)
+
+
+def open_model(path: str | Path) -> Model:
+    """Recognise a model by its content (see :mod:`shipyard.sniff`)."""
+    from shipyard.sniff import sniff
+
+    return sniff(Path(path))

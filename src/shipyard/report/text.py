@@ -1,0 +1,90 @@
+"""Terminal rendering of inspect and run results (plain text, no dependency)."""
+from __future__ import annotations
+
+import numpy as np
+
+from shipyard.summary import Summary
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def human_count(n: float | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def _shape(shape) -> str:
+    return "?" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def render_summary(s: Summary) -> str:
+    lines = [f"{s.path}", f"  format     {s.format}" + (f" ({s.version})" if s.version else "")]
+    if s.producer:
+        lines.append(f"  producer   {s.producer}")
+    lines.append(f"  size       {human_bytes(s.size_bytes)}")
+    for title, specs in (("inputs", s.inputs), ("outputs", s.outputs)):
+        lines.append(f"  {title:<10} {len(specs)}")
+        width = max((len(t.name) for t in specs), default=0)
+        for t in specs:
+            lines.append(f"    {t.name:<{width}}  {t.dtype:<8} {_shape(t.shape)}")
+    per_dtype = ", ".join(f"{k} {human_bytes(v)}" for k, v in s.param_bytes.items())
+    lines.append(f"  params     {s.params:,}" + (f"  ({per_dtype})" if per_dtype else ""))
+    flops = human_count(s.flops)
+    if s.flops is not None:
+        top = ", ".join(f"{k} {human_count(v)}" for k, v in list(s.flops_by_op.items())[:5])
+        flops += f" FLOPs per sample ({top})" if top else " FLOPs per sample"
+    elif s.details.get("flops_unavailable"):
+        flops += f" ({s.details['flops_unavailable']})"
+    lines.append(f"  flops      {flops}")
+    uncounted = s.details.get("flops_uncounted_ops")
+    if uncounted:
+        lines.append("             not counted: " + ", ".join(f"{k} x{v}" for k, v in uncounted.items()))
+    lines.append(f"  ops        {s.node_count} nodes, {len(s.ops)} types")
+    items = [f"{op} {n}" for op, n in s.ops.items()]
+    for i in range(0, len(items), 6):
+        lines.append("    " + ", ".join(items[i : i + 6]))
+    for key in ("control_edges", "devices", "saver", "signatures", "signature_keys", "custom_ops"):
+        if s.details.get(key):
+            lines.append(f"  {key.replace('_', ' '):<10} {s.details[key]}")
+    for key, value in s.metadata.items():
+        lines.append(f"  meta       {key}: {str(value)[:80]}")
+    return "\n".join(lines)
+
+
+def array_stats(value: np.ndarray) -> dict:
+    stats = {"shape": list(value.shape), "dtype": value.dtype.name}
+    if value.size and value.dtype.kind in "fiub":
+        v = value.astype(np.float64)
+        finite = np.isfinite(v)
+        stats.update(
+            min=float(np.min(v)), max=float(np.max(v)), mean=float(np.mean(v)), std=float(np.std(v)),
+            nonfinite=int((~finite).sum()),
+        )
+        if value.ndim == 2 and value.shape[-1] > 1:
+            stats["argmax"] = [int(i) for i in value.argmax(-1)[:8]]
+    return stats
+
+
+def render_outputs(outputs: dict[str, dict], backend: str, latency_ms: float) -> str:
+    lines = [f"backend {backend}, {latency_ms:.2f} ms"]
+    width = max((len(n) for n in outputs), default=0)
+    for name, st in outputs.items():
+        line = f"  {name:<{width}}  {st['dtype']:<8} {_shape(st['shape'])}"
+        if "min" in st:
+            line += f"  min {st['min']:.6g}  max {st['max']:.6g}  mean {st['mean']:.6g}  std {st['std']:.6g}"
+        if st.get("nonfinite"):
+            line += f"  NaN/Inf: {st['nonfinite']}"
+        if "argmax" in st:
+            line += f"  argmax {st['argmax']}"
+        lines.append(line)
+    return "\n".join(lines)

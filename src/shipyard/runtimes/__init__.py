@@ -1,0 +1,61 @@
+"""One Runner per engine; ``open_runner`` picks the engine a format runs on by default.
+
+Engines are imported only when a runner for them is opened.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from shipyard import guard
+from shipyard.errors import UsageError
+from shipyard.model import Model
+
+BACKENDS = {
+    "onnxruntime": ("shipyard.runtimes.ort", "OnnxRuntimeRunner"),
+    "litert": ("shipyard.runtimes.litert", "LiteRTRunner"),
+    "tensorflow": ("shipyard.runtimes.tensorflow", "TensorFlowRunner"),
+    "torch": ("shipyard.runtimes.torch", "TorchScriptRunner"),
+}
+ALIASES = {"ort": "onnxruntime", "tflite": "litert", "tf": "tensorflow", "pytorch": "torch", "torchscript": "torch"}
+DEFAULT_BACKEND = {
+    "onnx": "onnxruntime",
+    "tflite": "litert",
+    "tf-graphdef": "tensorflow",
+    "tf-checkpoint": "tensorflow",
+    "tf-savedmodel": "tensorflow",
+    "keras": "tensorflow",
+    "tfjs": "tensorflow",
+    "torchscript": "torch",
+}
+SUPPORTED = {
+    "onnxruntime": {"onnx"},
+    "litert": {"tflite"},
+    "tensorflow": {"tf-graphdef", "tf-checkpoint", "tf-savedmodel", "keras", "tfjs"},
+    "torch": {"torchscript"},
+}
+
+
+def backend_name(name: str) -> str:
+    canonical = ALIASES.get(name.lower(), name.lower())
+    if canonical not in BACKENDS:
+        raise UsageError(f"unknown backend '{name}'", hint=f"backends: {', '.join(BACKENDS)}")
+    return canonical
+
+
+def open_runner(path_or_model: str | Path | Model, backend: str | None = None, threads: int | None = None, **options):
+    """A ready-to-run :class:`~shipyard.runtimes.base.Runner` (use it as a context manager)."""
+    from shipyard.inspect import as_model
+
+    model = as_model(path_or_model)
+    name = backend_name(backend) if backend else DEFAULT_BACKEND[model.format]
+    if model.format not in SUPPORTED[name]:
+        runs_on = ", ".join(b for b, fmts in SUPPORTED.items() if model.format in fmts)
+        raise UsageError(
+            f"the {name} backend cannot run a {model.format} model",
+            hint=f"{model.format} runs on: {runs_on}; convert it first with 'shipyard convert'",
+        )
+    module_name, class_name = BACKENDS[name]
+    guard.stage(f"loading {model.display} with {name}")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(model, threads=threads, **options)

@@ -1,0 +1,100 @@
+"""The Runner interface every engine implements, and the feed validation they share.
+
+A runner is a context manager with a ``signature`` and ``run(feeds) -> {name: ndarray}``.
+Feeds are checked against the signature before they reach a native engine, so a wrong
+name, dtype, rank or static dimension gets a message naming the input and both values.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from shipyard.errors import InputError
+from shipyard.model import Model, Signature, TensorSpec, tensor_name
+
+
+@runtime_checkable
+class Runner(Protocol):
+    backend: str
+    model: Model
+    signature: Signature
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Runner": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+class BaseRunner:
+    """Shared plumbing: context management and validated feeds; engines implement ``_run``."""
+
+    backend = "base"
+
+    def __init__(self, model: Model, signature: Signature, threads: int | None = None):
+        self.model = model
+        self.signature = signature
+        self.threads = threads
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the engine's resources; engines override when they hold any."""
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checked = validate_feeds(self.signature, feeds)
+        outputs = self._run(checked)
+        return {name: np.asarray(value) for name, value in outputs.items()}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError  # each engine's subclass implements this
+
+
+def validate_feeds(signature: Signature, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Feeds keyed by the signature's own names, each checked for dtype, rank and static dims."""
+    out: dict[str, np.ndarray] = {}
+    given = {tensor_name(k): k for k in feeds}
+    for spec in signature.inputs:
+        key = given.pop(tensor_name(spec.name), None)
+        if key is None:
+            raise InputError(
+                f"missing input '{spec.name}' (expected {spec.describe()})",
+                hint="inputs: " + ", ".join(s.describe() for s in signature.inputs),
+            )
+        out[spec.name] = check_array(spec, np.asarray(feeds[key]))
+    if given:
+        unknown = ", ".join(sorted(given.values()))
+        raise InputError(
+            f"unknown input name(s): {unknown}",
+            hint="the model's inputs are: " + ", ".join(s.name for s in signature.inputs),
+        )
+    return out
+
+
+def check_array(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
+    expected = spec.dtype
+    if expected not in ("unknown", "string") and value.dtype.name != expected:
+        if not np.can_cast(value.dtype, expected, casting="same_kind") or value.dtype.kind != np.dtype(expected).kind:
+            raise InputError(f"input '{spec.name}': expected dtype {expected}, got {value.dtype.name}")
+        value = value.astype(expected)
+    if spec.shape is not None:
+        if value.ndim != len(spec.shape):
+            raise InputError(
+                f"input '{spec.name}': expected rank {len(spec.shape)} (shape {list(spec.shape)}), "
+                f"got rank {value.ndim} (shape {list(value.shape)})"
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
+            if isinstance(want, int) and want >= 0 and want != got:
+                raise InputError(
+                    f"input '{spec.name}': dimension {axis} must be {want}, got {got} "
+                    f"(expected shape {list(spec.shape)}, given {list(value.shape)})"
+                )
+    return value

@@ -1,0 +1,59 @@
+"""LiteRT (TFLite) runner through ``ai_edge_litert``; dynamic dims are resized per call."""
+from __future__ import annotations
+
+import numpy as np
+
+from shipyard.deps import require
+from shipyard.errors import ModelLoadError
+from shipyard.formats.tflite import TFLiteFile
+from shipyard.model import Model, Signature
+from shipyard.runtimes.base import BaseRunner
+
+
+class LiteRTRunner(BaseRunner):
+    backend = "litert"
+
+    def __init__(self, model: Model, threads: int | None = None, model_bytes: bytes | None = None,
+                 preserve_all_tensors: bool = False):
+        # Parse (and bounds-check) the flatbuffer first: LiteRT trusts offsets and can crash on a bad file.
+        parsed = TFLiteFile(model.path) if model_bytes is None else None
+        signature: Signature = parsed.signature() if parsed else Signature((), ())
+        interp_mod = require("ai_edge_litert.interpreter", "Running a TFLite model")
+        kwargs = {"num_threads": threads} if threads else {}
+        try:
+            if model_bytes is not None:
+                self.interpreter = interp_mod.Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=preserve_all_tensors, **kwargs)
+            else:
+                self.interpreter = interp_mod.Interpreter(model_path=str(model.path), experimental_preserve_all_tensors=preserve_all_tensors, **kwargs)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0][:300]
+            hint = "ops from TensorFlow (Flex) need the select-TF-ops runtime" if "Flex" in str(exc) or "custom op" in str(exc).lower() else None
+            raise ModelLoadError(f"{model.path}: LiteRT cannot load the model ({first})", hint=hint) from exc
+        self._inputs = self.interpreter.get_input_details()
+        self._outputs = self.interpreter.get_output_details()
+        if not signature.inputs and not signature.outputs:
+            from shipyard.model import TensorSpec
+
+            def spec(d):
+                return TensorSpec(d["name"], np.dtype(d["dtype"]).name, tuple(int(x) for x in d.get("shape_signature", d["shape"])))
+
+            signature = Signature(tuple(spec(d) for d in self._inputs), tuple(spec(d) for d in self._outputs))
+        super().__init__(model, signature, threads)
+
+    def _run(self, feeds):
+        interp = self.interpreter
+        resized = False
+        for detail, spec in zip(self._inputs, self.signature.inputs):
+            value = feeds[spec.name]
+            if tuple(detail["shape"]) != value.shape:
+                interp.resize_tensor_input(detail["index"], value.shape, strict=False)
+                resized = True
+        if resized:
+            interp.allocate_tensors()
+            self._inputs = interp.get_input_details()
+            self._outputs = interp.get_output_details()
+        for detail, spec in zip(self._inputs, self.signature.inputs):
+            interp.set_tensor(detail["index"], feeds[spec.name])
+        interp.invoke()
+        return {spec.name: interp.get_tensor(d["index"]).copy() for d, spec in zip(self._outputs, self.signature.outputs)}
