@@ -60,22 +60,23 @@ class BaseRunner:
 
 def validate_feeds(signature: Signature, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Feeds keyed by the signature's own names, each checked for dtype, rank and static dims."""
-    out: dict[str, np.ndarray] = {}
+    known = {tensor_name(spec.name) for spec in signature.inputs}
+    unknown = sorted(k for k in feeds if tensor_name(k) not in known)
+    if unknown:
+        raise InputError(
+            f"unknown input name(s): {', '.join(unknown)}",
+            hint="the model's inputs are: " + ", ".join(s.describe() for s in signature.inputs),
+        )
     given = {tensor_name(k): k for k in feeds}
+    out: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
-        key = given.pop(tensor_name(spec.name), None)
+        key = given.get(tensor_name(spec.name))
         if key is None:
             raise InputError(
                 f"missing input '{spec.name}' (expected {spec.describe()})",
                 hint="inputs: " + ", ".join(s.describe() for s in signature.inputs),
             )
         out[spec.name] = check_array(spec, np.asarray(feeds[key]))
-    if given:
-        unknown = ", ".join(sorted(given.values()))
-        raise InputError(
-            f"unknown input name(s): {unknown}",
-            hint="the model's inputs are: " + ", ".join(s.name for s in signature.inputs),
-        )
     return out
 
 
