@@ -68,6 +68,20 @@ def read_weights(path: Path, doc: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def full_graph_def(path: Path, doc: dict):
+    """The topology with every constant's value put back from the shards (no TensorFlow)."""
+    gd = graph_def(doc, path)
+    if gd is None:
+        return None
+    values = read_weights(path, doc)
+    for node in gd.node:
+        if node.name in values and node.op == "Const":
+            tensor = node.attr["value"].tensor
+            value = values[node.name]
+            tensor.tensor_content = np.ascontiguousarray(value, dtype=tf_protos.dtype_name(tensor.dtype)).tobytes()
+    return gd
+
+
 def _sig_from_doc(doc: dict) -> Signature | None:
     sig = doc.get("signature") or doc.get("userDefinedMetadata", {}).get("signature")
     if not sig:
@@ -98,7 +112,7 @@ def signature(model: Model) -> Signature:
 
 def summarize(model: Model) -> Summary:
     path, doc = model_json(model)
-    gd = graph_def(doc, path)
+    gd = full_graph_def(path, doc)
     params = 0
     param_bytes: dict[str, int] = {}
     for w in weights(doc):

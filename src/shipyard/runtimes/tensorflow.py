@@ -98,16 +98,10 @@ class TensorFlowRunner(BaseRunner):
         from shipyard.formats import tfjs
 
         path, doc = tfjs.model_json(model)
-        gd = tfjs.graph_def(doc, path)
+        gd = tfjs.full_graph_def(path, doc)
         if gd is None:
             raise UnsupportedError(f"{path}: TF.js layers models cannot be run by shipyard (graph models can)")
-        values = tfjs.read_weights(path, doc)
-        tf = self.tf
-        tf_gd = tf.compat.v1.GraphDef.FromString(gd.SerializeToString())
-        for node in tf_gd.node:
-            if node.name in values:
-                node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(values[node.name]))
-        self._import(tf_gd.SerializeToString(), model, threads)
+        self._import(gd.SerializeToString(), model, threads)
         return tfjs.signature(model)
 
     # -- TF2 ----------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Writing a TF.js graph model (``model.json`` + binary weight shards) from a GraphDef.
+
+Why by hand: the ``tensorflowjs`` converter cannot be installed next to TensorFlow 2.21
+(it pins TF 2.19 and protobuf < 6 through tensorflow-decision-forests). The graph-model
+format is small and documented: the topology is the GraphDef as proto3 JSON with constant
+values moved out into little-endian shards listed in a weights manifest. No TensorFlow is
+needed to write it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from shipyard.atomic import atomic_path
+from shipyard.errors import UnsupportedError
+from shipyard.formats import tf_protos
+from shipyard.formats.tf_graph import signature_of
+from shipyard.model import Signature
+
+SHARD_BYTES = 4 * 1024 * 1024  # TF.js's default shard size
+_WEIGHT_DTYPES = {"float32": "float32", "int32": "int32", "bool": "bool"}
+
+
+def _tensor_info(spec) -> dict:
+    info = {"name": spec.name if ":" in spec.name else f"{spec.name}:0", "dtype": _dt_enum_name(spec.dtype)}
+    if spec.shape is not None:
+        info["tensorShape"] = {"dim": [{"size": str(d if isinstance(d, int) else -1)} for d in spec.shape]}
+    return info
+
+
+def _dt_enum_name(dtype: str) -> str:
+    reverse = {v: k for k, v in tf_protos.DTYPES.items()}
+    from tensorboard.compat.proto import types_pb2
+
+    return types_pb2.DataType.Name(reverse.get(dtype, 1))
+
+
+def write_graph_model(graph_def, out_dir: Path, signature: Signature | None = None) -> Path:
+    """Write ``out_dir/model.json`` and its shards; returns the model.json path."""
+    topology = tf_protos.GraphDef()
+    topology.CopyFrom(graph_def)
+    manifest_weights: list[dict] = []
+    blobs: list[bytes] = []
+    for node in topology.node:
+        if node.op != "Const":
+            continue
+        tensor = node.attr["value"].tensor
+        value = tf_protos.tensor_to_numpy(tensor)
+        dtype = tf_protos.dtype_name(tensor.dtype)
+        if value is None or dtype not in _WEIGHT_DTYPES:
+            raise UnsupportedError(
+                f"constant '{node.name}' has dtype {dtype}, which TF.js weights cannot hold",
+                hint="TF.js weights are float32, int32 or bool",
+            )
+        manifest_weights.append({"name": node.name, "shape": list(value.shape), "dtype": _WEIGHT_DTYPES[dtype]})
+        blobs.append(value.astype(value.dtype.newbyteorder("<")).tobytes())
+        kept_shape = tensor.tensor_shape
+        tensor.Clear()
+        tensor.dtype = tf_protos.types_enum(_dt_enum_name(dtype))
+        tensor.tensor_shape.CopyFrom(kept_shape)
+    data = b"".join(blobs)
+    shard_count = max(1, -(-len(data) // SHARD_BYTES))
+    names = [f"group1-shard{i + 1}of{shard_count}.bin" for i in range(shard_count)]
+    signature = signature or signature_of(graph_def)
+    doc = {
+        "format": "graph-model",
+        "generatedBy": f"GraphDef producer {graph_def.versions.producer}",
+        "convertedBy": "shipyard",
+        "modelTopology": json_format.MessageToDict(topology),
+        "weightsManifest": [{"paths": names, "weights": manifest_weights}],
+        "signature": {
+            "inputs": {s.name: _tensor_info(s) for s in signature.inputs},
+            "outputs": {s.name: _tensor_info(s) for s in signature.outputs},
+        },
+    }
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir, directory=True) as tmp:
+        for i, name in enumerate(names):
+            (tmp / name).write_bytes(data[i * SHARD_BYTES : (i + 1) * SHARD_BYTES])
+        (tmp / "model.json").write_text(json.dumps(doc))
+    return out_dir / "model.json"

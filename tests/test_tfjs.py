@@ -1,0 +1,53 @@
+"""TF.js graph models: written from a frozen GraphDef, then sniffed, inspected and run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shipyard.convert.tfjs_writer import write_graph_model
+from shipyard.errors import ModelFormatError
+from shipyard.formats import tf_protos
+from shipyard.inspect import inspect_model
+from shipyard.model import open_model
+from shipyard.runtimes import open_runner
+
+
+@pytest.fixture(scope="module")
+def tfjs_dir(keras_paths, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tfjs") / "web_model"
+    graph_def, _ = tf_protos.parse_graph_file(keras_paths["pb"])
+    write_graph_model(graph_def, out)
+    return out
+
+
+def test_written_model_inspects_like_its_graph(tfjs_dir, keras_paths):
+    assert open_model(tfjs_dir).format == "tfjs"
+    s = inspect_model(tfjs_dir)
+    pb = inspect_model(keras_paths["pb"])
+    assert s.ops == pb.ops
+    assert s.params == pb.params
+    assert s.flops == pb.flops
+    assert [t.name for t in s.inputs] == ["image"] and [t.name for t in s.outputs] == ["Identity"]
+    doc = json.loads((tfjs_dir / "model.json").read_text())
+    assert doc["format"] == "graph-model" and doc["weightsManifest"][0]["paths"] == ["group1-shard1of1.bin"]
+
+
+def test_tfjs_runs_like_keras(tfjs_dir, keras_example):
+    _, _, x, ref = keras_example
+    with open_runner(tfjs_dir) as runner:
+        out = runner.run({"image": x})
+    np.testing.assert_allclose(out["Identity"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_truncated_shard(tfjs_dir, tmp_path):
+    import shutil
+
+    dst = tmp_path / "cut"
+    shutil.copytree(tfjs_dir, dst)
+    shard = dst / "group1-shard1of1.bin"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        with open_runner(dst) as runner:
+            runner.run({"image": np.zeros((1, 12, 12, 3), "float32")})
