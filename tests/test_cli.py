@@ -68,6 +68,9 @@ def test_native_crash_is_contained(tmp_path, capfd):
 
     def crash() -> int:
         import ctypes
+        import faulthandler
+
+        faulthandler.disable()  # pytest's handler would print a dump; the CLI has none
 
         leftover.write_bytes(b"half")
         guard.register_temp(leftover)

@@ -7,9 +7,10 @@ import pytest
 from shipyard.errors import InputError, UsageError
 from shipyard.runtimes import open_runner
 
-KERAS_FAMILY = ["keras", "h5", "savedmodel", "pb", "pbtxt", "tflite", "onnx"]
+KERAS_FAMILY = ["keras", "h5", "savedmodel", "pb", "pbtxt", "tflite", "onnx", "tfjs"]
 EXPECTED_BACKEND = {"keras": "tensorflow", "h5": "tensorflow", "savedmodel": "tensorflow", "pb": "tensorflow",
-                    "pbtxt": "tensorflow", "tflite": "litert", "onnx": "onnxruntime"}
+                    "pbtxt": "tensorflow", "tflite": "litert", "onnx": "onnxruntime",
+                    "tfjs": "tensorflow"}
 
 
 @pytest.mark.parametrize("name", KERAS_FAMILY)

@@ -14,7 +14,7 @@ from shipyard.model import open_model
 
 KERAS_FORMATS = {
     "keras": "keras", "h5": "keras", "savedmodel": "tf-savedmodel", "pb": "tf-graphdef",
-    "pbtxt": "tf-graphdef", "tflite": "tflite", "onnx": "onnx",
+    "pbtxt": "tf-graphdef", "tflite": "tflite", "onnx": "onnx", "tfjs": "tfjs",
 }
 
 

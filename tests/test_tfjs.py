@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shipyard.convert.tfjs_writer import write_graph_model
-from shipyard.errors import ModelFormatError
+from shipyard.errors import ModelFormatError, UnsupportedError
 from shipyard.formats import tf_protos
 from shipyard.inspect import inspect_model
 from shipyard.model import open_model
@@ -15,11 +15,19 @@ from shipyard.runtimes import open_runner
 
 
 @pytest.fixture(scope="module")
-def tfjs_dir(keras_paths, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tfjs") / "web_model"
-    graph_def, _ = tf_protos.parse_graph_file(keras_paths["pb"])
-    write_graph_model(graph_def, out)
-    return out
+def tfjs_dir(keras_paths):
+    return keras_paths["tfjs"]  # written by shipyard.convert.tfjs_writer from the frozen graph
+
+
+def test_writer_refuses_what_tfjs_cannot_hold(tmp_path):
+    graph_def = tf_protos.GraphDef()
+    node = graph_def.node.add(name="c", op="Const")
+    tensor = node.attr["value"].tensor
+    tensor.dtype = 2  # float64
+    tensor.double_val.append(1.0)
+    with pytest.raises(UnsupportedError, match="float64"):
+        write_graph_model(graph_def, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
 
 
 def test_written_model_inspects_like_its_graph(tfjs_dir, keras_paths):

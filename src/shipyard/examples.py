@@ -5,6 +5,8 @@ non-trivial values so that a broken conversion shows up as a real numeric differ
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -60,6 +62,8 @@ def save_keras_family(model, directory: Path) -> dict[str, Path]:
     from google.protobuf import text_format
 
     from shipyard.convert.tf_freeze import freeze_concrete_function, keras_concrete_function
+    from shipyard.convert.tfjs_writer import write_graph_model
+    from shipyard.formats import tf_protos
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -70,22 +74,26 @@ def save_keras_family(model, directory: Path) -> dict[str, Path]:
         "pbtxt": directory / "frozen.pbtxt",
         "tflite": directory / "model.tflite",
         "onnx": directory / "model.onnx",
+        "tfjs": directory / "web_model",
     }
     model.save(paths["keras"])
     model.save(paths["h5"])
-    model.export(str(paths["savedmodel"]), verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(str(paths["savedmodel"]), verbose=False)
     concrete = keras_concrete_function(model)
     graph_def = freeze_concrete_function(concrete)
     paths["pb"].write_bytes(graph_def.SerializeToString())
     paths["pbtxt"].write_text(text_format.MessageToString(graph_def))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    paths["tflite"].write_bytes(converter.convert())
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the exported signature
+        paths["tflite"].write_bytes(converter.convert())
     inputs = [n.name + ":0" for n in graph_def.node if n.op == "Placeholder"]
     outputs = [t.name for t in concrete.outputs] if hasattr(concrete, "outputs") else ["Identity:0"]
     onnx_model, _ = tf2onnx.convert.from_graph_def(
         graph_def, input_names=inputs, output_names=outputs, opset=17
     )
     paths["onnx"].write_bytes(onnx_model.SerializeToString())
+    write_graph_model(tf_protos.GraphDef.FromString(graph_def.SerializeToString()), paths["tfjs"])
     return paths
 
 
