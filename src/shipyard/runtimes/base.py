@@ -6,6 +6,7 @@ name, dtype, rank or static dimension gets a message naming the input and both v
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
@@ -30,7 +31,7 @@ class Runner(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
-class BaseRunner:
+class BaseRunner(ABC):
     """Shared plumbing: context management and validated feeds; engines implement ``_run``."""
 
     backend = "base"
@@ -54,8 +55,9 @@ class BaseRunner:
         outputs = self._run(checked)
         return {name: np.asarray(value) for name, value in outputs.items()}
 
+    @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError  # each engine's subclass implements this
+        """Run the engine on feeds already validated and keyed by the signature's names."""
 
 
 def validate_feeds(signature: Signature, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
