@@ -1,8 +1,10 @@
 """Lazy imports of optional, heavy frameworks with a one-line message when missing."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
 from types import ModuleType
 
 from shipyard.errors import MissingDependencyError
@@ -29,7 +31,11 @@ def require(module: str, purpose: str) -> ModuleType:
     if module in ("tensorflow", "keras", "tf2onnx"):
         quiet_tensorflow_logs()
     try:
-        return importlib.import_module(module)
+        if module in ("tensorflow", "keras", "tf2onnx") and "tensorflow" not in sys.modules:
+            with _native_stderr_silenced():  # TF's C++ start-up banner ignores TF_CPP_MIN_LOG_LEVEL
+                imported = importlib.import_module(module)
+        else:
+            imported = importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
         package, extra = _KNOWN.get(top, (top, "all"))
@@ -37,3 +43,29 @@ def require(module: str, purpose: str) -> ModuleType:
             # The package is there but one of *its* dependencies is broken: say so.
             raise MissingDependencyError(exc.name, extra, f"{purpose} (via {module})") from exc
         raise MissingDependencyError(package, extra, purpose) from exc
+    if module in ("tensorflow", "tf2onnx"):
+        _quiet_python_loggers()
+    return imported
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null for the duration (Python exceptions still propagate)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _quiet_python_loggers() -> None:
+    """TF and tf2onnx log deprecation notices through Python logging; users need none of them."""
+    import logging
+
+    for name in ("tensorflow", "tf2onnx", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)

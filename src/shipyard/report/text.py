@@ -88,3 +88,20 @@ def render_outputs(outputs: dict[str, dict], backend: str, latency_ms: float) ->
             line += f"  argmax {st['argmax']}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def render_verification(result) -> str:
+    """Conversion path, notes and the per-output error figures against the source."""
+    lines = [f"{result.source.path} ({result.source.format}) -> {result.artifact.path} ({result.artifact.format})",
+             f"  path       {' -> '.join(result.path)}  ({result.seconds:.1f} s)"]
+    lines += [f"  fixed      {note}" for note in result.notes]
+    v = result.verification
+    if v is None:
+        lines.append("  verified   no (--no-verify)")
+        return "\n".join(lines)
+    lines.append(f"  verified   {'yes' if v.passed else 'NO'} against the source on the same inputs")
+    for (src, dst), d in zip(v.pairing, v.outputs):
+        agree = f"  top-1 agreement {d.argmax_agreement:.0%}" if d.argmax_agreement is not None else ""
+        lines.append(f"    {src} ~ {dst}: max abs {d.max_abs:.3g}  max rel {d.max_rel:.3g}  "
+                     f"cosine {d.cosine:.7f}{agree}{'' if d.passed else '  OUT OF TOLERANCE'}")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""`shipyard convert`: one model to another format, verified against its source."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("convert", help="convert a model to another format and verify it against the source")
+    p.add_argument("model", help="model file/directory, or a PyTorch module as package.module:factory")
+    p.add_argument("--to", required=True, help="onnx, tflite, tfjs, savedmodel, keras, torchscript, pb")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output file (or directory for tfjs/savedmodel)")
+    p.add_argument("--outputs", help="comma-separated output tensor names (GraphDef sources; default: detected)")
+    p.add_argument("--signature", help="SavedModel signature key (default: serving_default)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D0,D1,..",
+                   help="input shape for PyTorch sources (repeat for several inputs)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--allow-tf-ops", action="store_true", help="TFLite: allow select TensorFlow ops (Flex)")
+    p.add_argument("--inputs", action="append", default=[], metavar="NAME=FILE.npy|FILE.npz",
+                   help="verify on these inputs instead of generated ones")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with the source")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+
+def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    from shipyard.feeds import parse_shapes
+
+    named = [i if "=" in i else (f"input={i}" if len(items) == 1 else f"input_{n}={i}") for n, i in enumerate(items)]
+    return parse_shapes(named)
+
+
+def cmd_convert(args) -> int:
+    from shipyard.convert.api import convert_model, source_model
+    from shipyard.convert.options import ConvertOptions
+    from shipyard.errors import VerificationError
+    from shipyard.feeds import load_feeds
+    from shipyard.formats import handler
+    from shipyard.report.text import render_verification
+
+    opts = ConvertOptions(
+        opset=args.opset, allow_tf_ops=args.allow_tf_ops,
+        outputs=[o.strip() for o in args.outputs.split(",")] if args.outputs else None,
+        signature_key=args.signature, input_shape=_input_shapes(args.input_shape),
+    )
+    feeds = None
+    if args.inputs:
+        src = source_model(args.model)
+        feeds = load_feeds(args.inputs, handler(src.format).signature(src))
+    try:
+        result = convert_model(args.model, args.to, args.output, opts, check=not args.no_verify,
+                               feeds=feeds, atol=args.atol, rtol=args.rtol)
+    except VerificationError as exc:
+        result = exc.result
+        print(json.dumps(result.to_json(), indent=2) if args.json else render_verification(result))
+        raise
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(render_verification(result))
+    return 0

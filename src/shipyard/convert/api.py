@@ -1,0 +1,109 @@
+"""``convert``: plan, run the chain, verify the artifact against the source."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shipyard.atomic import check_output_path
+from shipyard.convert import planner
+from shipyard.convert.options import ConvertOptions
+from shipyard.convert.torch_edges import is_factory
+from shipyard.convert.verify import Verification, verify
+from shipyard.errors import OutputPathError, ShipyardError, VerificationError
+from shipyard.feeds import random_feeds
+from shipyard.model import Model, Signature, TensorSpec, open_model
+
+
+@dataclass
+class ConvertResult:
+    source: Model
+    artifact: Model
+    path: list[str]
+    seconds: float
+    verification: Verification | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "source": {"path": str(self.source.path), "format": self.source.format},
+            "artifact": {"path": str(self.artifact.path), "format": self.artifact.format},
+            "path": self.path,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+            "verification": self.verification.to_json() if self.verification else None,
+        }
+
+
+def source_model(spec: str) -> Model:
+    if is_factory(spec):
+        return Model("torch-module", Path(spec))
+    return open_model(spec)
+
+
+def _check_out(out: Path, src: Model, dst: str) -> Path:
+    out = check_output_path(out, *([] if src.format == "torch-module" else [src.path]))
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            same = open_model(out).format == dst
+        except ShipyardError:
+            same = False
+        if not same:
+            raise OutputPathError(f"{out}: a non-empty directory that is not a {dst} model; refusing to replace it")
+    return out
+
+
+def _source_runner(src: Model, opts: ConvertOptions):
+    """(signature, run function, close) of the source, for verification."""
+    if src.format == "torch-module":
+        import torch
+
+        from shipyard.convert.torch_edges import load_factory
+
+        module = load_factory(str(src.path))
+        sig = Signature(tuple(TensorSpec(n, "float32", s) for n, s in opts.input_shape.items()),
+                        (TensorSpec("output", "float32", None),))
+
+        def run(feeds):
+            with torch.no_grad():
+                out = module(*[torch.from_numpy(feeds[s.name]) for s in sig.inputs])
+            out = out if isinstance(out, (list, tuple)) else [out]
+            return {f"output{'' if len(out) == 1 else f'_{i}'}": o.numpy() for i, o in enumerate(out)}
+
+        return sig, run, lambda: None
+    from shipyard.runtimes import open_runner
+
+    runner = open_runner(src)
+    sig = runner.signature
+    if src.format == "torchscript" and opts.input_shape:
+        shapes = list(opts.input_shape.values())
+        sig = Signature(tuple(TensorSpec(s.name, s.dtype, shapes[i] if i < len(shapes) else s.shape)
+                              for i, s in enumerate(sig.inputs)), sig.outputs)
+    return sig, runner.run, runner.close
+
+
+def convert_model(source: str, to: str, out: Path, opts: ConvertOptions | None = None, check: bool = True,
+                  feeds: dict[str, np.ndarray] | None = None, atol: float = 1e-4, rtol: float = 1e-3) -> ConvertResult:
+    opts = opts or ConvertOptions()
+    src = source_model(source)
+    dst = planner.target_format(to)
+    edges = planner.plan(src.format, dst)
+    out = _check_out(Path(out), src, dst)
+    start = time.perf_counter()
+    artifact = planner.run_plan(src, edges, out, opts)
+    seconds = time.perf_counter() - start
+    verification = None
+    if check:
+        sig, run, close = _source_runner(src, opts)
+        try:
+            if feeds is None:
+                feeds = random_feeds(sig, seed=0, batch=2)
+            verification = verify(sig, run, artifact, feeds, atol=atol, rtol=rtol)
+        finally:
+            close()
+    result = ConvertResult(src, artifact, [src.format] + [e.dst for e in edges], seconds, verification, list(opts.notes))
+    if verification is not None and not verification.passed:
+        raise VerificationError(result)
+    return result

@@ -1,0 +1,17 @@
+"""What a conversion edge may be told, and what it reports back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ConvertOptions:
+    opset: int = 17
+    allow_tf_ops: bool = False
+    outputs: list[str] | None = None          # output tensor names (GraphDef sources)
+    signature_key: str | None = None          # SavedModel signature
+    input_shape: dict[str, tuple[int, ...]] = field(default_factory=dict)  # torch sources
+    notes: list[str] = field(default_factory=list)  # fixes applied, said to the user
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)

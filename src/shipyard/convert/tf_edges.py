@@ -1,0 +1,227 @@
+"""Conversion edges whose source is a TensorFlow format (GraphDef, SavedModel, Keras, TFLite).
+
+Every TensorFlow source reaches TFLite, TF.js and SavedModel through its frozen GraphDef,
+so the target-specific fixes (TFLite's scalar and bool inputs) live in one place.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+from shipyard.atomic import atomic_path
+from shipyard.convert.options import ConvertOptions
+from shipyard.deps import require
+from shipyard.errors import ConversionError, UnsupportedError, UsageError
+from shipyard.formats import tf_graph, tf_protos
+from shipyard.model import Model, tensor_name
+
+
+# ---------------------------------------------------------------- to a frozen GraphDef
+
+
+def frozen_graph_of(src: Model, opts: ConvertOptions):
+    """The frozen GraphDef (TensorBoard proto) of any TensorFlow source, in memory."""
+    from shipyard.convert import freeze
+
+    if src.format == "tf-graphdef":
+        graph_def, _ = tf_graph.load(src)
+        return freeze.select_outputs(graph_def, opts.outputs) if opts.outputs else graph_def
+    if src.format == "keras":
+        return freeze.freeze_keras(src)
+    if src.format == "tf-savedmodel":
+        return freeze.freeze_saved_model(src, opts.signature_key)
+    if src.format == "tf-checkpoint":
+        return freeze.freeze_checkpoint(src, opts.outputs)
+    raise UsageError(f"{src.format} is not a TensorFlow graph format")
+
+
+def to_graphdef(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    graph_def = frozen_graph_of(src, opts)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(graph_def.SerializeToString())
+    return Model("tf-graphdef", out)
+
+
+# ---------------------------------------------------------------- GraphDef -> ONNX
+
+
+def graphdef_to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    tf = require("tensorflow", "Converting to ONNX")
+    tf2onnx = require("tf2onnx", "Converting to ONNX")
+    graph_def, _ = tf_graph.load(src)
+    sig = tf_graph.signature_of(graph_def)
+    outputs = opts.outputs or [s.name for s in sig.outputs]
+    tf_gd = tf.compat.v1.GraphDef.FromString(graph_def.SerializeToString())
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            proto, _ = tf2onnx.convert.from_graph_def(
+                tf_gd, input_names=[_tf_name(s.name) for s in sig.inputs],
+                output_names=[_tf_name(o) for o in outputs], opset=opts.opset,
+            )
+    except (ValueError, KeyError, RuntimeError, tf.errors.OpError) as exc:
+        raise ConversionError(f"tf2onnx could not convert {src.path}: {str(exc).splitlines()[0][:300]}") from exc
+    missing = _non_onnx_ops(proto)
+    if missing:
+        listing = "; ".join(f"{op} (nodes: {', '.join(nodes[:3])})" for op, nodes in missing.items())
+        raise UnsupportedError(f"ONNX has no operator for: {listing}", hint="replace these ops in the model, or keep it in TensorFlow/TFLite")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    return Model("onnx", out)
+
+
+def _non_onnx_ops(proto) -> dict[str, list[str]]:
+    """Nodes tf2onnx left as raw TensorFlow ops (it does not fail on them, onnxruntime would)."""
+    import onnx
+
+    domains = {o.domain for o in proto.opset_import}
+    missing: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+            missing.setdefault(node.op_type, []).append(node.name)
+        elif node.domain not in domains | {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}:
+            missing.setdefault(f"{node.domain}.{node.op_type}", []).append(node.name)
+    return missing
+
+
+def _tf_name(name: str) -> str:
+    return name if ":" in name else f"{name}:0"
+
+
+# ---------------------------------------------------------------- GraphDef -> TFLite
+
+
+def _serving_function(tf, graph_def, outputs: list[str] | None, opts: ConvertOptions):
+    """A tf.function over the frozen graph, with TFLite's input limits fixed and reported."""
+    sig = tf_graph.signature_of(graph_def)
+    fetch_names = outputs or [s.name for s in sig.outputs]
+    tf_gd = tf.compat.v1.GraphDef.FromString(graph_def.SerializeToString())
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(tf_gd, name=""), [])
+    g = wrapped.graph
+    pruned = wrapped.prune(
+        feeds=[g.get_tensor_by_name(_tf_name(s.name)) for s in sig.inputs],
+        fetches=[g.get_tensor_by_name(_tf_name(o)) for o in fetch_names],
+    )
+    specs, fixes = [], []
+    for s in sig.inputs:
+        shape = [None if (not isinstance(d, int) or d < 0) else d for d in (s.shape or [])]
+        dtype = tf.as_dtype(s.dtype)
+        fix = []
+        if s.shape is not None and len(s.shape) == 0:
+            shape, fix = [1], fix + ["reshape"]
+            opts.note(f"TFLite input '{s.name}': a scalar became shape [1] (TFLite has no scalar inputs)")
+        if dtype == tf.bool:
+            dtype, fix = tf.int32, fix + ["cast"]
+            opts.note(f"TFLite input '{s.name}': bool became int32, cast back to bool inside the model")
+        specs.append(tf.TensorSpec(shape, dtype, name=re.sub(r"[^A-Za-z0-9_]", "_", s.name)))
+        fixes.append(fix)
+    out_names = [re.sub(r"[^A-Za-z0-9_]", "_", tensor_name(o)) for o in fetch_names]
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        xs = []
+        for x, fix in zip(args, fixes):
+            if "reshape" in fix:
+                x = tf.reshape(x, [])
+            if "cast" in fix:
+                x = tf.cast(x, tf.bool)
+            xs.append(x)
+        result = pruned(*xs)
+        return dict(zip(out_names, result if isinstance(result, (list, tuple)) else [result]))
+
+    return serve.get_concrete_function()
+
+
+_TF_OP = re.compile(r"\btf\.([A-Z][A-Za-z0-9_]*)")
+_LOC = re.compile(r'loc\((?:callsite\()?"([^"]+)"')
+
+
+def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    tf = require("tensorflow", "Converting to TFLite")
+    graph_def, _ = tf_graph.load(src)
+    concrete = _serving_function(tf, graph_def, opts.outputs, opts)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    if opts.allow_tf_ops:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        opts.note("select TF ops allowed: the model needs a LiteRT build with the Flex delegate")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            flatbuffer = converter.convert()
+    except Exception as exc:  # the converter raises ConverterError (not importable portably) and others
+        text = str(exc)
+        ops = sorted(set(_TF_OP.findall(text)) - {"function"})
+        if ops:
+            nodes = sorted(set(_LOC.findall(text)))[:6]
+            raise UnsupportedError(
+                f"TFLite has no builtin kernel for: {', '.join(ops)}" + (f" (nodes: {', '.join(nodes)})" if nodes else ""),
+                hint="re-run with --allow-tf-ops to use select TensorFlow ops (needs the Flex delegate at run time)",
+            ) from exc
+        raise ConversionError(f"the TFLite converter failed: {text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__}") from exc
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(flatbuffer)
+    return Model("tflite", out)
+
+
+# ---------------------------------------------------------------- GraphDef -> TF.js, SavedModel
+
+
+def graphdef_to_tfjs(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    from shipyard.convert.tfjs_writer import write_graph_model
+    from shipyard.convert.freeze import prune_for_inference
+
+    graph_def, _ = tf_graph.load(src)
+    outputs = opts.outputs or [s.name for s in tf_graph.signature_of(graph_def).outputs]
+    write_graph_model(prune_for_inference(graph_def, outputs), out)
+    return Model("tfjs", out)
+
+
+def graphdef_to_savedmodel(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    tf = require("tensorflow", "Writing a SavedModel")
+    graph_def, _ = tf_graph.load(src)
+    concrete = _serving_function(tf, graph_def, opts.outputs, ConvertOptions())
+    module = tf.Module()
+    module.serve = concrete
+    with atomic_path(out, directory=True) as tmp:
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": concrete})
+    return Model("tf-savedmodel", out)
+
+
+def keras_to_savedmodel(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    from shipyard.formats import keras as keras_format
+
+    model = keras_format.load(src)
+    with atomic_path(out, directory=True) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        model.export(str(tmp), verbose=False)
+    return Model("tf-savedmodel", out)
+
+
+def keras_to_keras(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    from shipyard.formats import keras as keras_format
+
+    if out.suffix != ".keras":
+        raise UsageError(f"{out}: a Keras v3 model file must end in .keras (Keras refuses other names)")
+    model = keras_format.load(src)
+    with atomic_path(out) as tmp:
+        target = tmp.with_suffix(".keras")
+        model.save(target)
+        target.replace(tmp)
+    return Model("keras", out)
+
+
+# ---------------------------------------------------------------- TFLite -> ONNX
+
+
+def tflite_to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    tf2onnx = require("tf2onnx", "Converting TFLite to ONNX")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            proto, _ = tf2onnx.convert.from_tflite(str(src.path), opset=opts.opset)
+    except (ValueError, KeyError, RuntimeError, AssertionError) as exc:
+        raise ConversionError(f"tf2onnx could not convert {src.path}: {str(exc).splitlines()[0][:300]}") from exc
+    missing = _non_onnx_ops(proto)
+    if missing:
+        raise UnsupportedError("ONNX has no operator for: " + ", ".join(missing))
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    return Model("onnx", out)

@@ -1,0 +1,104 @@
+"""Conversion edges from PyTorch: TorchScript archives and ``package.module:factory`` modules."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from shipyard.atomic import atomic_path
+from shipyard.convert.options import ConvertOptions
+from shipyard.deps import require
+from shipyard.errors import ConversionError, InputError, UsageError
+from shipyard.model import Model
+
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_factory(spec: str) -> bool:
+    return bool(FACTORY.match(spec)) and not Path(spec).exists()
+
+
+def load_factory(spec: str):
+    """Import ``package.module:factory`` (the current directory is importable) and call it."""
+    torch = require("torch", "Loading a PyTorch module")
+    module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot import {spec}: {exc}", hint="give package.module:callable that returns an nn.Module") from exc
+    module = factory() if not isinstance(factory, torch.nn.Module) else factory
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
+    return module.eval()
+
+
+def example_inputs(opts: ConvertOptions, names: list[str]):
+    torch = require("torch", "Tracing a PyTorch module")
+    if not opts.input_shape:
+        raise InputError("a PyTorch source needs its input shape", hint="add --input-shape 1,3,224,224 (or NAME=1,3,224,224)")
+    shapes = list(opts.input_shape.values())
+    if len(shapes) != len(names):
+        names = [f"input_{i}" if len(shapes) > 1 else "input" for i in range(len(shapes))]
+    gen = torch.Generator().manual_seed(0)
+    return names, tuple(torch.randn(*s, generator=gen) for s in shapes)
+
+
+def _module(src: Model):
+    if src.format == "torch-module":
+        return load_factory(str(src.path))
+    from shipyard.formats import torchscript
+
+    return torchscript.load(src)
+
+
+def _input_names(src: Model, module) -> list[str]:
+    try:
+        return [a.name for a in module.forward.schema.arguments if a.name != "self"]
+    except AttributeError:
+        import inspect
+
+        return [p for p in inspect.signature(module.forward).parameters][: 1]
+
+
+def to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    torch = require("torch", "Exporting to ONNX")
+    module = _module(src)
+    names, args = example_inputs(opts, _input_names(src, module))
+    with torch.no_grad():
+        sample = module(*args)
+    n_out = len(sample) if isinstance(sample, (list, tuple)) else 1
+    out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    dynamic = {n: {0: "batch"} for n in names + out_names}
+    with atomic_path(out) as tmp:
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                # dynamo=False: the TorchScript exporter writes one self-contained file (opset 17);
+                # the dynamo exporter splits weights into a .onnx.data file.
+                torch.onnx.export(module, args, str(tmp), input_names=names, output_names=out_names,
+                                  dynamic_axes=dynamic, opset_version=opts.opset, dynamo=False)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ConversionError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+    opts.note(f"exported with example input shapes {[tuple(a.shape) for a in args]}; dimension 0 is dynamic")
+    return Model("onnx", out)
+
+
+def to_torchscript(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    torch = require("torch", "Tracing a PyTorch module")
+    module = _module(src)
+    _, args = example_inputs(opts, _input_names(src, module))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, args)
+    except (RuntimeError, TypeError) as exc:
+        raise ConversionError(f"torch.jit.trace failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+    with atomic_path(out) as tmp:
+        traced.save(str(tmp))
+    return Model("torchscript", out)
