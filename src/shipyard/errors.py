@@ -29,6 +29,10 @@ class ModelLoadError(ShipyardError):
     """A recognised model could not be loaded by its runtime."""
 
 
+class ModelRunError(ShipyardError):
+    """The engine loaded the model but failed while running it on the given inputs."""
+
+
 class InputError(ShipyardError):
     """Inputs given to a model do not match its signature (name, dtype, rank, shape)."""
 

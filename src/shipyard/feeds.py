@@ -52,14 +52,15 @@ def load_array(path: Path) -> np.ndarray:
 
 
 def load_feeds(items: list[str], signature: Signature) -> dict[str, np.ndarray]:
-    """Parse ``--input`` values: ``NAME=FILE.npy``, ``FILE.npz`` (keys are input names), or a
-    bare ``FILE.npy`` when the model has one input."""
+    """Parse ``--input`` values: ``NAME=FILE.npy``, ``NAME=NUMBER`` (a 0-d input), ``FILE.npz``
+    (keys are input names), or a bare ``FILE.npy`` when the model has one input."""
     feeds: dict[str, np.ndarray] = {}
     for item in items:
         name, sep, file = item.partition("=")
         if not sep:
             name, file = "", item
-        value = load_array(Path(file))
+        literal = _number(file) if name and not Path(file).exists() else None
+        value = np.asarray(literal) if literal is not None else load_array(Path(file))
         if isinstance(value, np.lib.npyio.NpzFile):
             with value:
                 feeds.update({k: value[k] for k in value.files})
@@ -73,6 +74,16 @@ def load_feeds(items: list[str], signature: Signature) -> dict[str, np.ndarray]:
             name = signature.inputs[0].name
         feeds[name] = value
     return feeds
+
+
+def _number(text: str) -> int | float | None:
+    """``16000`` or ``0.5`` given in place of a file: a 0-d input (sample rates, thresholds)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return None
 
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:

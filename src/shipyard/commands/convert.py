@@ -32,6 +32,13 @@ def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     return parse_shapes(named)
 
 
+def _any_signature(items: list[str]):
+    """A module factory declares no signature: the --inputs names are its inputs."""
+    from shipyard.model import Signature, TensorSpec
+
+    return Signature(tuple(TensorSpec(i.partition("=")[0], "unknown", None) for i in items if "=" in i), ())
+
+
 def cmd_convert(args) -> int:
     from shipyard.convert.api import convert_model, source_model
     from shipyard.convert.options import ConvertOptions
@@ -48,7 +55,9 @@ def cmd_convert(args) -> int:
     feeds = None
     if args.inputs:
         src = source_model(args.model)
-        feeds = load_feeds(args.inputs, handler(src.format).signature(src))
+        sig = handler(src.format).signature(src) if src.format != "torch-module" else None
+        feeds = load_feeds(args.inputs, sig) if sig is not None else load_feeds(args.inputs, _any_signature(args.inputs))
+        opts.example_feeds = feeds
     try:
         result = convert_model(args.model, args.to, args.output, opts, check=not args.no_verify,
                                feeds=feeds, atol=args.atol, rtol=args.rtol)

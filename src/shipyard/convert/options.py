@@ -11,6 +11,7 @@ class ConvertOptions:
     outputs: list[str] | None = None          # output tensor names (GraphDef sources)
     signature_key: str | None = None          # SavedModel signature
     input_shape: dict[str, tuple[int, ...]] = field(default_factory=dict)  # torch sources
+    example_feeds: dict = field(default_factory=dict)  # real inputs for tracing/exporting torch sources
     notes: list[str] = field(default_factory=list)  # fixes applied, said to the user
 
     def note(self, text: str) -> None:

@@ -52,7 +52,7 @@ def graphdef_to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
     tf2onnx = require("tf2onnx", "Converting to ONNX")
     graph_def, _ = tf_graph.load(src)
     sig = tf_graph.signature_of(graph_def)
-    outputs = opts.outputs or [s.name for s in sig.outputs]
+    outputs = output_names(graph_def, opts)
     tf_gd = tf.compat.v1.GraphDef.FromString(graph_def.SerializeToString())
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -85,6 +85,16 @@ def _non_onnx_ops(proto) -> dict[str, list[str]]:
     return missing
 
 
+def output_names(graph_def, opts: ConvertOptions) -> list[str]:
+    """The requested outputs (checked, with suggestions for typos) or the detected ones."""
+    from shipyard.convert.freeze import check_outputs
+
+    if opts.outputs:
+        check_outputs(graph_def, opts.outputs)
+        return list(opts.outputs)
+    return [s.name for s in tf_graph.signature_of(graph_def).outputs]
+
+
 def _tf_name(name: str) -> str:
     return name if ":" in name else f"{name}:0"
 
@@ -92,10 +102,10 @@ def _tf_name(name: str) -> str:
 # ---------------------------------------------------------------- GraphDef -> TFLite
 
 
-def _serving_function(tf, graph_def, outputs: list[str] | None, opts: ConvertOptions):
+def _serving_function(tf, graph_def, outputs: list[str], opts: ConvertOptions):
     """A tf.function over the frozen graph, with TFLite's input limits fixed and reported."""
     sig = tf_graph.signature_of(graph_def)
-    fetch_names = outputs or [s.name for s in sig.outputs]
+    fetch_names = outputs
     tf_gd = tf.compat.v1.GraphDef.FromString(graph_def.SerializeToString())
     wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(tf_gd, name=""), [])
     g = wrapped.graph
@@ -140,7 +150,7 @@ _LOC = re.compile(r'loc\((?:callsite\()?"([^"]+)"')
 def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
     tf = require("tensorflow", "Converting to TFLite")
     graph_def, _ = tf_graph.load(src)
-    concrete = _serving_function(tf, graph_def, opts.outputs, opts)
+    concrete = _serving_function(tf, graph_def, output_names(graph_def, opts), opts)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     if opts.allow_tf_ops:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
@@ -171,15 +181,14 @@ def graphdef_to_tfjs(src: Model, out: Path, opts: ConvertOptions) -> Model:
     from shipyard.convert.freeze import prune_for_inference
 
     graph_def, _ = tf_graph.load(src)
-    outputs = opts.outputs or [s.name for s in tf_graph.signature_of(graph_def).outputs]
-    write_graph_model(prune_for_inference(graph_def, outputs), out)
+    write_graph_model(prune_for_inference(graph_def, output_names(graph_def, opts)), out)
     return Model("tfjs", out)
 
 
 def graphdef_to_savedmodel(src: Model, out: Path, opts: ConvertOptions) -> Model:
     tf = require("tensorflow", "Writing a SavedModel")
     graph_def, _ = tf_graph.load(src)
-    concrete = _serving_function(tf, graph_def, opts.outputs, ConvertOptions())
+    concrete = _serving_function(tf, graph_def, output_names(graph_def, opts), ConvertOptions())
     module = tf.Module()
     module.serve = concrete
     with atomic_path(out, directory=True) as tmp:

@@ -39,7 +39,15 @@ def load_factory(spec: str):
 
 
 def example_inputs(opts: ConvertOptions, names: list[str]):
+    """(input names, example arguments): the user's --inputs when given (scalars stay Python
+    numbers, as TorchScript's ``int``/``float`` arguments need), else random tensors of --input-shape."""
     torch = require("torch", "Tracing a PyTorch module")
+    if opts.example_feeds:
+        missing = [n for n in names if n not in opts.example_feeds]
+        if missing:
+            raise InputError(f"--inputs has no value for argument(s) {', '.join(missing)} of forward({', '.join(names)})")
+        values = [opts.example_feeds[n] for n in names]
+        return names, tuple(v.item() if v.ndim == 0 else torch.from_numpy(v) for v in values)
     if not opts.input_shape:
         raise InputError("a PyTorch source needs its input shape", hint="add --input-shape 1,3,224,224 (or NAME=1,3,224,224)")
     shapes = list(opts.input_shape.values())
@@ -70,22 +78,28 @@ def to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
     torch = require("torch", "Exporting to ONNX")
     module = _module(src)
     names, args = example_inputs(opts, _input_names(src, module))
-    with torch.no_grad():
-        sample = module(*args)
+    try:
+        with torch.no_grad():
+            sample = module(*args)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"the module does not run on the example inputs: {str(exc).strip().splitlines()[0][:300]}",
+                         hint="give real inputs with --inputs NAME=FILE.npy (NAME=NUMBER for int/float arguments)") from exc
+    tensor_names = [n for n, a in zip(names, args) if isinstance(a, torch.Tensor)]
     n_out = len(sample) if isinstance(sample, (list, tuple)) else 1
     out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-    dynamic = {n: {0: "batch"} for n in names + out_names}
+    dynamic = {n: {0: "batch"} for n in tensor_names + out_names}
     with atomic_path(out) as tmp:
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 # dynamo=False: the TorchScript exporter writes one self-contained file (opset 17);
                 # the dynamo exporter splits weights into a .onnx.data file.
-                torch.onnx.export(module, args, str(tmp), input_names=names, output_names=out_names,
+                torch.onnx.export(module, args, str(tmp), input_names=tensor_names, output_names=out_names,
                                   dynamic_axes=dynamic, opset_version=opts.opset, dynamo=False)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise ConversionError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
-    opts.note(f"exported with example input shapes {[tuple(a.shape) for a in args]}; dimension 0 is dynamic")
+    opts.note(f"exported with example inputs {[tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args]}; "
+              "dimension 0 is dynamic")
     return Model("onnx", out)
 
 

@@ -27,20 +27,38 @@ def load(model: Model, device: str = "cpu"):
         raise ModelLoadError(f"{model.path}: torch.jit.load failed ({detail})") from exc
 
 
+_SCALAR_ARGS = {"int": "int64", "float": "float32", "bool": "bool"}
+
+
+def _tensor_type_info(jit_type) -> tuple[str, tuple[int, ...] | None]:
+    """(dtype, shape) a traced graph recorded for a Tensor input, when it recorded them."""
+    import torch
+
+    if not isinstance(jit_type, torch._C.TensorType):
+        return "float32", None
+    try:
+        sizes = jit_type.sizes()
+        scalar = jit_type.scalarType()
+    except RuntimeError:  # incomplete tensor types assert inside TorchScript
+        return "float32", None
+    return _SCALAR_TYPES.get(scalar, "float32") if scalar else "float32", tuple(int(d) for d in sizes) if sizes else None
+
+
 def signature_of(module) -> Signature:
-    """Input names from ``forward``'s schema; shapes and dtypes from the traced graph when recorded."""
+    """Input names from ``forward``'s schema; shapes and dtypes from the traced graph when recorded.
+
+    Non-tensor arguments (``int sr``) become 0-d inputs of the matching dtype.
+    """
     schema = module.forward.schema
     args = [a for a in schema.arguments if a.name != "self"]
     graph_inputs = list(module.graph.inputs())[1:]
     inputs = []
     for i, arg in enumerate(args):
-        dtype, shape = "float32", None
-        if i < len(graph_inputs):
-            t = graph_inputs[i].type()
-            sizes = t.sizes() if hasattr(t, "sizes") else None
-            shape = tuple(int(s) for s in sizes) if sizes else None
-            scalar = t.scalarType() if hasattr(t, "scalarType") else None
-            dtype = _SCALAR_TYPES.get(scalar, dtype) if scalar else dtype
+        kind = str(arg.type)
+        if kind in _SCALAR_ARGS:
+            inputs.append(TensorSpec(arg.name, _SCALAR_ARGS[kind], ()))
+            continue
+        dtype, shape = _tensor_type_info(graph_inputs[i].type()) if i < len(graph_inputs) else ("float32", None)
         inputs.append(TensorSpec(arg.name, dtype, shape))
     returns = schema.returns
     ret_type = str(returns[0].type) if returns else "Tensor"
@@ -50,6 +68,11 @@ def signature_of(module) -> Signature:
     else:
         outputs = (TensorSpec("output", "float32", None),)
     return Signature(tuple(inputs), outputs)
+
+
+def scalar_args(module) -> set[str]:
+    """Names of forward arguments that take Python scalars rather than tensors."""
+    return {a.name for a in module.forward.schema.arguments if str(a.type) in _SCALAR_ARGS}
 
 
 def signature(model: Model) -> Signature:

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from shipyard.errors import InputError
+from shipyard.errors import InputError, ModelRunError, ShipyardError
 from shipyard.model import Model, Signature, TensorSpec, tensor_name
 
 
@@ -52,7 +52,13 @@ class BaseRunner(ABC):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = validate_feeds(self.signature, feeds)
-        outputs = self._run(checked)
+        try:
+            outputs = self._run(checked)
+        except ShipyardError:
+            raise
+        except Exception as exc:  # engines raise their own unrelated types (Fail, InvalidArgument, ValueError...)
+            first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+            raise ModelRunError(f"{self.backend} failed while running {self.model.path}: {first}") from exc
         return {name: np.asarray(value) for name, value in outputs.items()}
 
     @abstractmethod

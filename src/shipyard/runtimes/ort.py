@@ -26,11 +26,12 @@ class OnnxRuntimeRunner(BaseRunner):
     def __init__(self, model: Model, threads: int | None = None, providers: list[str] | None = None,
                  session_options=None, model_bytes: bytes | None = None):
         ort = require("onnxruntime", "Running an ONNX model")
+        ort.set_default_logger_severity(4)  # errors reach the user as exceptions, not as red log lines
         opts = session_options or ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         source = model_bytes if model_bytes is not None else str(model.path)
         try:
             self.session = ort.InferenceSession(source, sess_options=opts, providers=providers or ["CPUExecutionProvider"])

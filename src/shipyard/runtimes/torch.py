@@ -17,11 +17,13 @@ class TorchScriptRunner(BaseRunner):
 
         self.device = device
         self.module = torchscript.load(model, device)
+        self._scalars = torchscript.scalar_args(self.module)
         super().__init__(model, torchscript.signature_of(self.module), threads)
 
     def _run(self, feeds):
         torch = self.torch
-        args = [torch.from_numpy(feeds[s.name].copy()).to(self.device) for s in self.signature.inputs]
+        args = [feeds[s.name].item() if s.name in self._scalars else torch.from_numpy(feeds[s.name].copy()).to(self.device)
+                for s in self.signature.inputs]
         with torch.inference_mode():
             out = self.module(*args)
         out = out if isinstance(out, (list, tuple)) else [out]
