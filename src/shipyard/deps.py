@@ -32,7 +32,7 @@ def require(module: str, purpose: str) -> ModuleType:
         quiet_tensorflow_logs()
     try:
         if module in ("tensorflow", "keras", "tf2onnx") and "tensorflow" not in sys.modules:
-            with _native_stderr_silenced():  # TF's C++ start-up banner ignores TF_CPP_MIN_LOG_LEVEL
+            with native_output_silenced():  # TF's C++ start-up banner ignores TF_CPP_MIN_LOG_LEVEL
                 imported = importlib.import_module(module)
         else:
             imported = importlib.import_module(module)
@@ -49,17 +49,22 @@ def require(module: str, purpose: str) -> ModuleType:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
-    """Point file descriptor 2 at /dev/null for the duration (Python exceptions still propagate)."""
+def native_output_silenced(*fds: int):
+    """Point file descriptors (default stderr) at /dev/null for the duration: native libraries
+    print banners and graph dumps straight to the descriptors; Python exceptions still propagate."""
+    fds = fds or (2,)
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(fd) for fd in fds]
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        for fd in fds:
+            os.dup2(devnull, fd)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
         os.close(devnull)
 
 

@@ -14,7 +14,7 @@ from shipyard.atomic import atomic_path
 from shipyard.convert.options import ConvertOptions
 from shipyard.deps import require
 from shipyard.errors import ConversionError, UnsupportedError, UsageError
-from shipyard.formats import tf_graph, tf_protos
+from shipyard.formats import tf_graph
 from shipyard.model import Model, tensor_name
 
 

@@ -1,9 +1,7 @@
 """Conversion edges from PyTorch: TorchScript archives and ``package.module:factory`` modules."""
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import re
 import sys
 import warnings
@@ -11,7 +9,7 @@ from pathlib import Path
 
 from shipyard.atomic import atomic_path
 from shipyard.convert.options import ConvertOptions
-from shipyard.deps import require
+from shipyard.deps import native_output_silenced, require
 from shipyard.errors import ConversionError, InputError, UsageError
 from shipyard.model import Model
 
@@ -90,7 +88,7 @@ def to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
     dynamic = {n: {0: "batch"} for n in tensor_names + out_names}
     with atomic_path(out) as tmp:
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            with warnings.catch_warnings(), native_output_silenced(1, 2):
                 warnings.simplefilter("ignore")
                 # dynamo=False: the TorchScript exporter writes one self-contained file (opset 17);
                 # the dynamo exporter splits weights into a .onnx.data file.
