@@ -9,13 +9,14 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from shipyard import __version__
 from shipyard.errors import ShipyardError
 
 # One module per command in shipyard/commands/, each with register(subparsers); the
 # command modules import their heavy machinery inside the handlers.
-COMMANDS = ["inspect", "run", "freeze", "convert", "session", "demo"]
+COMMANDS = ["inspect", "run", "freeze", "convert", "session", "protect", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"shipyard.commands.{name}").register(sub)
+    for command in sub.choices.values():  # every loader reads encrypted models given the key
+        command.add_argument("--key-file", dest="key_file_path", type=Path, default=None,
+                             help="key for encrypted models (or set $SHIPYARD_MODEL_KEY_FILE)")
     return parser
 
 
@@ -37,6 +41,8 @@ def run(argv: list[str] | None = None) -> int:
     """Parse and execute in this process (the body of :func:`main`; tests call it directly)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.key_file_path is not None:
+        os.environ["SHIPYARD_MODEL_KEY_FILE"] = str(args.key_file_path)
     try:
         return args.func(args)
     except ShipyardError as exc:

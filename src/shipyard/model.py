@@ -99,6 +99,22 @@ class Model:
     def display(self) -> str:
         return str(self.path)
 
+    @property
+    def encrypted(self) -> bool:
+        return "encrypted" in self.extras
+
+    def read_bytes(self) -> bytes:
+        """The model file's bytes; for an encrypted model, the plaintext, decrypted in memory."""
+        if self.encrypted:
+            from shipyard.protect import decrypted
+
+            return decrypted(self.path)[1]
+        return self.path.read_bytes()
+
+    def in_memory(self) -> bytes | None:
+        """Plaintext bytes when the model must be loaded from memory (encrypted), else None."""
+        return self.read_bytes() if self.encrypted else None
+
 
 def open_model(path: str | Path) -> Model:
     """Recognise a model by its content (see :mod:`shipyard.sniff`)."""

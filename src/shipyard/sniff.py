@@ -46,6 +46,11 @@ def sniff(path: Path) -> Model:
 
 
 def _sniff_file(path: Path, head: bytes, tail: bytes, size: int) -> Model:
+    from shipyard import protect
+
+    if protect.is_encrypted(head) or sum(a != b for a, b in zip(head[:8], protect.MAGIC)) == 1:
+        header = protect.parse_header(head if len(head) < _HEAD else path.read_bytes()[:1024])
+        return Model(header.format, path, {"encrypted": path})
     if len(head) >= 8 and head[4:8] == b"TFL3":
         return Model("tflite", path)
     if head.startswith(b"PK\x03\x04"):
@@ -144,7 +149,7 @@ def _sniff_dir(path: Path) -> Model:
     if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
         return Model("tf-savedmodel", path)
     if (path / "model.json").is_file():
-        return _sniff_json(path / "model.json")
+        return Model(_sniff_json(path / "model.json").format, path)
     if (path / "checkpoint").is_file():
         prefix = _latest_checkpoint(path)
         if prefix is not None:

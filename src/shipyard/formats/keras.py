@@ -14,6 +14,9 @@ def load(model: Model):
     """The Keras model object (cached: loading twice in one command is wasted seconds)."""
     keras = require("keras", "Loading a Keras model")
     try:
+        data = model.in_memory()
+        if data is not None:
+            return _load_from_memory(keras, data)
         return keras.saving.load_model(str(model.path), compile=False)
     except Exception as exc:  # Keras raises many unrelated types (KeyError, OSError, ValueError...) for bad files
         detail = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
@@ -21,6 +24,22 @@ def load(model: Model):
         if model.path.suffix == ".h5" and "model_config" in str(exc).lower() or "No model config" in str(exc):
             hint = "this HDF5 file holds weights only; save the whole model with model.save()"
         raise ModelLoadError(f"{model.path}: Keras cannot load this model ({detail})", hint=hint) from exc
+
+
+def _load_from_memory(keras, data: bytes):
+    """Decrypted models never touch the disk: Keras v3 archives load from a file object, and
+    legacy HDF5 through h5py's in-memory file (Keras' public API takes only paths for those)."""
+    import io
+
+    if data[:4] == b"PK\x03\x04":
+        from keras.src.saving import saving_lib
+
+        return saving_lib.load_model(io.BytesIO(data), compile=False)
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(io.BytesIO(data), "r") as h5:
+        return legacy_h5_format.load_model_from_hdf5(h5, compile=False)
 
 
 def _tensor_spec(tensor, name: str) -> TensorSpec:

@@ -38,6 +38,20 @@ def load_proto(path: Path, external_data: bool = False):
     return proto
 
 
+def load_model_proto(model: Model):
+    """The ModelProto of a model file, decrypting in memory when it is encrypted."""
+    data = model.in_memory()
+    if data is None:
+        return load_proto(model.path)
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelFormatError(f"{model.path}: the decrypted ONNX model does not parse ({exc})") from exc
+
+
 def np_dtype_name(elem_type: int) -> str:
     import onnx
 
@@ -73,7 +87,7 @@ def signature_of(proto) -> Signature:
 
 
 def signature(model: Model) -> Signature:
-    return signature_of(load_proto(model.path))
+    return signature_of(load_model_proto(model))
 
 
 def _walk_nodes(graph):
@@ -95,7 +109,7 @@ def _tensor_nbytes(tensor) -> tuple[str, int, int]:
 
 
 def summarize(model: Model) -> Summary:
-    proto = load_proto(model.path)
+    proto = load_model_proto(model)
     graph = proto.graph
     param_bytes: dict[str, int] = {}
     params = 0

@@ -34,7 +34,7 @@ _DTYPE_ATTRS = ("dtype", "T", "DstT", "out_type", "output_type", "Tout", "type")
 
 def load(model: Model):
     """(GraphDef, MetaGraphDef or None) of a graph file."""
-    return tf_protos.parse_graph_file(model.path)
+    return tf_protos.parse_graph_file(model.path, model.in_memory())
 
 
 def node_dtype(node) -> str:

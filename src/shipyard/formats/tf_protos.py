@@ -77,12 +77,14 @@ def tensor_to_numpy(tensor) -> np.ndarray | None:
     return np.zeros(shape, dtype=np_dtype)
 
 
-def parse_graph_file(path: Path) -> tuple[GraphDef, MetaGraphDef | None]:
-    """Parse a binary or text GraphDef or MetaGraphDef; returns (graph, meta or None)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelFormatError(f"{path}: cannot be read ({exc.strerror})") from exc
+def parse_graph_file(path: Path, data: bytes | None = None) -> tuple[GraphDef, MetaGraphDef | None]:
+    """Parse a binary or text GraphDef or MetaGraphDef (from ``data`` when given, e.g. decrypted
+    in memory); returns (graph, meta or None)."""
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelFormatError(f"{path}: cannot be read ({exc.strerror})") from exc
     if looks_like_text_proto(data[:512]):
         return _parse_text(path, data)
     meta = MetaGraphDef()
@@ -130,12 +132,13 @@ def _check_nodes(path: Path, graph: GraphDef) -> None:
             )
 
 
-def parse_saved_model(path: Path) -> list[MetaGraphDef]:
+def parse_saved_model(path: Path, data: bytes | None = None) -> list[MetaGraphDef]:
     """Decode ``saved_model.pb``: field 1 is the schema version, field 2 repeats MetaGraphDef."""
     pb = path / "saved_model.pb"
-    if not pb.is_file():
-        raise ModelFormatError(f"{path}: only binary saved_model.pb is supported (found saved_model.pbtxt)")
-    data = pb.read_bytes()
+    if data is None:
+        if not pb.is_file():
+            raise ModelFormatError(f"{path}: only binary saved_model.pb is supported (found saved_model.pbtxt)")
+        data = pb.read_bytes()
     metas = []
     pos = 0
     try:

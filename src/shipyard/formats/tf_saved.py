@@ -6,7 +6,7 @@ TensorFlow is installed and reported as unknown (with the reason) when it is not
 from __future__ import annotations
 
 from shipyard import flops as F
-from shipyard.errors import ModelFormatError, ShipyardError
+from shipyard.errors import ModelFormatError, ShipyardError, UnsupportedError
 from shipyard.formats import tf_protos
 from shipyard.model import Model, Signature, TensorSpec
 from shipyard.summary import Summary, add_param, histogram
@@ -15,7 +15,15 @@ DEFAULT_SIGNATURE = "serving_default"
 
 
 def serving_meta(model: Model):
-    metas = tf_protos.parse_saved_model(model.path)
+    if model.encrypted:
+        from shipyard.protect import untar
+
+        files = untar(model.read_bytes())
+        return _serving(tf_protos.parse_saved_model(model.path, files.get("saved_model.pb")))
+    return _serving(tf_protos.parse_saved_model(model.path))
+
+
+def _serving(metas):
     for meta in metas:
         if "serve" in meta.meta_info_def.tags:
             return meta
@@ -68,7 +76,7 @@ def summarize(model: Model) -> Summary:
             dtype = tf_protos.dtype_name(node.variable.dtype)
             params += F.numel(shape)
             add_param(param_bytes, dtype, F.numel(shape) * tf_protos.itemsize(dtype))
-    size = sum(p.stat().st_size for p in model.path.rglob("*") if p.is_file())
+    size = model.path.stat().st_size if model.encrypted else sum(p.stat().st_size for p in model.path.rglob("*") if p.is_file())
     details = {
         "signatures": sorted(k for k in meta.signature_def if not k.startswith("__")),
         "tags": list(meta.meta_info_def.tags),
@@ -78,6 +86,8 @@ def summarize(model: Model) -> Summary:
     try:
         from shipyard.formats.tf_flops import frozen_flops
 
+        if model.encrypted:
+            raise UnsupportedError("TensorFlow cannot load an encrypted SavedModel from memory to count its FLOPs")
         tally = frozen_flops(model)
         flops, by_op = tally.total, tally.sorted_by_op()
         details["flops_uncounted_ops"] = tally.uncounted

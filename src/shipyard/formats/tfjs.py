@@ -6,6 +6,7 @@ and summarised by the GraphDef code; weights come from the manifest.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,37 @@ _DTYPES = {"float32": "float32", "int32": "int32", "bool": "bool", "string": "st
            "complex64": "complex64", "uint8": "uint8", "int8": "int8", "float16": "float16"}
 
 
+def file_reader(model: Model) -> Callable[[str], bytes]:
+    """Read a file of the model by its name relative to model.json (from the decrypted
+    archive, in memory, when the model is encrypted)."""
+    if model.encrypted:
+        from shipyard.protect import untar
+
+        files = untar(model.read_bytes())
+
+        def read(name: str) -> bytes:
+            if name not in files:
+                raise ModelFormatError(f"{model.path}: the encrypted TF.js model has no file '{name}'")
+            return files[name]
+
+        return read
+    base = model.path if model.path.is_dir() else model.path.parent
+
+    def read_file(name: str) -> bytes:
+        try:
+            return (base / name).read_bytes()
+        except OSError as exc:
+            raise ModelFormatError(f"{base / name}: a file of the TF.js model is missing ({exc.strerror})") from exc
+
+    return read_file
+
+
 def model_json(model: Model) -> tuple[Path, dict]:
     path = model.path / "model.json" if model.path.is_dir() else model.path
+    name = "model.json" if model.encrypted or model.path.is_dir() else model.path.name
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        doc = json.loads(file_reader(model)(name).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{path}: the TF.js model.json cannot be read ({exc})") from exc
     return path, doc
 
@@ -43,14 +70,11 @@ def weights(doc: dict) -> list[dict]:
     return [w for group in doc.get("weightsManifest", []) for w in group.get("weights", [])]
 
 
-def read_weights(path: Path, doc: dict) -> dict[str, np.ndarray]:
+def read_weights(path: Path, doc: dict, read: Callable[[str], bytes]) -> dict[str, np.ndarray]:
     """Decode every weight of the manifest from its shards (group by group, in order)."""
     out: dict[str, np.ndarray] = {}
     for group in doc.get("weightsManifest", []):
-        try:
-            blob = b"".join((path.parent / p).read_bytes() for p in group["paths"])
-        except OSError as exc:
-            raise ModelFormatError(f"{path}: a weight shard is missing ({exc.filename})") from exc
+        blob = b"".join(read(p) for p in group["paths"])
         offset = 0
         for w in group["weights"]:
             shape = tuple(w["shape"])
@@ -68,12 +92,13 @@ def read_weights(path: Path, doc: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def full_graph_def(path: Path, doc: dict):
+def full_graph_def(model: Model):
     """The topology with every constant's value put back from the shards (no TensorFlow)."""
+    path, doc = model_json(model)
     gd = graph_def(doc, path)
     if gd is None:
         return None
-    values = read_weights(path, doc)
+    values = read_weights(path, doc, file_reader(model))
     for node in gd.node:
         if node.name in values and node.op == "Const":
             tensor = node.attr["value"].tensor
@@ -112,7 +137,7 @@ def signature(model: Model) -> Signature:
 
 def summarize(model: Model) -> Summary:
     path, doc = model_json(model)
-    gd = full_graph_def(path, doc)
+    gd = full_graph_def(model)
     params = 0
     param_bytes: dict[str, int] = {}
     for w in weights(doc):
@@ -121,7 +146,7 @@ def summarize(model: Model) -> Summary:
         q = w.get("quantization")
         dtype = q["dtype"] if q else w["dtype"]
         add_param(param_bytes, dtype, count * np.dtype(_DTYPES.get(dtype, dtype)).itemsize)
-    size = path.stat().st_size + sum(
+    size = model.path.stat().st_size if model.encrypted else path.stat().st_size + sum(
         (path.parent / p).stat().st_size for g in doc.get("weightsManifest", []) for p in g.get("paths", [])
         if (path.parent / p).is_file()
     )

@@ -33,15 +33,18 @@ def _op_names() -> dict[int, str]:
 class TFLiteFile:
     """A parsed ``.tflite`` file kept open (memory-mapped) while it is looked at."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, data: bytes | None = None):
         import tflite
 
         self.path = path
-        with path.open("rb") as fh:
-            try:
-                self.buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except ValueError as exc:
-                raise ModelFormatError(f"{path}: the file is empty") from exc
+        if data is not None:
+            self.buf = data
+        else:
+            with path.open("rb") as fh:
+                try:
+                    self.buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                except ValueError as exc:
+                    raise ModelFormatError(f"{path}: the file is empty") from exc
         try:
             self.model = tflite.Model.GetRootAsModel(self.buf, 0)
             self.version = self.model.Version()
@@ -103,11 +106,12 @@ class TFLiteFile:
         return [self.model.SignatureDefs(i).SignatureKey().decode() for i in range(self.model.SignatureDefsLength())]
 
     def close(self) -> None:
-        self.buf.close()
+        if isinstance(self.buf, mmap.mmap):
+            self.buf.close()
 
 
 def signature(model: Model) -> Signature:
-    f = TFLiteFile(model.path)
+    f = TFLiteFile(model.path, model.in_memory())
     try:
         return f.signature()
     finally:
@@ -115,7 +119,7 @@ def signature(model: Model) -> Signature:
 
 
 def summarize(model: Model) -> Summary:
-    f = TFLiteFile(model.path)
+    f = TFLiteFile(model.path, model.in_memory())
     ops: list[str] = []
     param_bytes: dict[str, int] = {}
     params = 0

@@ -2,6 +2,7 @@
 model traced on a GPU opens on a machine without one."""
 from __future__ import annotations
 
+import io
 import zipfile
 from functools import lru_cache
 
@@ -20,8 +21,10 @@ _SCALAR_TYPES = {"Float": "float32", "Double": "float64", "Half": "float16", "BF
 @lru_cache(maxsize=4)
 def load(model: Model, device: str = "cpu"):
     torch = require("torch", "Loading a TorchScript model")
+    data = model.in_memory()
+    source = io.BytesIO(data) if data is not None else str(model.path)
     try:
-        return torch.jit.load(str(model.path), map_location=device).eval()
+        return torch.jit.load(source, map_location=device).eval()
     except (RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(f"{model.path}: torch.jit.load failed ({detail})") from exc
@@ -88,7 +91,7 @@ def summarize(model: Model) -> Summary:
         params += tensor.numel()
         add_param(param_bytes, str(tensor.dtype).replace("torch.", ""), tensor.numel() * tensor.element_size())
     kinds = [n.kind() for n in module.inlined_graph.nodes() if n.kind() not in _NOISE]
-    with zipfile.ZipFile(model.path) as zf:
+    with zipfile.ZipFile(io.BytesIO(model.read_bytes()) if model.encrypted else model.path) as zf:
         version = next((zf.read(n).decode().strip() for n in zf.namelist() if n.endswith("/version")), "?")
     return Summary(
         format="torchscript",

@@ -16,7 +16,8 @@ class LiteRTRunner(BaseRunner):
     def __init__(self, model: Model, threads: int | None = None, model_bytes: bytes | None = None,
                  preserve_all_tensors: bool = False):
         # Parse (and bounds-check) the flatbuffer first: LiteRT trusts offsets and can crash on a bad file.
-        parsed = TFLiteFile(model.path) if model_bytes is None else None
+        model_bytes = model_bytes if model_bytes is not None else model.in_memory()
+        parsed = TFLiteFile(model.path, model_bytes)
         signature: Signature = parsed.signature() if parsed else Signature((), ())
         interp_mod = require("ai_edge_litert.interpreter", "Running a TFLite model")
         kwargs = {"num_threads": threads} if threads else {}

@@ -32,6 +32,7 @@ class OnnxRuntimeRunner(BaseRunner):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 4
+        model_bytes = model_bytes if model_bytes is not None else model.in_memory()
         source = model_bytes if model_bytes is not None else str(model.path)
         try:
             self.session = ort.InferenceSession(source, sess_options=opts, providers=providers or ["CPUExecutionProvider"])

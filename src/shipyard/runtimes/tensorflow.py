@@ -97,10 +97,9 @@ class TensorFlowRunner(BaseRunner):
     def _load_tfjs(self, model: Model, threads, _key):
         from shipyard.formats import tfjs
 
-        path, doc = tfjs.model_json(model)
-        gd = tfjs.full_graph_def(path, doc)
+        gd = tfjs.full_graph_def(model)
         if gd is None:
-            raise UnsupportedError(f"{path}: TF.js layers models cannot be run by shipyard (graph models can)")
+            raise UnsupportedError(f"{model.path}: TF.js layers models cannot be run by shipyard (graph models can)")
         self._import(gd.SerializeToString(), model, threads)
         return tfjs.signature(model)
 
@@ -108,6 +107,12 @@ class TensorFlowRunner(BaseRunner):
     def _load_saved(self, model: Model, _threads, key):
         from shipyard.formats import tf_saved
 
+        if model.encrypted:
+            raise UnsupportedError(
+                f"{model.path}: TensorFlow loads SavedModels only from a directory on disk, so an encrypted "
+                "SavedModel cannot be run without writing the plaintext",
+                hint="convert it to ONNX, TFLite or a frozen GraphDef before encrypting; those load from memory",
+            )
         meta = tf_saved.serving_meta(model)
         key = tf_saved.pick_signature_key(meta, key)
         tf = self.tf

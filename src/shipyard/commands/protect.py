@@ -1,0 +1,75 @@
+"""`shipyard keygen / encrypt / decrypt`: authenticated encryption of model files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("keygen", help="write a new random 256-bit model key (mode 0600)")
+    p.add_argument("key", type=Path)
+    p.set_defaults(func=cmd_keygen)
+    p = sub.add_parser("encrypt", help="encrypt a model (AES-256-GCM); every shipyard loader reads it with the key")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_encrypt)
+    p = sub.add_parser("decrypt", help="write the plaintext of an encrypted model")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_decrypt)
+
+
+def cmd_keygen(args) -> int:
+    from shipyard.protect import generate_key
+
+    print(f"wrote a new key to {generate_key(args.key)} (readable by you only; keep it out of version control)")
+    return 0
+
+
+def cmd_encrypt(args) -> int:
+    from shipyard.atomic import atomic_path, check_output_path
+    from shipyard.errors import UnsupportedError
+    from shipyard.model import open_model
+    from shipyard.protect import encrypt_model, read_key
+
+    model = open_model(args.model)
+    if model.encrypted:
+        raise UnsupportedError(f"{model.path} is already encrypted")
+    if model.format == "tf-checkpoint":
+        raise UnsupportedError("a checkpoint is several files; freeze it (shipyard freeze) and encrypt the frozen graph")
+    out = check_output_path(args.output, model.path)
+    data = encrypt_model(model.path, model.format, read_key(args.key_file_path))
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    doc = {"model": str(model.path), "format": model.format, "output": str(out), "bytes": len(data), "algorithm": "AES-256-GCM"}
+    print(json.dumps(doc, indent=2) if args.json else f"encrypted {model.path} ({model.format}) -> {out} with AES-256-GCM")
+    return 0
+
+
+def cmd_decrypt(args) -> int:
+    import io
+    import os
+    import tarfile
+
+    from shipyard.atomic import atomic_path, check_output_path
+    from shipyard.errors import UsageError
+    from shipyard.protect import KIND_DIR, decrypt_bytes, read_key
+
+    path = Path(args.model)
+    out = check_output_path(args.output, path)
+    header, plain = decrypt_bytes(path.read_bytes(), read_key(args.key_file_path))
+    if header.kind == KIND_DIR:
+        with atomic_path(out, directory=True) as tmp, tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or member.name.startswith(("/", "..")) or "/../" in member.name:
+                    raise UsageError(f"{path}: the archive holds an unsafe entry '{member.name}'")
+            tar.extractall(tmp, filter="data")
+    else:
+        with atomic_path(out) as tmp:
+            os.chmod(tmp, 0o600)
+            tmp.write_bytes(plain)
+    doc = {"model": str(path), "format": header.format, "output": str(out)}
+    print(json.dumps(doc, indent=2) if args.json else f"decrypted {path} ({header.format}) -> {out}")
+    return 0
