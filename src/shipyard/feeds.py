@@ -51,14 +51,21 @@ def load_array(path: Path) -> np.ndarray:
     return value
 
 
-def load_feeds(items: list[str], signature: Signature) -> dict[str, np.ndarray]:
+def load_feeds(items: list[str], signature: Signature, mapping: dict[str, str] | None = None,
+               limit: int | None = None) -> dict[str, np.ndarray]:
     """Parse ``--input`` values: ``NAME=FILE.npy``, ``NAME=NUMBER`` (a 0-d input), ``FILE.npz``
-    (keys are input names), or a bare ``FILE.npy`` when the model has one input."""
+    (keys are input names), a TFRecord file of tf.train.Examples (features feed the inputs of the
+    same name, or as ``mapping`` says), or a bare ``FILE.npy`` when the model has one input."""
     feeds: dict[str, np.ndarray] = {}
     for item in items:
         name, sep, file = item.partition("=")
         if not sep:
             name, file = "", item
+            from shipyard import records
+
+            if Path(file).is_file() and records.looks_like_tfrecord(Path(file)):
+                feeds.update(records.feeds_from_records(Path(file), signature, mapping, limit))
+                continue
         literal = _number(file) if name and not Path(file).exists() else None
         value = np.asarray(literal) if literal is not None else load_array(Path(file))
         if isinstance(value, np.lib.npyio.NpzFile):

@@ -11,6 +11,8 @@ def register(sub) -> None:
     p.add_argument("model")
     p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                    help="an input array (.npy), or a .npz whose keys are input names; repeatable")
+    p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
+                   help="TFRecord input: feed this Example feature to this model input")
     p.add_argument("--random", action="store_true", help="generate random inputs (the default when no --input)")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
                    help="shape for a generated input whose shape is dynamic or unknown")
@@ -35,7 +37,8 @@ def cmd_run(args) -> int:
     out_path = check_output_path(args.output, Path(args.model)) if args.output else None
     with open_runner(args.model, backend=args.backend, threads=args.threads) as runner:
         if args.input:
-            feeds = load_feeds(args.input, runner.signature)
+            mapping = dict(m.split("=", 1) for m in args.map if "=" in m)
+            feeds = load_feeds(args.input, runner.signature, mapping)
         else:
             feeds = random_feeds(runner.signature, args.seed, args.batch, parse_shapes(args.shape))
         start = time.perf_counter()

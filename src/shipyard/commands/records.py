@@ -1,0 +1,142 @@
+"""`shipyard records`: count, index, look into and write TFRecord files (no TensorFlow)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("records", help="TFRecord files: count, index, head, show, write")
+    rsub = p.add_subparsers(dest="records_command", required=True, metavar="ACTION")
+    c = rsub.add_parser("count", help="number of records (instant with an index)")
+    c.add_argument("file", type=Path)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_count)
+    i = rsub.add_parser("index", help="write FILE.index (offset and length of every record)")
+    i.add_argument("file", type=Path)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_index)
+    h = rsub.add_parser("head", help="decode the first records' tf.train.Example features")
+    h.add_argument("file", type=Path)
+    h.add_argument("-n", type=int, default=3)
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_head)
+    s = rsub.add_parser("show", help="decode record N (random access through the index)")
+    s.add_argument("file", type=Path)
+    s.add_argument("number", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_show)
+    w = rsub.add_parser("write", help="write Examples from a .npz (one feature per array) or a folder of images")
+    w.add_argument("output", type=Path)
+    src = w.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-npz", type=Path, help="arrays whose first dimension is the record number")
+    src.add_argument("--images", type=Path, help="a folder of images; sub-folder names become integer labels")
+    w.add_argument("--gzip", action="store_true", help="GZIP-compress the file")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_write)
+
+
+def _describe(features: dict) -> dict:
+    out = {}
+    for name, value in features.items():
+        if isinstance(value, list):
+            out[name] = {"kind": "bytes", "count": len(value), "first_bytes": len(value[0]) if value else 0}
+        else:
+            out[name] = {"kind": str(value.dtype), "count": int(value.size), "values": value[:6].tolist()}
+    return out
+
+
+def _print_features(number: int, features: dict) -> None:
+    print(f"record {number}")
+    for name, info in _describe(features).items():
+        detail = info.get("values", f"{info.get('first_bytes')} bytes")
+        print(f"  {name:<24} {info['kind']:<8} x{info['count']:<6} {detail}")
+
+
+def cmd_count(args) -> int:
+    from shipyard.records import count
+
+    n, how = count(args.file)
+    print(json.dumps({"file": str(args.file), "records": n, "counted_by": how}) if args.json else f"{n} records ({how})")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from shipyard.records import read_index, write_index
+
+    out = write_index(args.file)
+    n = len(read_index(args.file) or [])
+    print(json.dumps({"index": str(out), "records": n}) if args.json else f"indexed {n} records -> {out}")
+    return 0
+
+
+def cmd_head(args) -> int:
+    from shipyard import tf_example
+    from shipyard.records import iter_records
+
+    rows = []
+    for i, data in enumerate(iter_records(args.file)):
+        if i >= args.n:
+            break
+        features = tf_example.decode(data)
+        rows.append({"record": i, "features": _describe(features)})
+        if not args.json:
+            _print_features(i, features)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from shipyard import tf_example
+    from shipyard.records import iter_records, read_at, read_index
+
+    if read_index(args.file) is not None:
+        data = read_at(args.file, args.number)
+    else:
+        data = next((d for i, d in enumerate(iter_records(args.file)) if i == args.number), None)
+        if data is None:
+            from shipyard.errors import InputError
+
+            raise InputError(f"{args.file}: record {args.number} does not exist")
+    features = tf_example.decode(data)
+    if args.json:
+        print(json.dumps({"record": args.number, "features": _describe(features)}, indent=2))
+    else:
+        _print_features(args.number, features)
+    return 0
+
+
+def cmd_write(args) -> int:
+    import numpy as np
+
+    from shipyard import tf_example
+    from shipyard.atomic import check_output_path
+    from shipyard.errors import InputError
+    from shipyard.records import write_records
+
+    out = check_output_path(args.output)
+    if args.from_npz:
+        try:
+            arrays = dict(np.load(args.from_npz, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{args.from_npz}: not a readable .npz ({exc})") from exc
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise InputError(f"{args.from_npz}: arrays disagree on the number of records: {lengths}")
+        n = next(iter(lengths.values()))
+        records = (tf_example.encode({k: v[i] for k, v in arrays.items()}) for i in range(n))
+    else:
+        folder = args.images
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif"))
+        if not files:
+            raise InputError(f"{folder}: no images (.png, .jpg, .jpeg, .bmp, .gif) found")
+        classes = sorted({p.parent.name for p in files if p.parent != folder})
+        records = (tf_example.encode({
+            "image/encoded": p.read_bytes(), "image/filename": p.name.encode(),
+            "image/class/label": np.array([classes.index(p.parent.name) if p.parent != folder else -1]),
+        }) for p in files)
+    written = write_records(out, records, compressed=args.gzip)
+    print(json.dumps({"output": str(out), "records": written, "gzip": args.gzip}) if args.json
+          else f"wrote {written} records -> {out}{' (gzip)' if args.gzip else ''}")
+    return 0
