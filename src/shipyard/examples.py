@@ -175,3 +175,80 @@ def save_torch_family(model, directory: Path) -> dict[str, Path]:
 def quiet_keras_home(directory: Path) -> None:
     """Keep Keras from writing ~/.keras/keras.json on first import."""
     os.environ.setdefault("KERAS_HOME", str(directory))
+
+
+# ---------------------------------------------------------------- the digits demo model
+
+DIGITS_SHAPE = (8, 8, 1)
+
+
+def digits_data(seed: int = 0):
+    """scikit-learn's 8x8 handwritten digits (offline), scaled to [0, 1]: (x_train, y_train, x_test, y_test)."""
+    require("sklearn", "Loading the digits dataset")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    y = digits.target.astype("int64")
+    order = np.random.default_rng(seed).permutation(len(x))
+    split = int(len(x) * 0.8)
+    train, test = order[:split], order[split:]
+    return x[train], y[train], x[test], y[test]
+
+
+def digits_cnn(seed: int = 0):
+    """conv-relu-pool, conv-relu, flatten, dense: small enough to train in seconds on a CPU."""
+    require("tensorflow", "Building the digits model")
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(DIGITS_SHAPE, name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(10, name="logits")(x)
+    out = keras.layers.Softmax(name="probs")(x)
+    return keras.Model(inp, out, name="digits_cnn")
+
+
+def train_digits(epochs: int = 25, seed: int = 0):
+    """(trained Keras model, test accuracy, (x_test, y_test))."""
+    x_train, y_train, x_test, y_test = digits_data(seed)
+    model = digits_cnn(seed)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
+    accuracy = float(np.mean(np.asarray(model.predict(x_test, verbose=0)).argmax(-1) == y_test))
+    return model, accuracy, (x_test, y_test)
+
+
+def export_digits_tf1(model, directory: Path) -> dict[str, Path]:
+    """The trained digits CNN written the TF1 way: a GraphDef with placeholders, an Adam train
+    op and a Saver, plus a checkpoint holding the Keras weights (the graph recomputes the same
+    function with tf.nn ops)."""
+    tf = require("tensorflow", "Writing the TF1 digits graph")
+    v1 = tf.compat.v1
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {layer.name: layer.get_weights() for layer in model.layers if layer.get_weights()}
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, *DIGITS_SHAPE], name="image")
+        labels = v1.placeholder(tf.int64, [None], name="label")
+        params = {}
+        for name, (kernel, bias) in weights.items():
+            params[name] = (v1.get_variable(f"{name}/kernel", initializer=kernel), v1.get_variable(f"{name}/bias", initializer=bias))
+        h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, params["conv1"][0], 1, "SAME"), params["conv1"][1]))
+        h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+        h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(h, params["conv2"][0], 1, "SAME"), params["conv2"][1]))
+        h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
+        logits = tf.nn.bias_add(tf.matmul(h, params["logits"][0]), params["logits"][1], name="logits")
+        tf.nn.softmax(logits, name="probs")
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits), name="loss")
+        v1.train.AdamOptimizer(1e-3).minimize(loss, name="train")
+        init = v1.global_variables_initializer()
+        saver = v1.train.Saver()
+        with v1.Session(graph=graph) as sess:
+            sess.run(init)
+            prefix = saver.save(sess, str(directory / "model.ckpt"))
+        tf.io.write_graph(graph.as_graph_def(), str(directory), "graph.pb", as_text=False)
+    return {"graph": directory / "graph.pb", "checkpoint": Path(prefix), "directory": directory}
