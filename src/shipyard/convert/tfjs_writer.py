@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import json_format
 
 from shipyard.atomic import atomic_path
@@ -37,8 +38,20 @@ def _dt_enum_name(dtype: str) -> str:
     return types_pb2.DataType.Name(reverse.get(dtype, 1))
 
 
-def write_graph_model(graph_def, out_dir: Path, signature: Signature | None = None) -> Path:
-    """Write ``out_dir/model.json`` and its shards; returns the model.json path."""
+def _quantize_uint8(value: np.ndarray) -> tuple[bytes, dict]:
+    """TF.js's affine uint8 weight storage: value ~= q * scale + min (dequantized on load)."""
+    lo, hi = float(value.min()), float(value.max())
+    scale = (hi - lo) / 255.0 or 1.0
+    q = np.round((value - lo) / scale).clip(0, 255).astype(np.uint8)
+    return q.tobytes(), {"dtype": "uint8", "min": lo, "scale": scale}
+
+
+def write_graph_model(graph_def, out_dir: Path, signature: Signature | None = None,
+                      quantize_uint8: bool = False) -> Path:
+    """Write ``out_dir/model.json`` and its shards; returns the model.json path.
+
+    ``quantize_uint8`` stores float weights of 16 or more elements as uint8 (4x smaller
+    download; TF.js dequantizes them to float32 when it loads the model)."""
     topology = tf_protos.GraphDef()
     topology.CopyFrom(graph_def)
     manifest_weights: list[dict] = []
@@ -54,8 +67,13 @@ def write_graph_model(graph_def, out_dir: Path, signature: Signature | None = No
                 f"constant '{node.name}' has dtype {dtype}, which TF.js weights cannot hold",
                 hint="TF.js weights are float32, int32 or bool",
             )
-        manifest_weights.append({"name": node.name, "shape": list(value.shape), "dtype": _WEIGHT_DTYPES[dtype]})
-        blobs.append(value.astype(value.dtype.newbyteorder("<")).tobytes())
+        entry = {"name": node.name, "shape": list(value.shape), "dtype": _WEIGHT_DTYPES[dtype]}
+        if quantize_uint8 and dtype == "float32" and value.size >= 16:
+            data, entry["quantization"] = _quantize_uint8(value)
+            blobs.append(data)
+        else:
+            blobs.append(value.astype(value.dtype.newbyteorder("<")).tobytes())
+        manifest_weights.append(entry)
         kept_shape = tensor.tensor_shape
         tensor.Clear()
         tensor.dtype = tf_protos.types_enum(_dt_enum_name(dtype))
