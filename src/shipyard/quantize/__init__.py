@@ -87,7 +87,9 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
     report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
     with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
         guard.stage("preparing the model for quantization")
-        prepared = oq.prepare(proto, Path(work))
+        # onnxruntime's pre-processing (BN folding, shape inference) is for static quantization;
+        # its shape annotations can trip the dynamic quantizer's own inference
+        prepared = oq.prepare(proto, Path(work), optimize=req.mode == "static")
         opts = oq.StaticOptions(req.quant_format, "uint8" if req.quant_format == "qoperator" else "int8", "int8",
                                 req.per_channel, req.calibrate_method, tuple(req.exclude))
         guard.stage(f"quantizing ({req.mode})")

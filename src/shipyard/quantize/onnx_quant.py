@@ -46,7 +46,7 @@ def check_exclude(proto, exclude) -> None:
         raise UsageError(f"--exclude: no node named {', '.join(unknown)} in the model", hint=f"node names look like: {sample}")
 
 
-def prepare(proto, workdir: Path) -> Path:
+def prepare(proto, workdir: Path, optimize: bool = True) -> Path:
     """Lift Constant-node weights into initializers (Paddle exports keep weights in Constants,
     which the quantizer does not see), then onnxruntime's pre-processing: graph optimization
     (batch-norm folding) and shape inference."""
@@ -58,9 +58,14 @@ def prepare(proto, workdir: Path) -> Path:
     from shipyard.passes.registry import Params
     from shipyard.passes.spec import Step
 
-    lifted = lift_constants(proto, Params(Step("lift_constants")), Context([], []))
+    lifted = proto
+    if any(n.op_type == "Constant" for n in proto.graph.node):
+        lifted = lift_constants(proto, Params(Step("lift_constants")), Context([], []))
+        del lifted.graph.value_info[:]  # shape inference recomputes them for the new initializers
     src = workdir / "lifted.onnx"
     onnx.save(lifted, str(src))
+    if not optimize:
+        return src
     out = workdir / "prepared.onnx"
     try:
         quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
