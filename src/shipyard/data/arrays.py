@@ -42,12 +42,27 @@ class ArraySource:
                 raise InputError(f"{self.path}: the model has {len(signature.inputs)} inputs; give a .npz keyed by input name",
                                  hint="inputs: " + ", ".join(s.name for s in signature.inputs))
             arrays = {signature.inputs[0].name: arrays.pop("")}
-        names = {tensor_name(s.name): s.name for s in signature.inputs}
-        missing = [s.name for s in signature.inputs if not any(tensor_name(k) == tensor_name(s.name) for k in arrays)]
+        matched = match_keys(list(arrays), signature)
+        missing = [s.name for s in signature.inputs if s.name not in matched.values()]
         if missing:
             raise InputError(f"{self.path}: no array for input(s) {', '.join(missing)}", hint="keys: " + ", ".join(arrays))
         for i in range(self.count):
-            yield {names.get(tensor_name(k), k): _sample(v, i, signature.input(k)) for k, v in arrays.items()}
+            yield {matched[k]: _sample(v, i, signature.input(matched[k])) for k, v in arrays.items() if k in matched}
+
+
+def match_keys(keys: list[str], signature: Signature) -> dict[str, str]:
+    """Array key -> input name: exact (``x`` = ``x:0``), then a converter's prefix
+    (``image`` = TFLite's ``serving_default_image:0``), then one array for a one-input model."""
+    out: dict[str, str] = {}
+    for key in keys:
+        exact = [s.name for s in signature.inputs if tensor_name(s.name) == tensor_name(key)]
+        suffix = [s.name for s in signature.inputs if tensor_name(s.name).endswith("_" + tensor_name(key))]
+        found = exact or (suffix if len(suffix) == 1 else [])
+        if found:
+            out[key] = found[0]
+    if not out and len(keys) == 1 and len(signature.inputs) == 1:
+        out[keys[0]] = signature.inputs[0].name
+    return out
 
 
 def _sample(array: np.ndarray, i: int, spec) -> np.ndarray:
