@@ -157,8 +157,8 @@ def to_float16(src: Path, out: Path, exclude) -> dict:
 
 
 def layer_errors(float_path: Path, feeds: list[dict], opts: StaticOptions, top: int = 5) -> list[dict]:
-    """Per-tensor signal-to-quantization-noise ratio (dB) between the float model and its QDQ
-    quantization, from onnxruntime's qdq_loss_debug; the lowest first, with the node that makes it."""
+    """Per-layer signal-to-quantization-noise ratio (dB) of the QDQ-quantized model against the
+    float one (onnxruntime's qdq_loss_debug), ranked by how much each layer lowers it."""
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
@@ -171,15 +171,34 @@ def layer_errors(float_path: Path, feeds: list[dict], opts: StaticOptions, top: 
         float_acts = dbg.collect_activations(str(t / "float_aug.onnx"), _reader(feeds))
         qdq_acts = dbg.collect_activations(str(t / "qdq_aug.onnx"), _reader(feeds))
         errors = dbg.compute_activation_error(dbg.create_activation_matching(qdq_acts, float_acts))
-    producers = {o: n for n in onnx.load(str(float_path)).graph.node for o in n.output}
+    graph = onnx.load(str(float_path)).graph
+    sqnr = {t: float(e["xmodel_err"]) for t, e in errors.items()
+            if e.get("xmodel_err") is not None and np.isfinite(e["xmodel_err"])}
+    producer = {o: n for n in graph.node for o in n.output}
+    memo: dict[str, list[float]] = {}
+
+    def measured_upstream(tensor: str) -> list[float]:
+        """SQNRs of the nearest measured tensors feeding ``tensor`` (through fused, unmeasured ops)."""
+        if tensor in sqnr:
+            return [sqnr[tensor]]
+        if tensor not in memo:
+            memo[tensor] = []
+            node = producer.get(tensor)
+            memo[tensor] = [v for i in (node.input if node is not None else []) for v in measured_upstream(i)]
+        return memo[tensor]
+
     rows = []
-    for tensor, err in errors.items():
-        node = producers.get(tensor)
-        total, local = err.get("xmodel_err"), err.get("qdq_err")
-        if node is None or total is None or not np.isfinite(total):
+    for node in graph.node:
+        out = next((o for o in node.output if o in sqnr), None)
+        if out is None:
             continue
-        rows.append({"node": node.name, "op": node.op_type, "tensor": tensor, "sqnr_db": float(total),
-                     "local_sqnr_db": float(local) if local is not None and np.isfinite(local) else None})
-    # the layer whose own rounding loses most (lowest local SQNR) is the one to keep in float
-    rows.sort(key=lambda r: (r["local_sqnr_db"] if r["local_sqnr_db"] is not None else r["sqnr_db"]))
+        before = [v for i in node.input for v in measured_upstream(i)]
+        # the noise this layer adds: how much the signal-to-noise ratio falls across it
+        drop = min(before) - sqnr[out] if before else None
+        name, op = node.name, node.op_type
+        fused = producer.get(node.input[0]) if node.input and node.input[0] not in sqnr else None
+        if op in ("Relu", "Clip", "LeakyRelu", "Sigmoid") and fused is not None and fused.op_type in ("Conv", "Gemm", "MatMul"):
+            name, op = fused.name, f"{fused.op_type}+{op}"  # quantized as one layer; exclude the conv
+        rows.append({"node": name, "op": op, "tensor": out, "sqnr_db": sqnr[out], "drop_db": drop})
+    rows.sort(key=lambda r: (-(r["drop_db"] if r["drop_db"] is not None else 0.0), r["sqnr_db"]))
     return rows[:top]

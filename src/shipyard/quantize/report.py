@@ -71,10 +71,12 @@ def render(r: QuantizeReport) -> str:
         lines.append(f"  accuracy     float {a['float']:.4f} -> quantized {a['quantized']:.4f} "
                      f"({a['samples']} labelled samples)")
     if r.layers:
-        lines.append("  layers with the most quantization noise (lowest SQNR; keep one in float with --exclude NODE):")
+        lines.append("  layers adding the most quantization noise (SQNR vs float, and its drop across the layer;"
+                     " keep one in float with --exclude NODE):")
+        width = max(len(row["node"]) for row in r.layers)
         for row in r.layers:
-            local = f", own {row['local_sqnr_db']:.1f} dB" if row.get("local_sqnr_db") is not None else ""
-            lines.append(f"    {row['node']:<40} {row['op']:<12} {row['sqnr_db']:.1f} dB{local}")
+            drop = f"drop {row['drop_db']:5.1f} dB" if row.get("drop_db") is not None else "first quantized layer"
+            lines.append(f"    {row['node']:<{width}}  {row['op']:<18} SQNR {row['sqnr_db']:5.1f} dB  {drop}")
     for w in r.warnings:
         lines.append(f"  warning      {w}")
     return "\n".join(lines)
