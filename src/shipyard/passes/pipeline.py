@@ -85,6 +85,10 @@ def transform_model(path: str | Path, spec: str, out: str | Path, inputs: list[s
                                hint="freeze or convert it first (shipyard freeze / shipyard convert)")
     steps = parse_spec(spec)
     transforms = [check_step(s, model.format) for s in steps]
+    if model.format == ONNX:
+        from shipyard.deps import require
+
+        require("onnx_ir", "ONNX transforms")  # a one-line error naming the package, not an ImportError
     out_path = check_output_path(Path(out), model.path)
     graph = _load(model)
     ctx = _context(model, graph, inputs, outputs)
