@@ -1,8 +1,6 @@
 """Shared helpers for the quantization benchmarks: Keras -> frozen GraphDef -> ONNX, and timing."""
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 
@@ -22,14 +20,9 @@ def keras_to_onnx(model, path: Path, batch: int | None = None) -> Path:
 
 
 def median_ms(fn, runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    from shipyard.passes.verify import median_ms as median
+
+    return median(fn, runs, warmup)
 
 
 def ort_session(path: Path, threads: int = 2):

@@ -19,7 +19,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import keras_to_onnx, median_ms, ort_session, table, tflite_interpreter, tflite_predict  # noqa: E402
+from _common import keras_to_onnx, median_ms, ort_session, table, tflite_interpreter, tflite_predict
 
 
 def load_data():

@@ -21,7 +21,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import keras_to_onnx, median_ms, ort_session, table, tflite_interpreter, tflite_predict  # noqa: E402
+from _common import keras_to_onnx, median_ms, ort_session, table, tflite_interpreter, tflite_predict
 
 TRANSFORMS = "fold_constants remove_nodes(op=Identity) merge_duplicate_nodes ort_optimize(level=basic)"
 
@@ -65,16 +65,16 @@ def main() -> None:
 
             fn = tf.function(lambda t: model(t, training=False))
             timings = {
-                "Keras predict_on_batch": median_ms(lambda: model.predict_on_batch(x), args.runs),
-                "Keras tf.function": median_ms(lambda: fn(x), args.runs),
+                "Keras predict_on_batch": median_ms(lambda m=model: m.predict_on_batch(x), args.runs),
+                "Keras tf.function": median_ms(lambda f=fn: f(x), args.runs),
             }
             for label, path in (("ORT fp32 (transformed)", d / "opt.onnx"), ("ORT int8 QOperator", d / "int8.onnx")):
                 sess = ort_session(path)
                 feed = {sess.get_inputs()[0].name: x}
-                timings[label] = median_ms(lambda: sess.run(None, feed), args.runs)
+                timings[label] = median_ms(lambda s=sess, f=feed: s.run(None, f), args.runs)
             for label, path in (("TFLite fp32", d / "float.tflite"), ("TFLite int8", d / "int8.tflite")):
                 interp = tflite_interpreter(path)
-                timings[label] = median_ms(lambda: tflite_predict(interp, x), args.runs)
+                timings[label] = median_ms(lambda i=interp: tflite_predict(i, x), args.runs)
             base = timings["Keras tf.function"]
             for label, ms in timings.items():
                 rows.append([name, label, f"{ms:.2f}", f"{base / ms:.1f}x"])

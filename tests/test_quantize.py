@@ -20,7 +20,7 @@ def _ops(path: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def torch_calibration(torch_example, tmp_path_factory):
     """Calibration samples drawn like the inputs, saved as .npz with the model's labels (its own argmax)."""
-    module, paths, _, _ = torch_example
+    module = torch_example[0]
     import torch
 
     x = np.random.default_rng(3).standard_normal((24, 3, 12, 12)).astype("float32")

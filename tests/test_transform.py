@@ -193,7 +193,7 @@ def test_onnx_folding_and_cleanup(torch_example, tmp_path):
 def test_onnx_fix_shapes_and_float16(torch_example, tmp_path):
     import onnx
 
-    _, paths, x, ref = torch_example
+    paths = torch_example[1]
     out = tmp_path / "fixed.onnx"
     proc = run_cli("transform", paths["onnx"], "-t", 'fix_shapes(input="2,3,12,12") float16', "-o", out)
     assert proc.returncode == 0, proc.stderr

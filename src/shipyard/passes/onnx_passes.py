@@ -121,8 +121,11 @@ def sort_by_execution_order(proto, params: Params, ctx: Context):
 
 def merge_duplicate_nodes(proto, params: Params, ctx: Context):
     """onnx-ir's common-subexpression elimination and initializer deduplication."""
-    from onnx_ir.passes.common import (CommonSubexpressionEliminationPass, DeduplicateInitializersPass,
-                                       RemoveUnusedNodesPass)
+    from onnx_ir.passes.common import (
+        CommonSubexpressionEliminationPass,
+        DeduplicateInitializersPass,
+        RemoveUnusedNodesPass,
+    )
 
     return _ir_passes(proto, DeduplicateInitializersPass(size_limit=1 << 30),
                       CommonSubexpressionEliminationPass(size_limit=1 << 20), RemoveUnusedNodesPass())

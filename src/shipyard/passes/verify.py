@@ -45,20 +45,25 @@ def compare_outputs(ref: dict[str, np.ndarray], new: dict[str, np.ndarray], atol
     return out
 
 
+def median_ms(fn, runs: int = 30, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def latency_ms(model: Model, feed: Mapping[str, np.ndarray], runs: int = 30, threads: int | None = None,
                backend: str | None = None) -> float:
-    """Median latency of one run, after two warm-up runs."""
+    """Median latency of one run on the model's engine."""
     from shipyard.runtimes import open_runner
 
     with open_runner(model, backend=backend, threads=threads) as runner:
-        for _ in range(2):
-            runner.run(feed)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            runner.run(feed)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        return median_ms(lambda: runner.run(feed), runs)
 
 
 def lossy_passed(d: OutputDiff, min_cosine: float = 0.99) -> bool:

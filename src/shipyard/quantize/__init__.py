@@ -138,7 +138,7 @@ def _graphdef(model: Model, out_path: Path, req: Request) -> QuantizeReport:
     from shipyard.formats import tf_graph
 
     if req.mode != "weights":
-        raise UnsupportedError(f"a TensorFlow GraphDef can only be quantized with --mode weights (quantize_weights)",
+        raise UnsupportedError("a TensorFlow GraphDef can only be quantized with --mode weights (quantize_weights)",
                                hint="for static int8, convert it to ONNX or TFLite first")
     graph_def, _ = tf_graph.load(model)
     if any(n.op in ("Dequantize", "QuantizeV2", "QuantizedConv2D") for n in graph_def.node):

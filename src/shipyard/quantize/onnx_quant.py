@@ -69,7 +69,7 @@ def prepare(proto, workdir: Path, optimize: bool = True) -> Path:
     out = workdir / "prepared.onnx"
     try:
         quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
-    except Exception:  # pre-processing is an optimisation: a model it cannot handle is quantized as it is
+    except Exception:  # noqa: BLE001 -- pre-processing is an optimisation: a model it cannot handle is quantized as it is
         return src
     return out
 

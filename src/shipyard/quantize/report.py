@@ -41,7 +41,7 @@ def task_accuracy(labels: np.ndarray | None, ref: dict[str, np.ndarray], new: di
             b = next(iter(new.values()))
         if a.ndim >= 2 and a.shape[0] == len(labels) and a.shape[-1] > 1:
             lab = np.asarray(labels).reshape(-1)
-            return {"output": name, "samples": int(len(lab)),
+            return {"output": name, "samples": len(lab),
                     "float": float(np.mean(a.reshape(len(lab), -1).argmax(-1) == lab)),
                     "quantized": float(np.mean(b.reshape(len(lab), -1).argmax(-1) == lab))}
     return None

@@ -78,21 +78,13 @@ def _outputs(path: Path, feeds, threads) -> dict[str, np.ndarray]:
 
 
 def _latency(path: Path, feed, runs: int, threads) -> float:
-    import statistics
-    import time
+    from shipyard.passes.verify import median_ms
 
     runner = _Int8Runner(path, threads)
     try:
-        for _ in range(2):
-            runner.run(feed)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            runner.run(feed)
-            times.append((time.perf_counter() - t) * 1e3)
+        return median_ms(lambda: runner.run(feed), runs)
     finally:
         runner.close()
-    return statistics.median(times)
 
 
 def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
