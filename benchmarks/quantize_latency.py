@@ -63,7 +63,7 @@ def main() -> None:
             with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the traced signature
                 (d / "float.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 
-            fn = tf.function(lambda t: model(t, training=False))
+            fn = tf.function(lambda t, m=model: m(t, training=False))
             timings = {
                 "Keras predict_on_batch": median_ms(lambda m=model: m.predict_on_batch(x), args.runs),
                 "Keras tf.function": median_ms(lambda f=fn: f(x), args.runs),
