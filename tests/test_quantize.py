@@ -124,6 +124,18 @@ def test_keras_to_tflite_int8(keras_example, tmp_path):
     sig = TFLiteFile(out).signature()
     assert sig.inputs[0].dtype == "int8" and sig.outputs[0].dtype == "int8"
     assert report["outputs"][0]["cosine"] > 0.98 and report["settings"]["io"] == "int8"
+    # TensorFlow's quantization debugger names the noisiest layers; --exclude keeps one in float
+    layer = report["layers"][0]["node"]
+    assert report["layers"][0]["rmse_per_step"] > 0
+    kept = tmp_path / "kept_float.tflite"
+    proc = run_cli("quantize", paths["keras"], "--mode", "static", "--calibration", tmp_path / "calib.npy",
+                   "--exclude", layer, "-o", kept, "--runs", "0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    from shipyard.inspect import inspect_model
+
+    assert "DEQUANTIZE" in inspect_model(kept).ops
+    assert_clean_error(run_cli("quantize", paths["keras"], "--mode", "static", "--exclude", "no/such/layer", "-o",
+                               tmp_path / "x.tflite"), "no quantized TFLite layer named no/such/layer")
 
 
 def test_graphdef_weights(keras_paths, tmp_path):

@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=100, help="at most this many calibration samples (default 100)")
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (ONNX static/dynamic)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODES",
-                   help="node names to keep in float (comma-separated, repeatable; ONNX)")
+                   help="layers to keep in float (comma-separated, repeatable; ONNX node names, TFLite layer names from the report)")
     p.add_argument("--format", dest="quant_format", choices=["qoperator", "qdq"], default="qoperator",
                    help="ONNX static form: qoperator (default, fastest on CPU) or qdq")
     p.add_argument("--method", dest="calibrate_method", choices=["minmax", "entropy", "percentile"], default="minmax",

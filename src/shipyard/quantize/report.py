@@ -71,10 +71,13 @@ def render(r: QuantizeReport) -> str:
         lines.append(f"  accuracy     float {a['float']:.4f} -> quantized {a['quantized']:.4f} "
                      f"({a['samples']} labelled samples)")
     if r.layers:
-        lines.append("  layers adding the most quantization noise (SQNR vs float, and its drop across the layer;"
-                     " keep one in float with --exclude NODE):")
+        lines.append("  layers adding the most quantization noise (keep one in float with --exclude NODE):")
         width = max(len(row["node"]) for row in r.layers)
         for row in r.layers:
+            if "rmse_per_step" in row:
+                lines.append(f"    {row['node'][:100]:<{min(width, 100)}}  {row['op']:<18} RMSE {row['rmse_per_step']:.2f} "
+                             f"quantization steps, max abs error {row['max_abs']:.3g}")
+                continue
             drop = f"drop {row['drop_db']:5.1f} dB" if row.get("drop_db") is not None else "first quantized layer"
             lines.append(f"    {row['node']:<{width}}  {row['op']:<18} SQNR {row['sqnr_db']:5.1f} dB  {drop}")
     for w in r.warnings:

@@ -87,6 +87,37 @@ def _latency(path: Path, feed, runs: int, threads) -> float:
         runner.close()
 
 
+def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
+    """TensorFlow's QuantizationDebugger: per-layer RMSE of the int8 layer in units of its
+    quantization step (about 0.29 is pure rounding; much more means the layer loses accuracy).
+    With ``exclude``, the named layers are denylisted (kept float) in the debugger's model."""
+    import csv
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([f[n] for n in names] for f in feeds[:16])
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(exclude)) if exclude else None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=lambda: ([f[n] for n in names] for f in feeds[:16]),
+                debug_options=options)
+            debugger.run()
+            dump = io.StringIO()
+            debugger.layer_statistics_dump(dump)
+    except Exception as exc:  # the debugger raises ValueError/RuntimeError/ConverterError
+        raise ModelLoadError(f"the TFLite quantization debugger failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+    rows = []
+    for rec in csv.DictReader(io.StringIO(dump.getvalue())):
+        scale = float(rec["scale"] or 0)
+        if not scale:
+            continue
+        rows.append({"node": rec["tensor_name"], "op": rec["op_name"],
+                     "rmse_per_step": float(np.sqrt(float(rec["mean_squared_error"]))) / scale,
+                     "max_abs": float(rec["max_abs_error"])})
+    rows.sort(key=lambda r: -r["rmse_per_step"])
+    return debugger, rows[:top], {r["node"] for r in rows}
+
+
 def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
     from shipyard.atomic import atomic_path
     from shipyard.compare import diff
@@ -116,7 +147,8 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
             report.settings = {"format": "float16 weights (dequantized at load on CPU)"}
         elif req.mode == "static":
             converter.representative_dataset = lambda: ([f[n] for n in names] for f in feeds)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if not req.exclude:  # layers kept in float need the float kernels
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if req.int8_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
@@ -127,10 +159,20 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
                                "per_channel": True}
             if req.mode == "weights":
                 report.warnings.append("TFLite has no weight-only int8 mode on CPU; dynamic range quantization was used")
-        if req.exclude:
-            raise UsageError("--exclude is supported for ONNX models; TFLite quantizes every supported op")
+        if req.exclude and (req.mode != "static" or req.int8_io):
+            raise UsageError("--exclude works with TFLite --mode static, without --int8-io")
+        debugger = None
+        if req.mode == "static" and (req.layers or req.exclude):
+            guard.stage("measuring per-layer quantization error")
+            _, report.layers, known = _layer_errors(tf, _converter(tf, model), feeds, names, ())
+            unknown = [e for e in req.exclude if e not in known]
+            if unknown:
+                raise UsageError(f"--exclude: no quantized TFLite layer named {', '.join(unknown)}",
+                                 hint="the layer names are the 'node' values of the report's layers (quantize --json)")
+            if req.exclude:
+                debugger = _layer_errors(tf, _converter(tf, model), feeds, names, req.exclude)[0]
         guard.stage(f"converting with {req.mode} quantization")
-        data = _convert(converter, req.mode)
+        data = _convert(converter, req.mode) if not req.exclude else debugger.get_nondebug_quantized_model()
         with atomic_path(out_path) as tmp:
             tmp.write_bytes(data)
             guard.stage("measuring the quantized model")
