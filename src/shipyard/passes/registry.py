@@ -100,7 +100,20 @@ def check_step(step: Step, fmt: str) -> Transform:
         if unknown:
             takes = ", ".join(t.params) or "no parameters"
             raise UsageError(f"transform '{step.name}' has no parameter '{unknown[0]}'", hint=f"it takes: {takes}")
+    params = Params(step)
+    for key in step.params:  # typed values are checked before any model is loaded
+        kind = _PARAM_TYPES.get(key)
+        if kind == "bool":
+            params.bool(key, False)
+        elif kind == "int":
+            params.int(key, 1, minimum=2 if key == "num_steps" else 1)
+        elif kind == "shape":
+            params.shape(key)
     return t
+
+
+_PARAM_TYPES = {"ignore_errors": "bool", "keep_io_types": "bool", "num_steps": "int", "minimum_size": "int",
+                "shape": "shape"}
 
 
 class Params:
