@@ -1,0 +1,72 @@
+"""Samples from ``.npy`` (one input; first axis = samples) or ``.npz`` (keys = input names,
+plus an optional ``labels`` array)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from shipyard.errors import InputError
+from shipyard.feeds import load_array
+from shipyard.model import Signature, tensor_name
+
+LABEL_KEYS = ("labels", "label", "y")
+
+
+class ArraySource:
+    measured = True
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.description = f"{path}"
+        value = load_array(path)
+        if isinstance(value, np.lib.npyio.NpzFile):
+            with value:
+                arrays = {k: value[k] for k in value.files}
+        else:
+            arrays = {"": value}
+        self.labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
+        if not arrays:
+            raise InputError(f"{path}: no input arrays in the file")
+        counts = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
+        if len(set(counts.values())) != 1:
+            raise InputError(f"{path}: the arrays hold different numbers of samples ({counts})")
+        self.arrays = arrays
+        self.count = next(iter(counts.values()))
+
+    def feeds(self, signature: Signature) -> Iterator[dict[str, np.ndarray]]:
+        arrays = dict(self.arrays)
+        if "" in arrays:
+            if len(signature.inputs) != 1:
+                raise InputError(f"{self.path}: the model has {len(signature.inputs)} inputs; give a .npz keyed by input name",
+                                 hint="inputs: " + ", ".join(s.name for s in signature.inputs))
+            arrays = {signature.inputs[0].name: arrays.pop("")}
+        matched = match_keys(list(arrays), signature)
+        missing = [s.name for s in signature.inputs if s.name not in matched.values()]
+        if missing:
+            raise InputError(f"{self.path}: no array for input(s) {', '.join(missing)}", hint="keys: " + ", ".join(arrays))
+        for i in range(self.count):
+            yield {matched[k]: _sample(v, i, signature.input(matched[k])) for k, v in arrays.items() if k in matched}
+
+
+def match_keys(keys: list[str], signature: Signature) -> dict[str, str]:
+    """Array key -> input name: exact (``x`` = ``x:0``), then a converter's prefix
+    (``image`` = TFLite's ``serving_default_image:0``), then one array for a one-input model."""
+    out: dict[str, str] = {}
+    for key in keys:
+        exact = [s.name for s in signature.inputs if tensor_name(s.name) == tensor_name(key)]
+        suffix = [s.name for s in signature.inputs if tensor_name(s.name).endswith("_" + tensor_name(key))]
+        found = exact or (suffix if len(suffix) == 1 else [])
+        if found:
+            out[key] = found[0]
+    if not out and len(keys) == 1 and len(signature.inputs) == 1:
+        out[keys[0]] = signature.inputs[0].name
+    return out
+
+
+def _sample(array: np.ndarray, i: int, spec) -> np.ndarray:
+    """Sample ``i`` with a batch axis of 1, unless the array is already one sample per model call."""
+    if spec is not None and spec.shape is not None and array.ndim == len(spec.shape) + 1:
+        return array[i]
+    return array[i : i + 1]

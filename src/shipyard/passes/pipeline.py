@@ -1,0 +1,149 @@
+"""``transform``: parse a spec, apply its transforms in order, write atomically, verify.
+
+The output is verified against the input model on generated inputs before it replaces the
+destination; a mismatch beyond tolerance leaves nothing behind unless ``force`` is given.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shipyard import guard
+from shipyard.errors import UnsupportedError, UsageError
+from shipyard.model import Model, open_model, tensor_name
+from shipyard.passes.graphdef import Context
+from shipyard.passes.registry import GRAPHDEF, ONNX, Params, check_step
+from shipyard.passes.spec import parse_spec
+
+
+@dataclass
+class TransformResult:
+    source: str
+    output: str
+    format: str
+    steps: list[dict] = field(default_factory=list)
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    verification: list[dict] = field(default_factory=list)
+    verified: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _load(model: Model):
+    if model.format == GRAPHDEF:
+        from shipyard.formats import tf_graph
+
+        return tf_graph.load(model)[0]
+    from shipyard.formats.onnx import load_proto
+
+    return load_proto(model.path, external_data=True)
+
+
+def _context(model: Model, graph, inputs: list[str] | None, outputs: list[str] | None) -> Context:
+    if model.format == GRAPHDEF:
+        from shipyard.formats.tf_graph import detect_io
+
+        ins, outs = detect_io(graph)
+        found_in, found_out = [n.name for n in ins], [n.name for n in outs]
+    else:
+        from shipyard.formats.onnx import signature_of
+
+        sig = signature_of(graph)
+        found_in, found_out = [s.name for s in sig.inputs], [s.name for s in sig.outputs]
+    return Context([tensor_name(n) for n in inputs] if inputs else found_in,
+                   [tensor_name(n) for n in outputs] if outputs else found_out)
+
+
+def _write(model_format: str, graph, path: Path, text: bool) -> None:
+    if model_format == GRAPHDEF and text:
+        from google.protobuf import text_format
+
+        path.write_text(text_format.MessageToString(graph))
+    else:
+        path.write_bytes(graph.SerializeToString())
+
+
+def _stats(model: Model) -> dict:
+    from shipyard.inspect import inspect_model
+
+    s = inspect_model(model)
+    return {"nodes": s.node_count, "size_bytes": s.size_bytes, "params": s.params, "ops": s.ops}
+
+
+def transform_model(path: str | Path, spec: str, out: str | Path, inputs: list[str] | None = None,
+                    outputs: list[str] | None = None, verify: bool = True, force: bool = False,
+                    samples: int = 2, seed: int = 0) -> TransformResult:
+    from shipyard.atomic import atomic_path, check_output_path
+
+    model = open_model(path)
+    if model.format not in (GRAPHDEF, ONNX):
+        raise UnsupportedError(f"{model.path}: transform works on TensorFlow GraphDefs and ONNX models, not {model.format}",
+                               hint="freeze or convert it first (shipyard freeze / shipyard convert)")
+    steps = parse_spec(spec)
+    transforms = [check_step(s, model.format) for s in steps]
+    if model.format == ONNX:
+        from shipyard.deps import require
+
+        require("onnx_ir", "ONNX transforms")  # a one-line error naming the package, not an ImportError
+    out_path = check_output_path(Path(out), model.path)
+    graph = _load(model)
+    ctx = _context(model, graph, inputs, outputs)
+    result = TransformResult(str(model.path), str(out_path), model.format, before=_stats(model))
+    for step, t in zip(steps, transforms):
+        guard.stage(f"applying {step}")
+        start = time.perf_counter()
+        graph = t.function(model.format)(graph, Params(step), ctx)
+        result.steps.append({"transform": str(step), "seconds": round(time.perf_counter() - start, 3)})
+    result.notes = ctx.notes
+    lossy = any(t.lossy for t in transforms)
+    with atomic_path(out_path) as tmp:
+        _write(model.format, graph, tmp, text=out_path.suffix == ".pbtxt")
+        candidate = Model(model.format, tmp)
+        after = _stats(candidate)
+        after["size_bytes"] = tmp.stat().st_size
+        result.after = after
+        if verify:
+            _verify(model, candidate, result, lossy, samples, seed, force)
+    return result
+
+
+def _verify(model: Model, candidate: Model, result: TransformResult, lossy: bool, samples: int, seed: int,
+            force: bool) -> None:
+    from shipyard.errors import InputError
+    from shipyard.feeds import random_feeds
+    from shipyard.passes.verify import VerificationError, collect_outputs, compare_outputs, lossy_passed
+    from shipyard.runtimes import open_runner
+
+    guard.stage("verifying the transformed model")
+    with open_runner(candidate) as runner:
+        signature = runner.signature
+    try:
+        feeds = [random_feeds(signature, seed + i, batch=1) for i in range(samples)]
+    except (InputError, UnsupportedError) as exc:
+        result.notes.append(f"not verified: {exc.message}")
+        return
+    ref = collect_outputs(model, feeds)
+    new = collect_outputs(candidate, feeds)
+    diffs = compare_outputs(ref, new, atol=1e-4, rtol=1e-3)
+    result.verification = [d.to_json() for d in diffs]
+    ok = all(lossy_passed(d) if lossy else (d.passed or lossy_passed(d, 0.99999)) for d in diffs) and bool(diffs)
+    result.verified = ok
+    if not ok and not force:
+        worst = max(diffs, key=lambda d: d.max_abs) if diffs else None
+        detail = f" (output '{worst.name}': max abs error {worst.max_abs:.3g}, cosine {worst.cosine:.5f})" if worst else ""
+        raise VerificationError(f"the transformed model does not match the original{detail}; nothing was written",
+                                hint="check the transforms' parameters, or write it anyway with --force")
+
+
+def check_inputs_outputs(items: list[str] | None) -> list[str] | None:
+    """``--inputs a,b --inputs c`` -> [a, b, c]."""
+    if not items:
+        return None
+    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--inputs/--outputs need node names")
+    return names

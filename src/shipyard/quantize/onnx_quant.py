@@ -1,0 +1,204 @@
+"""ONNX quantization through onnxruntime.quantization.
+
+Defaults chosen for speed on x86 CPUs (measured, see docs/quantize.md): static quantization
+writes the QOperator form with uint8 activations and int8 weights (QLinearConv), which
+onnxruntime runs about 2x faster than float; the QDQ form with int8 activations runs no
+faster than float here, and dynamic quantization of convolutions (ConvInteger) is several
+times slower. Softmax nodes stay float: an 8-bit probability has steps of 1/256.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shipyard.errors import UsageError
+
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                 "MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits", "QGemm", "QLinearAdd"}
+KEEP_FLOAT_OPS = {"Softmax", "LogSoftmax"}
+
+
+@dataclass
+class StaticOptions:
+    quant_format: str = "qoperator"  # or "qdq"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = False
+    calibrate_method: str = "minmax"  # entropy, percentile
+    exclude: tuple[str, ...] = ()
+
+
+def check_not_quantized(proto, path) -> None:
+    found = sorted({n.op_type for n in proto.graph.node} & QUANTIZED_OPS)
+    if found:
+        raise UsageError(f"{path}: the model is already quantized (it has {', '.join(found)} nodes)",
+                         hint="quantize the float model it came from")
+
+
+def check_exclude(proto, exclude) -> None:
+    names = {n.name for n in proto.graph.node}
+    unknown = [e for e in exclude if e not in names]
+    if unknown:
+        sample = ", ".join(sorted(names)[:8])
+        raise UsageError(f"--exclude: no node named {', '.join(unknown)} in the model", hint=f"node names look like: {sample}")
+
+
+def prepare(proto, workdir: Path, optimize: bool = True) -> Path:
+    """Lift Constant-node weights into initializers (Paddle exports keep weights in Constants,
+    which the quantizer does not see), then onnxruntime's pre-processing: graph optimization
+    (batch-norm folding) and shape inference."""
+    import onnx
+    from onnxruntime.quantization import quant_pre_process
+
+    from shipyard.passes.graphdef import Context
+    from shipyard.passes.onnx_passes import lift_constants
+    from shipyard.passes.registry import Params
+    from shipyard.passes.spec import Step
+
+    lifted = proto
+    if any(n.op_type == "Constant" for n in proto.graph.node):
+        lifted = lift_constants(proto, Params(Step("lift_constants")), Context([], []))
+        del lifted.graph.value_info[:]  # shape inference recomputes them for the new initializers
+    src = workdir / "lifted.onnx"
+    onnx.save(lifted, str(src))
+    if not optimize:
+        return src
+    out = workdir / "prepared.onnx"
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    except Exception:  # noqa: BLE001 -- pre-processing is an optimisation: a model it cannot handle is quantized as it is
+        return src
+    return out
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = feeds
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self._feeds)
+
+    def __len__(self):
+        return len(self._feeds)
+
+
+def _reader(feeds):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    return Reader(feeds)
+
+
+def quantize_static(src: Path, out: Path, feeds: list[dict], opts: StaticOptions) -> dict:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_static
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    proto = onnx.load(str(src))
+    keep_float = [n.name for n in proto.graph.node if n.op_type in KEEP_FLOAT_OPS]
+    ort_static(
+        str(src), str(out), _reader(feeds),
+        quant_format=QuantFormat.QOperator if opts.quant_format == "qoperator" else QuantFormat.QDQ,
+        per_channel=opts.per_channel,
+        activation_type=types[opts.activation_type], weight_type=types[opts.weight_type],
+        nodes_to_exclude=list(opts.exclude) + keep_float,
+        calibrate_method=methods[opts.calibrate_method],
+        extra_options={"CalibMovingAverage": False},
+    )
+    return {"format": opts.quant_format.upper() if opts.quant_format == "qdq" else "QOperator",
+            "activations": opts.activation_type, "weights": opts.weight_type, "per_channel": opts.per_channel,
+            "calibration_method": opts.calibrate_method, "kept_float": keep_float + list(opts.exclude)}
+
+
+def quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude) -> dict:
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_dynamic
+
+    ort_dynamic(str(src), str(out), per_channel=per_channel, weight_type=QuantType.QUInt8,
+                nodes_to_exclude=list(exclude))
+    return {"format": "dynamic (activations quantized at run time)", "weights": "uint8", "per_channel": per_channel}
+
+
+def quantize_weights_only(src: Path, out: Path, minimum_size: int, exclude) -> dict:
+    import onnx
+
+    from shipyard.quantize.onnx_weights import quantize_weights
+
+    proto = onnx.load(str(src))
+    names = set(exclude)
+    weights = {i for n in proto.graph.node if n.name in names for i in n.input}
+    count = quantize_weights(proto, minimum_size, exclude=weights)
+    onnx.save(proto, str(out))
+    return {"format": "weight-only int8 (DequantizeLinear, float compute)", "weights": "int8",
+            "per_channel": True, "quantized_tensors": count, "minimum_size": minimum_size}
+
+
+def to_float16(src: Path, out: Path, exclude) -> dict:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, node_block_list=list(exclude) or None)
+    onnx.save(proto, str(out))
+    return {"format": "float16 weights and compute, float32 inputs/outputs"}
+
+
+def layer_errors(float_path: Path, feeds: list[dict], opts: StaticOptions, top: int = 5) -> list[dict]:
+    """Per-layer signal-to-quantization-noise ratio (dB) of the QDQ-quantized model against the
+    float one (onnxruntime's qdq_loss_debug), ranked by how much each layer lowers it."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    qdq = StaticOptions(**{**opts.__dict__, "quant_format": "qdq"})
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        quantize_static(float_path, t / "qdq.onnx", feeds, qdq)
+        dbg.modify_model_output_intermediate_tensors(str(float_path), str(t / "float_aug.onnx"))
+        dbg.modify_model_output_intermediate_tensors(str(t / "qdq.onnx"), str(t / "qdq_aug.onnx"))
+        float_acts = dbg.collect_activations(str(t / "float_aug.onnx"), _reader(feeds))
+        qdq_acts = dbg.collect_activations(str(t / "qdq_aug.onnx"), _reader(feeds))
+        errors = dbg.compute_activation_error(dbg.create_activation_matching(qdq_acts, float_acts))
+    graph = onnx.load(str(float_path)).graph
+    sqnr = {t: float(e["xmodel_err"]) for t, e in errors.items()
+            if e.get("xmodel_err") is not None and np.isfinite(e["xmodel_err"])}
+    producer = {o: n for n in graph.node for o in n.output}
+    memo: dict[str, list[float]] = {}
+
+    def measured_upstream(tensor: str) -> list[float]:
+        """SQNRs of the nearest measured tensors feeding ``tensor`` (through fused, unmeasured ops)."""
+        if tensor in sqnr:
+            return [sqnr[tensor]]
+        if tensor not in memo:
+            memo[tensor] = []
+            node = producer.get(tensor)
+            memo[tensor] = [v for i in (node.input if node is not None else []) for v in measured_upstream(i)]
+        return memo[tensor]
+
+    rows = []
+    for node in graph.node:
+        out = next((o for o in node.output if o in sqnr), None)
+        if out is None:
+            continue
+        before = [v for i in node.input for v in measured_upstream(i)]
+        # the noise this layer adds: how much the signal-to-noise ratio falls across it
+        drop = min(before) - sqnr[out] if before else None
+        name, op = node.name, node.op_type
+        fused = producer.get(node.input[0]) if node.input and node.input[0] not in sqnr else None
+        if op in ("Relu", "Clip", "LeakyRelu", "Sigmoid") and fused is not None and fused.op_type in ("Conv", "Gemm", "MatMul"):
+            name, op = fused.name, f"{fused.op_type}+{op}"  # quantized as one layer; exclude the conv
+        rows.append({"node": name, "op": op, "tensor": out, "sqnr_db": sqnr[out], "drop_db": drop})
+    rows.sort(key=lambda r: (-(r["drop_db"] if r["drop_db"] is not None else 0.0), r["sqnr_db"]))
+    return rows[:top]

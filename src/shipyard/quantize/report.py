@@ -1,0 +1,85 @@
+"""The quantization report: size, latency and error of the quantized model against its float one."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class QuantizeReport:
+    source: str
+    output: str
+    format: str
+    mode: str
+    settings: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    size_before: int = 0
+    size_after: int = 0
+    latency_before_ms: float | None = None
+    latency_after_ms: float | None = None
+    outputs: list[dict] = field(default_factory=list)
+    accuracy: dict | None = None
+    layers: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["size_ratio"] = self.size_after / self.size_before if self.size_before else None
+        if self.latency_before_ms and self.latency_after_ms:
+            d["speedup"] = self.latency_before_ms / self.latency_after_ms
+        return d
+
+
+def task_accuracy(labels: np.ndarray | None, ref: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict | None:
+    """Top-1 accuracy of both models against labels (first output whose rows are class scores)."""
+    if labels is None:
+        return None
+    for name, a in ref.items():
+        b = new.get(name)
+        if b is None:
+            b = next(iter(new.values()))
+        if a.ndim >= 2 and a.shape[0] == len(labels) and a.shape[-1] > 1:
+            lab = np.asarray(labels).reshape(-1)
+            return {"output": name, "samples": len(lab),
+                    "float": float(np.mean(a.reshape(len(lab), -1).argmax(-1) == lab)),
+                    "quantized": float(np.mean(b.reshape(len(lab), -1).argmax(-1) == lab))}
+    return None
+
+
+def render(r: QuantizeReport) -> str:
+    from shipyard.report.text import human_bytes
+
+    lines = [f"{r.source} -> {r.output}", f"  mode         {r.mode} ({r.format})"]
+    lines.append("  settings     " + ", ".join(f"{k}={v}" for k, v in r.settings.items() if k != "why"))
+    if r.settings.get("why"):
+        lines.append(f"  why          {r.settings['why']}")
+    c = r.calibration
+    if c:
+        lines.append(f"  calibration  {c.get('source')}, {c.get('samples')} samples")
+    ratio = r.size_after / r.size_before if r.size_before else 0
+    lines.append(f"  size         {human_bytes(r.size_before)} -> {human_bytes(r.size_after)} ({ratio:.2f}x)")
+    if r.latency_before_ms and r.latency_after_ms:
+        lines.append(f"  latency      {r.latency_before_ms:.3f} ms -> {r.latency_after_ms:.3f} ms "
+                     f"(speed-up {r.latency_before_ms / r.latency_after_ms:.2f}x, median, batch 1)")
+    for d in r.outputs:
+        agree = f", top-1 agreement {d['argmax_agreement']:.3f}" if d.get("argmax_agreement") is not None else ""
+        lines.append(f"  error        {d['name']}: max abs {d['max_abs']:.4g}, mean abs {d['mean_abs']:.4g}, "
+                     f"cosine {d['cosine']:.5f}{agree}")
+    if r.accuracy:
+        a = r.accuracy
+        lines.append(f"  accuracy     float {a['float']:.4f} -> quantized {a['quantized']:.4f} "
+                     f"({a['samples']} labelled samples)")
+    if r.layers:
+        lines.append("  layers adding the most quantization noise (keep one in float with --exclude NODE):")
+        width = max(len(row["node"]) for row in r.layers)
+        for row in r.layers:
+            if "rmse_per_step" in row:
+                lines.append(f"    {row['node'][:100]:<{min(width, 100)}}  {row['op']:<18} RMSE {row['rmse_per_step']:.2f} "
+                             f"quantization steps, max abs error {row['max_abs']:.3g}")
+                continue
+            drop = f"drop {row['drop_db']:5.1f} dB" if row.get("drop_db") is not None else "first quantized layer"
+            lines.append(f"    {row['node']:<{width}}  {row['op']:<18} SQNR {row['sqnr_db']:5.1f} dB  {drop}")
+    for w in r.warnings:
+        lines.append(f"  warning      {w}")
+    return "\n".join(lines)
