@@ -127,3 +127,16 @@ def test_reading_records_does_not_import_tensorflow(tmp_path):
             f"[tf_example.decode(r) for r in records.iter_records({str(path)!r})]; "
             "sys.exit(1 if 'tensorflow' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_records_calibrate_quantization(keras_example, tmp_path):
+    from shipyard.quantize import Request, quantize_model
+
+    _, paths, x, _ = keras_example
+    calib = tmp_path / "calib.tfrecord"
+    records.write_records(calib, (tf_example.encode({"pixels": img, "label": np.array([i % 10])})
+                                  for i, img in enumerate(np.concatenate([x] * 4))), compressed=True)
+    report = quantize_model(paths["onnx"], tmp_path / "q.onnx",
+                            Request("static", str(calib), latency_runs=0, layers=False, mapping={"pixels": "image:0"}))
+    assert report.calibration and "TFRecord" in str(report.calibration)
+    assert report.accuracy is not None and report.outputs[0]["cosine"] > 0.99

@@ -12,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("--calibration", metavar="DATA",
                    help=".npy/.npz samples (an npz may hold 'labels'), or a folder of images (sub-folders = classes); "
                         "default: random data, with a warning")
+    p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
+                   help="TFRecord calibration data: feed this Example feature to this input")
     p.add_argument("--samples", type=int, default=100, help="at most this many calibration samples (default 100)")
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (ONNX static/dynamic)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODES",
@@ -45,7 +47,8 @@ def cmd_quantize(args) -> int:
     req = Request(args.mode, args.calibration, args.per_channel, exclude, args.quant_format, args.calibrate_method,
                   args.samples, args.int8_io, args.minimum_size,
                   {"size": args.image_size, "layout": args.layout, "mean": args.mean, "std": args.std, "scale": args.scale},
-                  args.runs, args.threads, not args.no_layers)
+                  args.runs, args.threads, not args.no_layers,
+                  mapping=dict(m.split("=", 1) for m in args.map if "=" in m))
     report = quantize_model(args.model, args.output, req)
     print(json.dumps(report.to_json(), indent=2, default=str) if args.json else render(report))
     return 0

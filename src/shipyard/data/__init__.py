@@ -1,4 +1,4 @@
-"""Input sources for calibration and evaluation: arrays (.npy/.npz), image folders, random.
+"""Input sources for calibration and evaluation: arrays (.npy/.npz), TFRecord, image folders, random.
 
 Every source has the same small interface (:class:`FeedSource`): ``feeds(signature)``
 yields one feed dict per sample, keyed by the model's input names, and ``labels`` holds
@@ -26,8 +26,10 @@ class FeedSource(Protocol):
     def feeds(self, signature: Signature) -> Iterator[dict[str, np.ndarray]]: ...
 
 
-def open_source(path: str | Path | None, count: int = 32, seed: int = 0, image_options: dict | None = None) -> FeedSource:
-    """A source for ``path``: a folder of images, a .npy/.npz file, or random data when None."""
+def open_source(path: str | Path | None, count: int = 32, seed: int = 0, image_options: dict | None = None,
+                mapping: dict[str, str] | None = None) -> FeedSource:
+    """A source for ``path``: a folder of images, a .npy/.npz file, a TFRecord file of
+    tf.train.Examples (``mapping`` renames features to inputs), or random data when None."""
     if path is None:
         from shipyard.data.random import RandomSource
 
@@ -43,7 +45,13 @@ def open_source(path: str | Path | None, count: int = 32, seed: int = 0, image_o
         from shipyard.data.arrays import ArraySource
 
         return ArraySource(path)
-    raise InputError(f"{path}: calibration data must be a .npy/.npz file or a folder of images")
+    from shipyard.records import looks_like_tfrecord
+
+    if looks_like_tfrecord(path):
+        from shipyard.data.tfrecord import RecordSource
+
+        return RecordSource(path, mapping)
+    raise InputError(f"{path}: calibration data must be a .npy/.npz file, a TFRecord file or a folder of images")
 
 
 def take(source: FeedSource, signature: Signature, limit: int | None = None) -> list[dict[str, np.ndarray]]:

@@ -17,15 +17,16 @@ LABEL_KEYS = ("labels", "label", "y")
 class ArraySource:
     measured = True
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, arrays: dict[str, np.ndarray] | None = None):
         self.path = path
         self.description = f"{path}"
-        value = load_array(path)
-        if isinstance(value, np.lib.npyio.NpzFile):
-            with value:
-                arrays = {k: value[k] for k in value.files}
-        else:
-            arrays = {"": value}
+        if arrays is None:
+            value = load_array(path)
+            if isinstance(value, np.lib.npyio.NpzFile):
+                with value:
+                    arrays = {k: value[k] for k in value.files}
+            else:
+                arrays = {"": value}
         self.labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
         if not arrays:
             raise InputError(f"{path}: no input arrays in the file")

@@ -33,6 +33,7 @@ class Request:
     latency_runs: int = 30
     threads: int | None = None
     layers: bool = True
+    mapping: dict = field(default_factory=dict)  # TFRecord calibration: feature -> input name
 
 
 def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeReport:
@@ -62,7 +63,8 @@ def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeR
 def _source(req: Request, report: QuantizeReport):
     from shipyard.data import open_source
 
-    source = open_source(req.calibration, count=min(req.samples, 32), image_options=req.image_options)
+    source = open_source(req.calibration, count=min(req.samples, 32), image_options=req.image_options,
+                         mapping=req.mapping)
     if not source.measured:
         report.warnings.append("calibrated and evaluated on random data: accuracy is not measured; "
                                "give --calibration with real samples")
