@@ -1,67 +1,112 @@
-"""``shipyard demo``: the built-in example until the ``ship`` pipeline exists.
+"""``shipyard demo``: the main job on a built-in example, from training to a served request.
 
-Builds a small Keras CNN and a torch CNN, writes them in every format shipyard reads,
-inspects each, runs each on its own engine with the same input, and compares every output
-with the framework's own answer.
+1. train a small CNN on scikit-learn's handwritten digits (offline, 1,797 8x8 images);
+2. save it the TF1 way (GraphDef with placeholders, Adam and a Saver, plus a checkpoint)
+   and as a Keras ``.keras`` file;
+3. ``ship`` the TF1 graph + checkpoint to ONNX, TFLite and TF.js with int8 quantization,
+   calibrated on training images and evaluated on the held-out test images;
+4. print accuracy and p50 latency of every artifact against the float original;
+5. serve the result and send it a real KServe v2 request over HTTP.
 """
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
-
-from shipyard.compare import diff
 
 
 def _progress(text: str) -> None:
     print(f"· {text}", file=sys.stderr, flush=True)
 
 
-def run_demo(out_dir: Path, as_json: bool = False) -> int:
+def run_demo(out_dir: Path, as_json: bool = False, epochs: int = 25, serve: bool = True) -> int:
     from shipyard import examples
-    from shipyard.inspect import inspect_model
-    from shipyard.runtimes import open_runner
+    from shipyard.ship.pipeline import Pipeline, ShipRequest
+    from shipyard.ship.render import render_manifest, rows
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     examples.quiet_keras_home(out_dir / ".keras")
-    _progress("building the example Keras CNN and writing it as .keras, .h5, SavedModel, .pb, .pbtxt, .tflite, .onnx")
-    keras_model = examples.keras_cnn()
-    paths = examples.save_keras_family(keras_model, out_dir / "keras_cnn")
-    x = np.random.default_rng(0).standard_normal((2, *examples.KERAS_INPUT_SHAPE)).astype("float32")
-    reference = np.asarray(keras_model(x, training=False))
-    _progress("building the example torch CNN and writing it as TorchScript and ONNX")
-    torch_model = examples.torch_cnn()
-    tpaths = examples.save_torch_family(torch_model, out_dir / "torch_cnn")
-    import torch
-
-    xt = np.random.default_rng(1).standard_normal((2, *examples.TORCH_INPUT_SHAPE)).astype("float32")
-    with torch.no_grad():
-        treference = torch_model(torch.from_numpy(xt)).numpy()
-
-    rows = []
-    jobs = [(p, x, reference) for p in paths.values()] + [(p, xt, treference) for p in tpaths.values()]
-    for path, feed, ref in jobs:
-        _progress(f"inspecting and running {path.relative_to(out_dir)}")
-        summary = inspect_model(path)
-        with open_runner(path) as runner:
-            out = runner.run({runner.signature.inputs[0].name: feed})
-        d = diff(summary.outputs[0].name if summary.outputs else "output", ref, next(iter(out.values())))
-        rows.append({
-            "model": str(path.relative_to(out_dir)), "format": summary.format, "backend": runner.backend,
-            "params": summary.params, "flops": summary.flops, "nodes": summary.node_count,
-            "max_abs_err": d.max_abs, "passed": d.passed,
-        })
-    ok = all(r["passed"] for r in rows)
+    _progress(f"training a CNN on the digits dataset ({epochs} epochs)")
+    model, keras_accuracy, (x_test, y_test) = examples.train_digits(epochs=epochs)
+    x_train = examples.digits_data()[0]
+    model_dir = out_dir / "model"
+    model_dir.mkdir(exist_ok=True)
+    model.save(model_dir / "digits.keras")
+    _progress("saving it the TF1 way: GraphDef + checkpoint")
+    tf1 = examples.export_digits_tf1(model, model_dir / "tf1")
+    np.savez(out_dir / "calibration.npz", image=x_train[:200])
+    np.savez(out_dir / "test.npz", image=x_test, labels=y_test)
+    dist = out_dir / "dist"
+    req = ShipRequest(model=str(tf1["graph"]), checkpoint=str(tf1["directory"]), out=dist, targets=("onnx", "tflite", "tfjs"),
+                      quantize="static", calibration=str(out_dir / "calibration.npz"), inputs=str(out_dir / "test.npz"),
+                      samples=len(x_test), bench_runs=100, threads=1, name="digits", progress=_progress)
+    manifest = Pipeline(req).run()
+    answer = _serve_and_ask(dist / "serving", "digits_onnx_int8", x_test[0], int(y_test[0])) if serve else None
     if as_json:
-        print(json.dumps({"passed": ok, "models": rows}, indent=2))
+        print(json.dumps({"keras_accuracy": keras_accuracy, "rows": rows(manifest), "request": answer,
+                          "report": str(dist / "report.html")}, indent=2))
     else:
-        print(f"{'model':<28} {'format':<14} {'backend':<12} {'params':>7} {'FLOPs':>9} {'max |err|':>10}  ok")
-        for r in rows:
-            flops = "-" if r["flops"] is None else f"{r['flops']:,}"
-            print(f"{r['model']:<28} {r['format']:<14} {r['backend']:<12} {r['params']:>7,} {flops:>9} "
-                  f"{r['max_abs_err']:>10.2e}  {'yes' if r['passed'] else 'NO'}")
-        print(f"\nevery format gives the framework's answer: {'yes' if ok else 'NO'}  (models in {out_dir}/)")
-    return 0 if ok else 1
+        print(f"Keras model: test accuracy {keras_accuracy:.2%} on {len(x_test)} held-out digits\n")
+        print(render_manifest(manifest, dist))
+        if answer:
+            print(f"\nserved {answer['model']} on {answer['url']}: predicted {answer['predicted']} for a digit labelled "
+                  f"{answer['label']} ({answer['ms']:.1f} ms round trip)")
+        print(f"\nopen the report: {dist / 'report.html'}")
+    return 0
+
+
+def _serve_and_ask(repo: Path, model: str, image: np.ndarray, label: int) -> dict:
+    """Start ``shipyard serve`` on a free loopback port, send one KServe v2 request, stop it."""
+    ready = repo.parent / ".serve-ready.json"
+    ready.unlink(missing_ok=True)
+    _progress(f"serving {repo} and sending a request")
+    proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", str(repo), "--rest-port", "0", "--grpc-port", "-1",
+                             "--no-access-log", "--ready-file", str(ready)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not ready.is_file():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+            time.sleep(0.2)
+        port = json.loads(ready.read_text())["rest_port"]
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(f"{base}/v2/models/{model}/ready", deadline)
+        with urllib.request.urlopen(f"{base}/v2/models/{model}", timeout=10) as resp:
+            input_name = json.loads(resp.read())["inputs"][0]["name"]
+        body = {"inputs": [{"name": input_name, "shape": [1, *image.shape], "datatype": "FP32", "data": image.ravel().tolist()}]}
+        start = time.perf_counter()
+        request = urllib.request.Request(f"{base}/v2/models/{model}/infer", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            reply = json.loads(resp.read())
+        ms = (time.perf_counter() - start) * 1e3
+        scores = np.asarray(reply["outputs"][0]["data"], dtype=np.float32)
+        return {"model": model, "url": f"{base}/v2/models/{model}/infer", "predicted": int(scores.argmax()), "label": label, "ms": ms}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        ready.unlink(missing_ok=True)
+
+
+def _wait_ready(url: str, deadline: float) -> None:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"{url} never became ready")
+        time.sleep(0.3)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="build an example model in every format, inspect, run and compare them")
+    p = sub.add_parser("demo", help="train a digits CNN, ship it to ONNX/TFLite/TF.js with int8, serve it and send a request")
     p.add_argument("-o", "--output", type=Path, default=Path("demo-out"), help="where the example models go")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)

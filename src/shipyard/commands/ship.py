@@ -1,0 +1,43 @@
+"""`shipyard ship`: from a trained model to verified, benchmarked artifacts in one command."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ship", help="inspect, freeze, optimise, convert, quantize, verify, bench and package a model")
+    p.add_argument("model", help="GraphDef (+ --checkpoint), checkpoint, SavedModel, Keras, ONNX, TorchScript")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the distribution directory (DIST/)")
+    p.add_argument("--targets", default="onnx,tflite,tfjs", help="comma-separated: onnx, tflite, tfjs, torchscript")
+    p.add_argument("--quantize", default="none", help="none, weights, dynamic, static or float16")
+    p.add_argument("--calibration", metavar="DATA", help="calibration data: .npz/.npy, TFRecord or a folder of images")
+    p.add_argument("--inputs", metavar="DATA", help="evaluation data (labels in it give accuracy); default: calibration")
+    p.add_argument("--outputs", help="comma-separated output names (default: detected, training outputs left out)")
+    p.add_argument("--checkpoint", help="checkpoint prefix or directory for a GraphDef with variables")
+    p.add_argument("--samples", type=int, default=64, help="evaluation samples (default 64)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per artifact (default 30)")
+    p.add_argument("--threads", type=int, default=1, help="engine threads for verification and benchmarks")
+    p.add_argument("--name", help="model name in the serving repository (default: from the file name)")
+    p.add_argument("--serve", action="store_true", help="serve DIST/serving when done")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ship)
+
+
+def cmd_ship(args) -> int:
+    from shipyard.ship.pipeline import Pipeline, ShipRequest
+    from shipyard.ship.render import render_manifest
+
+    req = ShipRequest(
+        model=args.model, out=args.output, targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+        quantize=args.quantize, calibration=args.calibration, inputs=args.inputs,
+        outputs=[o.strip() for o in args.outputs.split(",")] if args.outputs else None,
+        checkpoint=args.checkpoint, samples=args.samples, bench_runs=args.runs, threads=args.threads, name=args.name,
+    )
+    manifest = Pipeline(req).run()
+    print(json.dumps(manifest.to_json(), indent=2, default=str) if args.json else render_manifest(manifest, args.output))
+    if args.serve:
+        from shipyard.serve.server import ServeOptions, serve
+
+        return serve(ServeOptions(repo=args.output / "serving"))
+    return 0

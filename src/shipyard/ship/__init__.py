@@ -1,0 +1,1 @@
+"""``shipyard ship``: one command from a trained model to verified, benchmarked artifacts."""

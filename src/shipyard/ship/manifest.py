@@ -1,0 +1,69 @@
+"""What ``ship`` made: one record per artifact, written to ``manifest.json``."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shipyard.atomic import atomic_path
+
+
+def sha256(path: Path) -> str:
+    """Digest of a file, or of a directory's files in name order (TF.js, SavedModel)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+@dataclass
+class Artifact:
+    name: str                     # e.g. "onnx", "onnx-int8"
+    format: str
+    path: str                     # relative to the distribution directory
+    quantization: str = "float32"
+    sha256: str = ""
+    size_bytes: int = 0
+    signature: dict = field(default_factory=dict)
+    verification: dict | None = None
+    accuracy: float | None = None
+    latency_ms: dict | None = None
+    ops_file: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    source: dict
+    steps: list[dict] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+    failed: dict | None = None
+    reference: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shipyard": __import__("shipyard").__version__,
+            "source": self.source,
+            "reference": self.reference,
+            "steps": self.steps,
+            "artifacts": [asdict(a) for a in self.artifacts],
+            "complete": self.failed is None,
+            "failed": self.failed,
+        }
+
+    def write(self, out_dir: Path) -> Path:
+        path = out_dir / "manifest.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=2, default=str))
+        return path

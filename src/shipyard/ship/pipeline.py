@@ -1,0 +1,350 @@
+"""The ``ship`` pipeline: inspect -> freeze -> optimise -> convert -> quantize -> verify ->
+bench -> op lists -> manifest, report and a serving repository.
+
+Each step is recorded in the manifest as it finishes. A step that fails stops the pipeline
+with its message; the manifest then lists the artifacts made so far and the failed step.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shipyard import guard
+from shipyard.errors import ShipyardError, UsageError
+from shipyard.model import Model, Signature, open_model
+from shipyard.ship.manifest import Artifact, Manifest, sha256, size
+
+TARGETS = ("onnx", "tflite", "tfjs", "torchscript")
+QUANTIZE = ("none", "weights", "dynamic", "static", "float16")
+# Default optimisation of a frozen graph, in the graph_transforms syntax (see docs/transform.md).
+GRAPHDEF_TRANSFORMS = ("fold_constants(ignore_errors=true) fold_batch_norms fold_old_batch_norms "
+                       "remove_nodes(op=Identity, op=CheckNumerics)")
+_EXT = {"onnx": ".onnx", "tflite": ".tflite", "tfjs": "", "torchscript": ".pt", "tf-graphdef": ".pb"}
+
+
+@dataclass
+class ShipRequest:
+    model: str
+    out: Path
+    targets: tuple[str, ...] = ("onnx", "tflite", "tfjs")
+    quantize: str = "none"
+    calibration: str | None = None
+    inputs: str | None = None          # evaluation data (.npz/.npy/TFRecord/images), labels optional
+    outputs: list[str] | None = None
+    checkpoint: str | None = None
+    samples: int = 64                  # evaluation samples
+    bench_runs: int = 30
+    threads: int | None = 1
+    name: str | None = None
+    progress: Callable[[str], None] = field(default=lambda text: print(f"· {text}", file=sys.stderr, flush=True))
+
+
+class ShipFailed(ShipyardError):
+    """A pipeline step failed; the manifest lists what was made before it."""
+
+    def __init__(self, step: str, cause: ShipyardError, manifest_path: Path):
+        super().__init__(f"ship stopped at '{step}': {cause.message}",
+                         hint=(cause.hint + "; " if cause.hint else "") + f"artifacts made so far are listed in {manifest_path}")
+        self.exit_code = cause.exit_code
+
+
+class Pipeline:
+    def __init__(self, req: ShipRequest):
+        if req.quantize not in QUANTIZE:
+            raise UsageError(f"unknown --quantize '{req.quantize}'", hint="one of: " + ", ".join(QUANTIZE))
+        bad = [t for t in req.targets if t not in TARGETS]
+        if bad:
+            raise UsageError(f"unknown target(s) {', '.join(bad)}", hint="targets: " + ", ".join(TARGETS))
+        self.req = req
+        self.out = Path(req.out)
+        self.source = open_model(req.model)
+        self.name = req.name or _model_name(self.source)
+        self.manifest = Manifest(source={"path": str(self.source.path), "format": self.source.format})
+        self.work = Path(tempfile.mkdtemp(prefix="shipyard-ship-"))
+        self.reference: Model | None = None     # the float model every artifact is compared with
+        self.ref_outputs: dict[str, np.ndarray] = {}
+        self.samples: list[dict[str, np.ndarray]] = []
+        self.labels: np.ndarray | None = None
+        self.ref_sig: Signature | None = None
+
+    # -- driver ----------------------------------------------------------------------
+    def run(self) -> Manifest:
+        self._prepare_out()
+        steps = [("inspect", self.inspect), ("freeze", self.freeze), ("optimise", self.optimise),
+                 ("convert", self.convert), ("quantize", self.quantize), ("verify", self.verify),
+                 ("bench", self.bench), ("ops", self.ops), ("package", self.package)]
+        try:
+            for name, step in steps:
+                self.req.progress(f"{name}")
+                guard.stage(f"shipping {self.source.display}: {name}")
+                start = time.perf_counter()
+                try:
+                    detail = step()
+                except ShipyardError as exc:
+                    self.manifest.steps.append({"step": name, "status": "failed", "seconds": round(time.perf_counter() - start, 2)})
+                    self.manifest.failed = {"step": name, "error": exc.message}
+                    raise ShipFailed(name, exc, self.manifest.write(self.out)) from exc
+                self.manifest.steps.append({"step": name, "status": "done", "seconds": round(time.perf_counter() - start, 2),
+                                            **({"detail": detail} if detail else {})})
+            self.manifest.write(self.out)
+            from shipyard.ship.report import write_report
+
+            write_report(self)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+        return self.manifest
+
+    def _prepare_out(self) -> None:
+        if self.out.exists() and any(self.out.iterdir()) and not (self.out / "manifest.json").is_file():
+            raise UsageError(f"{self.out}: a non-empty directory that is not a shipyard distribution; refusing to write into it")
+        src = self.source.path.absolute()
+        if self.out.absolute() == src or src in self.out.absolute().parents:
+            raise UsageError(f"{self.out}: the distribution would go inside the input model")
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True)
+
+    def _add(self, artifact_model: Model, name: str, quantization: str = "float32", notes=()) -> Artifact:
+        from shipyard.formats import handler
+
+        path = artifact_model.path
+        sig = handler(artifact_model.format).signature(artifact_model)
+        art = Artifact(name, artifact_model.format, str(path.relative_to(self.out)), quantization, sha256(path), size(path),
+                       sig.to_json(), notes=list(notes))
+        self.manifest.artifacts.append(art)
+        return art
+
+    # -- steps -------------------------------------------------------------------------
+    def inspect(self) -> dict:
+        from shipyard.inspect import inspect_model
+
+        if self.source.format == "tf-graphdef" and self.req.checkpoint is None and _has_variables(self.source):
+            raise UsageError(f"{self.source.path}: the graph has variables; give its --checkpoint")
+        s = inspect_model(self.source)
+        self.manifest.source.update(params=s.params, flops=s.flops, inputs=[t.to_json() for t in s.inputs],
+                                    outputs=[t.to_json() for t in s.outputs])
+        return {"params": s.params, "flops": s.flops}
+
+    def freeze(self) -> dict | None:
+        """TensorFlow sources become one frozen GraphDef (the float reference of every target)."""
+        from shipyard.convert.freeze import LiveGraph, check_outputs, prune_for_inference
+
+        fmt = self.source.format
+        if fmt not in ("tf-graphdef", "tf-checkpoint", "keras", "tf-savedmodel"):
+            self.reference = self.source
+            return None
+        frozen_path = self.out / f"{self.name}.pb"
+        notes: list[str] = []
+        if fmt in ("tf-graphdef", "tf-checkpoint") and (self.req.checkpoint or fmt == "tf-checkpoint"):
+            ckpt = open_model(self.req.checkpoint) if self.req.checkpoint else self.source
+            live = LiveGraph(self.source.path if fmt == "tf-graphdef" else None, ckpt.path, ckpt.extras.get("meta") if fmt == "tf-checkpoint" else None)
+            try:
+                outputs = self.req.outputs or _inference_outputs(live.graph_def, notes)
+                check_outputs(live.graph_def, outputs)
+                frozen = live.freeze(outputs)
+            finally:
+                live.close()
+            frozen_path.write_bytes(frozen.SerializeToString())
+        else:
+            from shipyard.convert.api import convert_model
+            from shipyard.convert.options import ConvertOptions
+
+            convert_model(str(self.source.path), "pb", frozen_path, ConvertOptions(outputs=self.req.outputs), check=False)
+            if self.req.outputs is None:
+                from shipyard.formats import tf_protos
+
+                gd, _ = tf_protos.parse_graph_file(frozen_path)
+                outputs = _inference_outputs(gd, notes)
+                frozen_path.write_bytes(prune_for_inference(gd, outputs).SerializeToString())
+        self.reference = Model("tf-graphdef", frozen_path)
+        self._add(self.reference, "graphdef", notes=notes)
+        return {"frozen": str(frozen_path.name), "notes": notes} if notes else {"frozen": str(frozen_path.name)}
+
+    def optimise(self) -> dict | None:
+        if self.reference.format != "tf-graphdef":
+            return None
+        from shipyard.passes.pipeline import transform_model
+
+        optimised = self.work / "optimised.pb"
+        result = transform_model(self.reference.path, GRAPHDEF_TRANSFORMS, optimised)
+        shutil.copy(optimised, self.reference.path)
+        art = next(a for a in self.manifest.artifacts if a.name == "graphdef")
+        art.sha256, art.size_bytes = sha256(self.reference.path), size(self.reference.path)
+        art.notes.append(f"optimised: {GRAPHDEF_TRANSFORMS}")
+        return {"transforms": GRAPHDEF_TRANSFORMS, "nodes_before": result.before.get("nodes"), "nodes_after": result.after.get("nodes")}
+
+    def convert(self) -> dict:
+        from shipyard.convert.api import convert_model
+
+        made = {}
+        for target in self.req.targets:
+            if target == "tflite" and self.reference.format == "onnx" or target == "tfjs" and self.reference.format == "onnx":
+                raise UsageError(f"an ONNX source cannot reach {target} here (no ONNX->TensorFlow converter installs next to TF 2.21)")
+            out = self.out / f"{self.name}{_EXT[target]}" if target != "tfjs" else self.out / f"{self.name}_tfjs"
+            if out == self.reference.path:
+                made[target] = out.name
+                continue
+            result = convert_model(str(self.reference.path), target, out, check=False)
+            self._add(result.artifact, target, notes=result.notes)
+            made[target] = out.name
+        return made
+
+    def quantize(self) -> dict | None:
+        mode = self.req.quantize
+        if mode == "none":
+            return None
+        from shipyard.quantize import Request, quantize_model
+
+        made = {}
+        request = Request(mode, self.req.calibration, latency_runs=0, layers=False)
+        for art in list(self.manifest.artifacts):
+            if art.quantization != "float32" or art.name == "graphdef":
+                continue
+            path = self.out / art.path
+            label = "int8" if mode in ("static", "dynamic", "weights") else mode
+            if art.format == "onnx":
+                out = path.with_name(f"{path.stem}_{label}.onnx")
+                report = quantize_model(path, out, request)
+                self._add(Model("onnx", out), f"onnx-{label}", f"{mode} ({report.settings.get('format', '')})".strip(), report.warnings)
+            elif art.format == "tflite":
+                from shipyard.convert.tf_edges import graphdef_to_savedmodel
+                from shipyard.convert.options import ConvertOptions
+
+                saved = graphdef_to_savedmodel(self.reference, self.work / "saved_model", ConvertOptions())
+                out = path.with_name(f"{path.stem}_{label}.tflite")
+                report = quantize_model(saved.path, out, request)
+                self._add(Model("tflite", out), f"tflite-{label}", mode, report.warnings)
+            elif art.format == "tfjs":
+                from shipyard.convert.tfjs_writer import write_graph_model
+                from shipyard.formats.tfjs import full_graph_def
+
+                out = path.with_name(f"{path.name}_uint8")
+                write_graph_model(full_graph_def(Model("tfjs", path)), out, quantize_uint8=True)
+                self._add(Model("tfjs", out), "tfjs-uint8", "uint8 weights", ["TF.js stores weights as uint8 and computes in float32"])
+            else:
+                art.notes.append(f"no {mode} quantization for {art.format}")
+                continue
+            made[art.name] = out.name
+        return made
+
+    def verify(self) -> dict:
+        from shipyard.compare import diff
+        from shipyard.convert.verify import adapt, pair
+        from shipyard.data import open_source, take
+        from shipyard.runtimes import open_runner
+
+        with open_runner(self.reference, threads=self.req.threads) as ref:
+            self.ref_sig = ref.signature
+            source = open_source(self.req.inputs or self.req.calibration, count=16)
+            self.samples = take(source, ref.signature, limit=self.req.samples)
+            labels = getattr(source, "labels", None)
+            self.labels = None if labels is None else np.asarray(labels)[: len(self.samples)]
+            ref_out = ref.signature.outputs[0].name
+            self.ref_outputs = {ref_out: np.concatenate([ref.run(s)[ref_out] for s in self.samples])}
+        reference_accuracy = _accuracy(self.ref_outputs[ref_out], self.labels)
+        self.manifest.reference = {"model": str(self.reference.path.relative_to(self.out) if self.reference.path.is_relative_to(self.out) else self.reference.path),
+                                   "samples": len(self.samples), "labelled": self.labels is not None,
+                                   "data": source.description, "accuracy": reference_accuracy}
+        failures = []
+        for art in self.manifest.artifacts:
+            with open_runner(self.out / art.path, threads=self.req.threads) as runner:
+                in_pairs = pair(ref.signature.inputs, runner.signature.inputs)
+                out_name = pair(ref.signature.outputs[:1], runner.signature.outputs[:1])[0][1].name
+                got = np.concatenate([runner.run({d.name: adapt(s[r.name], d) for r, d in in_pairs})[out_name] for s in self.samples])
+            float_like = art.quantization == "float32"
+            d = diff(ref_out, self.ref_outputs[ref_out], got, *((1e-4, 1e-3) if float_like else (1e9, 1e9)))
+            art.verification = d.to_json()
+            art.accuracy = _accuracy(got, self.labels)
+            if float_like and not d.passed:
+                failures.append(f"{art.name} (max abs {d.max_abs:.3g})")
+        if failures:
+            from shipyard.errors import ModelRunError
+
+            raise ModelRunError("artifacts differ from the float model beyond tolerance: " + ", ".join(failures))
+        return {"samples": len(self.samples), "reference_accuracy": reference_accuracy}
+
+    def bench(self) -> dict:
+        from shipyard.bench import BenchConfig, measure_isolated
+
+        for art in self.manifest.artifacts:
+            result = measure_isolated(BenchConfig(str(self.out / art.path), threads=self.req.threads),
+                                      runs=self.req.bench_runs, warmup=3)
+            art.latency_ms = result.latency_ms
+            art.notes.append(f"benchmarked on {result.backend}")
+        return {"runs": self.req.bench_runs, "threads": self.req.threads}
+
+    def ops(self) -> dict:
+        from shipyard.ops import list_ops
+
+        ops_dir = self.out / "ops"
+        ops_dir.mkdir(exist_ok=True)
+        kinds = {"onnx": "ort", "tflite": "tflite", "tf-graphdef": "tf", "tfjs": None, "torchscript": None}
+        for art in self.manifest.artifacts:
+            target = kinds.get(art.format)
+            if target is None:
+                continue
+            report = list_ops(self.out / art.path, target)
+            name = {"ort": "required_operators.config", "tflite": "tflite_ops.txt", "tf": "ops_to_register.h"}[target]
+            path = ops_dir / f"{art.name}.{name}"
+            path.write_text(report.file_text)
+            art.ops_file = str(path.relative_to(self.out))
+        return {}
+
+    def package(self) -> dict:
+        """A model repository for ``shipyard serve``: one model per artifact, version 1."""
+        repo = self.out / "serving"
+        for art in self.manifest.artifacts:
+            if art.format not in ("onnx", "tflite", "torchscript"):
+                continue
+            version = repo / f"{self.name}_{art.name.replace('-', '_')}" / "1"
+            version.mkdir(parents=True, exist_ok=True)
+            src = self.out / art.path
+            dst = version / f"model{src.suffix}"
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy(src, dst)
+        return {"repository": "serving"}
+
+
+def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
+    if labels is None or outputs.ndim != 2:
+        return None
+    return float(np.mean(outputs.argmax(-1) == labels.reshape(-1)[: len(outputs)]))
+
+
+def _model_name(model: Model) -> str:
+    stem = model.path.name.split(".")[0] if model.path.is_file() or model.format == "tf-checkpoint" else model.path.name
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in stem) or "model"
+
+
+def _has_variables(model: Model) -> bool:
+    from shipyard.formats import tf_graph
+
+    graph_def, _ = tf_graph.load(model)
+    return any(n.op in ("VarHandleOp", "VariableV2", "Variable") for n in graph_def.node)
+
+
+def _inference_outputs(graph_def, notes: list[str]) -> list[str]:
+    """Detected outputs minus training ones: an output that needs a placeholder none of the
+    other outputs needs (a loss needs the labels) is not shipped."""
+    from shipyard.convert.freeze import prune_for_inference
+    from shipyard.formats.tf_graph import detect_io
+
+    _, outputs = detect_io(graph_def)
+    names = [n.name for n in outputs]
+    needs = {n: {x.name for x in prune_for_inference(graph_def, [n]).node if x.op == "Placeholder"} for n in names}
+    keep = [n for n in names if not any(needs[n] > needs[m] for m in names if m != n)]
+    for n in names:
+        if n not in keep:
+            extra = sorted(needs[n] - set().union(*(needs[m] for m in keep)))
+            notes.append(f"output '{n}' left out: it needs input(s) {', '.join(extra)} that inference does not have (a training output)")
+    return keep or names

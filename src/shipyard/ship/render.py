@@ -1,0 +1,40 @@
+"""Terminal table of a shipped distribution: accuracy and latency per artifact, with ratios."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from shipyard.report.text import human_bytes
+
+
+def rows(manifest) -> list[dict]:
+    """One row per artifact with ratios against the float reference (the first artifact, or the source)."""
+    ref = manifest.artifacts[0] if manifest.artifacts else None
+    base_ms = ref.latency_ms["p50"] if ref and ref.latency_ms else None
+    base_acc = manifest.reference.get("accuracy")
+    out = []
+    for a in manifest.artifacts:
+        p50 = a.latency_ms["p50"] if a.latency_ms else None
+        v = a.verification or {}
+        out.append({
+            "artifact": a.name, "format": a.format, "quantization": a.quantization, "size": a.size_bytes,
+            "accuracy": a.accuracy, "accuracy_delta": (a.accuracy - base_acc) if a.accuracy is not None and base_acc is not None else None,
+            "top1_agreement": v.get("argmax_agreement"), "max_abs": v.get("max_abs"),
+            "p50_ms": p50, "latency_ratio": p50 / base_ms if p50 and base_ms else None,
+        })
+    return out
+
+
+def render_manifest(manifest, out_dir: Path) -> str:
+    acc = manifest.reference.get("accuracy")
+    lines = [f"shipped {manifest.source['path']} ({manifest.source['format']}) -> {out_dir}/",
+             f"reference: {manifest.reference.get('model')}, {manifest.reference.get('samples')} samples"
+             + (f", accuracy {acc:.2%}" if acc is not None else " (no labels: agreement with the reference only)"),
+             "",
+             f"{'artifact':<14} {'quant':<22} {'size':>9} {'accuracy':>9} {'top-1 agr':>9} {'max |err|':>10} {'p50 ms':>8} {'x float':>8}"]
+    for r in rows(manifest):
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        lines.append(f"{r['artifact']:<14} {r['quantization'][:22]:<22} {human_bytes(r['size']):>9} {fmt(r['accuracy'], '.2%'):>9} "
+                     f"{fmt(r['top1_agreement'], '.1%'):>9} {fmt(r['max_abs'], '.2e'):>10} {fmt(r['p50_ms'], '.3f'):>8} "
+                     f"{fmt(r['latency_ratio'], '.2f'):>8}")
+    lines += ["", f"manifest: {out_dir}/manifest.json   report: {out_dir}/report.html   serving repository: {out_dir}/serving/"]
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""``DIST/report.html``: the pipeline, the graph, and accuracy and latency per artifact.
+
+Built on the self-contained page helpers of :mod:`shipyard.report.html` (inline SVG plots,
+no external assets), so the report opens offline.
+"""
+from __future__ import annotations
+
+import html
+
+from shipyard.ship.render import rows
+
+
+def _graph_svg(pipeline) -> str:
+    """The reference model drawn with Graphviz, when the drawing tools are installed."""
+    try:
+        from shipyard.graph_view import auto_depth, collapse, read_graph, render, to_dot
+
+        graph = read_graph(pipeline.reference)
+        depth = auto_depth(graph, 60)
+        if depth is not None:
+            graph = collapse(graph, depth)
+        text = render(to_dot(graph, pipeline.name), "svg").decode("utf-8")
+        return text[text.index("<svg"):]
+    except Exception as exc:  # drawing is optional: Graphviz missing, or a format it cannot draw
+        return f"<p>(graph not drawn: {html.escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})</p>"
+
+
+def write_report(pipeline) -> None:
+    from shipyard.report.html import _page, _pyplot, _svg, _table, write_page
+
+    manifest = pipeline.manifest
+    table = rows(manifest)
+    body = [f"<p>Source <code>{html.escape(manifest.source['path'])}</code> ({manifest.source['format']}); "
+            f"reference <code>{html.escape(str(manifest.reference.get('model')))}</code> on "
+            f"{manifest.reference.get('samples')} samples of {html.escape(str(manifest.reference.get('data')))}.</p>",
+            "<h2>Pipeline</h2>",
+            _table(["step", "status", "seconds"], [[s["step"], s["status"], s["seconds"]] for s in manifest.steps]),
+            "<h2>Artifacts</h2>",
+            _table(["artifact", "format", "quantization", "size (KB)", "accuracy", "top-1 agreement", "max |err|", "p50 ms", "x float"],
+                   [[r["artifact"], r["format"], r["quantization"], r["size"] / 1024, r["accuracy"], r["top1_agreement"],
+                     r["max_abs"], r["p50_ms"], r["latency_ratio"]] for r in table])]
+    plt = _pyplot()
+    names = [r["artifact"] for r in table]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    axes[0].barh(names, [r["p50_ms"] or 0 for r in table], color="#4c72b0")
+    axes[0].set_xlabel("p50 latency (ms, batch 1)")
+    axes[0].invert_yaxis()
+    accuracy = [r["accuracy"] if r["accuracy"] is not None else (r["top1_agreement"] or 0) for r in table]
+    axes[1].barh(names, [a * 100 for a in accuracy], color="#55a868")
+    axes[1].set_xlabel("accuracy (%)" if manifest.reference.get("labelled") else "top-1 agreement with the reference (%)")
+    axes[1].set_xlim(min(accuracy + [1.0]) * 100 - 5, 100.5)
+    axes[1].invert_yaxis()
+    body += ["<h2>Accuracy and latency</h2>", f"<figure>{_svg(fig)}</figure>",
+             "<h2>Graph</h2>", _graph_svg(pipeline)]
+    write_page(pipeline.out / "report.html", _page(f"shipyard ship: {pipeline.name}", body))
