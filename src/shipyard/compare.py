@@ -141,8 +141,9 @@ class Pair:
 
 
 def _key(name: str) -> str:
-    """A name as it survives conversion: no ``:0``, no TFLite ``serving_default_`` prefix."""
-    name = tensor_name(name)
+    """A name as it survives conversion: no ``:0``, no TFLite ``serving_default_`` prefix, and
+    for a TFLite tensor of fused ops (``relu;add;conv``) the name of the last op, listed first."""
+    name = tensor_name(name.split(";")[0])
     for prefix in ("serving_default_",):
         if name.startswith(prefix):
             name = name[len(prefix):]
