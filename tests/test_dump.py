@@ -1,0 +1,86 @@
+"""dump: intermediate tensors equal what the frameworks themselves compute."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def x_file(keras_example, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dump") / "x.npy"
+    np.save(path, keras_example[2])
+    return path
+
+
+def _layer_outputs(keras_model, x, names):
+    import keras
+
+    sub = keras.Model(keras_model.inputs, [keras_model.get_layer(n).output for n in names])
+    return dict(zip(names, (np.asarray(v) for v in sub([x], training=False))))
+
+
+def test_onnx_dump_equals_onnx_reference_evaluator(keras_paths, keras_example, x_file, tmp_path):
+    """Every intermediate from onnxruntime equals onnx's own reference implementation."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    out = tmp_path / "onnx.npz"
+    proc = run_cli("dump", keras_paths["onnx"], "--inputs", x_file, "--tensors", "all", "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    dumped = dict(np.load(out))
+    model = onnx.load(str(keras_paths["onnx"]))
+    reference = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: keras_example[2]}, intermediate=True)
+    produced = [o for n in model.graph.node for o in n.output]
+    assert set(dumped) == set(produced)
+    for name in produced:
+        np.testing.assert_allclose(dumped[name], reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(dumped["Identity:0"], keras_example[3], rtol=1e-4, atol=1e-6)
+
+
+def test_graphdef_and_tflite_dumps_equal_keras_layers(keras_paths, keras_example, x_file, tmp_path):
+    model, _, x, _ = keras_example
+    expected = _layer_outputs(model, x, ["relu1", "relu2", "pool", "conv3", "gap"])
+    pb_names = ["example_cnn_1/relu1_1/Relu6:0", "example_cnn_1/relu2_1/Relu:0", "example_cnn_1/pool_1/MaxPool2d:0",
+                "example_cnn_1/conv3_1/Relu:0", "example_cnn_1/gap_1/Mean:0"]
+    out = tmp_path / "pb.npz"
+    proc = run_cli("dump", keras_paths["pb"], "--inputs", x_file, "--tensors", ",".join(pb_names), "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    pb = np.load(out)
+    for layer, name in zip(expected, pb_names):
+        np.testing.assert_allclose(pb[name], expected[layer], rtol=1e-4, atol=1e-5, err_msg=name)
+
+    out = tmp_path / "tflite.npz"
+    proc = run_cli("dump", keras_paths["tflite"], "--inputs", x_file, "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    tfl = np.load(out)
+    by_first = {k.split(";")[0]: k for k in tfl.files}  # fused TFLite ops name their tensor "relu;add;conv"
+    for layer, name in zip(expected, pb_names):
+        key = by_first[name[:-2]]
+        np.testing.assert_allclose(tfl[key], expected[layer], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_keras_dump_and_listing(keras_paths, keras_example, x_file, tmp_path):
+    proc = run_cli("dump", keras_paths["keras"], "--list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    listed = [t["name"] for t in json.loads(proc.stdout)]
+    assert listed[:3] == ["conv1", "bn1", "relu1"] and listed[-1] == "probs"
+    out = tmp_path / "k.npz"
+    proc = run_cli("dump", keras_paths["keras"], "--inputs", x_file, "--tensors", "bn2,probs", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    values = np.load(out)
+    np.testing.assert_allclose(values["probs"], keras_example[3], rtol=1e-5, atol=1e-6)
+
+
+def test_dump_bad_input(keras_paths, tmp_path, torch_example):
+    assert_clean_error(run_cli("dump", keras_paths["onnx"], "--tensors", "no_such_tensor", "-o", tmp_path / "d.npz"),
+                       "no tensor named no_such_tensor")
+    assert not (tmp_path / "d.npz").exists()
+    assert_clean_error(run_cli("dump", keras_paths["onnx"], "-o", tmp_path / "missing" / "d.npz"), "does not exist")
+    assert_clean_error(run_cli("dump", keras_paths["onnx"], "-o", keras_paths["onnx"]), "overwrite")
+    assert_clean_error(run_cli("dump", keras_paths["onnx"]), "-o dump.npz")
+    assert_clean_error(run_cli("dump", torch_example[1]["torchscript"], "-o", tmp_path / "t.npz"),
+                       "cannot be exposed")
