@@ -84,21 +84,28 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_worker_crash_is_reported_not_fatal(keras_paths):
     """A native crash (SIGSEGV) of the engine's process ends in a clear message and exit 3."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))",
          "bench", str(keras_paths["onnx"]), "--runs", "100000000", "--warmup", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(), start_new_session=True)
     try:
         worker = None
         deadline = time.time() + 60
         while worker is None and time.time() < deadline:  # main -> guarded child -> bench worker
             for child in _children(proc.pid):
-                grandchildren = _children(child)
-                if grandchildren:
-                    worker = grandchildren[0]
+                workers = [g for g in _children(child) if "spawn_main" in _cmdline(g)]
+                if workers:
+                    worker = workers[0]
             time.sleep(0.2)
         assert worker is not None, "bench worker process not found"
         time.sleep(1.0)
@@ -106,6 +113,6 @@ def test_worker_crash_is_reported_not_fatal(keras_paths):
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 3, (out, err)
     assert "crashed (SIGSEGV)" in err and "Traceback" not in err

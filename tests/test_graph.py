@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def test_view_serves_netron(keras_paths):
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))",
          "view", str(keras_paths["onnx"]), "--no-browser", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+        start_new_session=True)  # its own process group: the guarded child serving Netron stops with it
     try:
         body = None
         for _ in range(100):
@@ -88,5 +90,5 @@ def test_view_serves_netron(keras_paths):
                 time.sleep(0.1)
         assert body is not None and "Netron" in body
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)

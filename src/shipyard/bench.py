@@ -1,6 +1,6 @@
 """Latency, throughput, memory and per-op time of a model on one or more engines.
 
-Each configuration (model x backend x threads x batch) runs in its own forked process:
+Each configuration (model x backend x threads x batch) runs in its own fresh process:
 its peak RSS is then its own (not the sum of every engine loaded so far), engines do not
 share thread pools or caches, and a native crash in one engine becomes an error for that
 configuration instead of killing the command.
@@ -136,38 +136,44 @@ def measure(config: BenchConfig, runs: int = 50, warmup: int = 5, profile: bool 
     return result
 
 
+def _child(config: BenchConfig, kwargs: dict, conn) -> None:
+    """Body of the worker process: measure, send back a result or an error (never raise)."""
+    try:
+        payload = {"ok": measure(config, **kwargs).to_json(samples=True)}
+    except ShipyardError as exc:
+        payload = {"error": exc.message, "hint": exc.hint, "type": exc.__class__.__name__}
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
+        payload = {"error": f"internal error: {exc.__class__.__name__}: {exc}", "hint": None, "type": "ShipyardError"}
+    conn.send(json.dumps(payload))
+    conn.close()
+
+
 def measure_isolated(config: BenchConfig, **kwargs) -> BenchResult:
-    """:func:`measure` in a forked child; a ShipyardError or a native crash comes back as an error."""
-    read_end, write_end = os.pipe()
+    """:func:`measure` in a fresh (spawned, not forked) process.
+
+    Spawned, because forking a process that already runs TensorFlow's or onnxruntime's thread
+    pools can deadlock the child; a ShipyardError or a native crash comes back as an error.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        code = 0
-        try:
-            result = measure(config, **kwargs)
-            payload = {"ok": result.to_json(samples=True)}
-        except ShipyardError as exc:
-            payload = {"error": exc.message, "hint": exc.hint, "type": exc.__class__.__name__}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
-            payload = {"error": f"internal error: {exc.__class__.__name__}: {exc}", "hint": None, "type": "ShipyardError"}
-        try:
-            with os.fdopen(write_end, "w") as fh:
-                fh.write(json.dumps(payload))
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as fh:
-        text = fh.read()
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status) or not text:
+    proc = ctx.Process(target=_child, args=(config, kwargs, child_conn), daemon=True)
+    proc.start()
+    child_conn.close()
+    text = None
+    try:
+        text = parent_conn.recv()
+    except EOFError:
+        pass  # the worker died without answering
+    proc.join()
+    if text is None:
         import signal
 
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-        name = signal.Signals(sig).name if sig else f"exit {os.WEXITSTATUS(status)}"
+        code = proc.exitcode or 0
+        name = signal.Signals(-code).name if code < 0 else f"exit {code}"
         raise NativeCrashError(f"{config.model}: the {config.backend or 'default'} runtime crashed ({name}) while benchmarking",
                                hint="the model is probably corrupt or unsupported by this runtime; try another --backend")
     payload = json.loads(text)
@@ -184,7 +190,7 @@ def measure_isolated(config: BenchConfig, **kwargs) -> BenchResult:
 
 
 def bench(configs: list[BenchConfig], isolate: bool = True, **kwargs) -> list[BenchResult]:
-    run = measure_isolated if isolate and hasattr(os, "fork") else measure
+    run = measure_isolated if isolate else measure
     return [run(c, **kwargs) for c in configs]
 
 
