@@ -92,6 +92,18 @@ def _flops(model: str) -> float | None:
 
 
 def _peak_rss() -> int:
+    """This process's peak resident memory in bytes.
+
+    Linux's VmHWM belongs to the current address space, so it starts afresh in a spawned
+    worker; ``ru_maxrss`` survives fork+exec and would report the parent's peak instead.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux

@@ -52,9 +52,10 @@ def cmd_dump(args) -> int:
     if args.json:
         print(json.dumps({"output_file": str(out), "tensors": stats}, indent=2))
     else:
-        width = max((len(n) for n in stats), default=0)
+        width = min(max((len(n) for n in stats), default=0), 60)
         for name, st in stats.items():
+            shown = name if len(name) <= width else name[:width - 3] + "..."  # TFLite fused names run long
             extra = f"  min {st['min']:.4g}  max {st['max']:.4g}  mean {st['mean']:.4g}" if "min" in st else ""
-            print(f"{name:<{width}}  {st['dtype']:<8} {st['shape']}{extra}")
+            print(f"{shown:<{width}}  {st['dtype']:<8} {st['shape']}{extra}")
         print(f"{len(values)} tensors written to {out}")
     return 0
