@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+WARMUP = 3  # profiled runs discarded: first runs pay for allocation and kernel selection
+
 
 def _table(times_us: dict[str, float], calls: dict[str, int], runs: int):
     from shipyard.bench import OpTime
@@ -45,13 +47,18 @@ def _onnxruntime(model, threads, feeds, runs):
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         with OnnxRuntimeRunner(model, threads=threads, session_options=opts) as runner:
-            for _ in range(runs):
+            for _ in range(WARMUP + runs):
                 runner.run(feeds)
             trace = runner.session.end_profiling()
         events = json.loads(Path(trace).read_text())
+    # The profiler records from the session's creation: skip the first (cold) runs.
+    starts = sorted(ev["ts"] for ev in events if ev.get("name") == "model_run")
+    cutoff = starts[WARMUP] if len(starts) > WARMUP else 0
     times: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
     for ev in events:
+        if ev.get("ts", 0) < cutoff:
+            continue
         if ev.get("cat") == "Node" and str(ev.get("name", "")).endswith("_kernel_time"):
             op = ev.get("args", {}).get("op_name", "?")
             times[op] += float(ev.get("dur", 0))
@@ -71,6 +78,8 @@ def _tensorflow(model, threads, feeds, runs):
         feed_dict = {tf_name(k): v for k, v in feeds.items()}
         times: dict[str, float] = defaultdict(float)
         calls: dict[str, int] = defaultdict(int)
+        for _ in range(WARMUP):
+            session.run(fetches, feed_dict, options=options)
         for _ in range(runs):
             meta = tf.compat.v1.RunMetadata()
             session.run(fetches, feed_dict, options=options, run_metadata=meta)
