@@ -16,6 +16,8 @@ import io
 import os
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,7 +81,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="keep the converted models here")
     parser.add_argument("--html", type=Path, help="also write the HTML report")
+    parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build_only:
+        build(args.build_only)
+        return
 
     from shipyard.bench import BenchConfig, bench, ratios
     from shipyard.commands.bench import render
@@ -88,7 +94,11 @@ def main() -> None:
         directory = args.out or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        paths = build(directory)
+        # Build in a separate process: TensorFlow left running in this one (its thread pools)
+        # slowed every engine measured afterwards 3-6x in a first version of this script.
+        subprocess.run([sys.executable, __file__, "--build-only", str(directory)], check=True)
+        paths = {"keras": directory / "mobilenet_v2.keras", "tflite": directory / "mobilenet_v2.tflite",
+                 "onnx": directory / "mobilenet_v2.onnx"}
         print(f"models built in {time.perf_counter() - t0:.0f} s")
         configs = [BenchConfig(str(paths[k]), None, args.threads, 1) for k in ("onnx", "tflite", "keras")]
         results = bench(configs, runs=args.runs, warmup=args.warmup)
