@@ -64,10 +64,17 @@ def test_graphdef_and_tflite_dumps_equal_keras_layers(keras_paths, keras_example
 
 
 def test_keras_dump_and_listing(keras_paths, keras_example, x_file, tmp_path):
-    proc = run_cli("dump", keras_paths["keras"], "--list", "--json")
-    assert proc.returncode == 0, proc.stderr
-    listed = [t["name"] for t in json.loads(proc.stdout)]
+    import keras
+
+    from shipyard.dump import open_source
+
+    with open_source(keras_paths["keras"]) as source:
+        listed = [t.name for t in source.tensors()]
     assert listed[:3] == ["conv1", "bn1", "relu1"] and listed[-1] == "probs"
+    assert listed == [layer.name for layer in keras_example[0].layers if not isinstance(layer, keras.layers.InputLayer)]
+    proc = run_cli("dump", keras_paths["onnx"], "--list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[-1]["name"] == "Identity:0"
     out = tmp_path / "k.npz"
     proc = run_cli("dump", keras_paths["keras"], "--inputs", x_file, "--tensors", "bn2,probs", "-o", out)
     assert proc.returncode == 0, proc.stderr
