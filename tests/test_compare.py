@@ -72,7 +72,7 @@ def test_same_model_through_three_engines_passes(keras_paths):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["passed"] is True
-    (name, metrics), = doc["outputs"].items()
+    (_name, metrics), = doc["outputs"].items()
     assert metrics["paired_by"] == "position" and metrics["cosine"] > 0.9999
     assert metrics["shape_ref"] == [3, 10]
     assert [c["backend"] for c in doc["candidates"]] == ["onnxruntime", "litert"]

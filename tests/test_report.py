@@ -25,7 +25,7 @@ def render(page: Path, tmp: Path) -> tuple[np.ndarray, list[str]]:
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--window-size=1000,1400",
              f"--screenshot={shot}", page.as_uri()],
-            capture_output=True, text=True, timeout=120)
+            check=False, capture_output=True, text=True, timeout=120)
     assert shot.exists(), proc.stderr[-2000:]
     from PIL import Image
 

@@ -112,7 +112,7 @@ class Tolerance:
     per_output: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, items: list[str] | None, default: float, flag: str) -> "Tolerance":
+    def parse(cls, items: list[str] | None, default: float, flag: str) -> Tolerance:
         tol = cls(default)
         for item in items or []:
             name, sep, value = item.rpartition(":")
@@ -145,8 +145,7 @@ def _key(name: str) -> str:
     for a TFLite tensor of fused ops (``relu;add;conv``) the name of the last op, listed first."""
     name = tensor_name(name.split(";")[0])
     for prefix in ("serving_default_",):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
+        name = name.removeprefix(prefix)
     return name
 
 

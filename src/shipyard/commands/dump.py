@@ -45,9 +45,8 @@ def cmd_dump(args) -> int:
         feeds = model_feeds(source.signature, args.inputs, args.seed, args.batch)
         names = None if args.tensors.strip() == "all" else [n.strip() for n in args.tensors.split(",") if n.strip()]
         values = dump_tensors(source, feeds, names)
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **values)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **values)
     stats = {name: array_stats(v) for name, v in values.items()}
     if args.json:
         print(json.dumps({"output_file": str(out), "tensors": stats}, indent=2))

@@ -143,7 +143,7 @@ def layerwise_page(loc) -> str:
     ax.set_ylabel("max absolute error")
     rows = [[r.pair.ref, r.op, r.pair.how, "ok" if r.diff.passed else "DIFF", r.diff.max_abs, r.diff.cosine]
             for r in loc.checked]
-    body = [f"<p>{html.escape(loc.reference)} vs {html.escape(loc.other)}: {loc.matched} tensors matched, "
-            f"{len(loc.checked)} checked in {loc.runs} runs</p>", head, f"<figure>{_svg(fig)}</figure>",
+    body = [(f"<p>{html.escape(loc.reference)} vs {html.escape(loc.other)}: {loc.matched} tensors matched, "
+            f"{len(loc.checked)} checked in {loc.runs} runs</p>"), head, f"<figure>{_svg(fig)}</figure>",
             _table(["tensor", "op", "matched by", "verdict", "max abs", "cosine"], rows)]
     return _page("shipyard compare --layerwise", body)
