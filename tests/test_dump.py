@@ -89,5 +89,33 @@ def test_dump_bad_input(keras_paths, tmp_path, torch_example):
     assert_clean_error(run_cli("dump", keras_paths["onnx"], "-o", tmp_path / "missing" / "d.npz"), "does not exist")
     assert_clean_error(run_cli("dump", keras_paths["onnx"], "-o", keras_paths["onnx"]), "overwrite")
     assert_clean_error(run_cli("dump", keras_paths["onnx"]), "-o dump.npz")
+    assert_clean_error(run_cli("dump", keras_paths["savedmodel"], "-o", tmp_path / "s.npz"), "cannot be exposed")
     assert_clean_error(run_cli("dump", torch_example[1]["torchscript"], "-o", tmp_path / "t.npz"),
-                       "cannot be exposed")
+                       "shape of input 'input' is unknown")  # TorchScript records no input shapes
+
+
+def test_torchscript_dump_equals_eager_torch_modules(torch_example, tmp_path):
+    """Every tensor of the traced graph equals the output of the eager module that made it."""
+    import torch
+
+    module, paths, x, ref = torch_example
+    seen = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().numpy())) for m in module]
+    with torch.no_grad():
+        module(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    x_file = tmp_path / "x.npy"
+    np.save(x_file, x)
+    proc = run_cli("dump", paths["torchscript"], "--list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(proc.stdout)
+    assert [t["op"] for t in listed][:4] == ["aten::_convolution", "aten::batch_norm", "aten::relu", "aten::max_pool2d"]
+    out = tmp_path / "t.npz"
+    proc = run_cli("dump", paths["torchscript"], "--inputs", x_file, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    dumped = np.load(out)
+    assert len(listed) == len(seen) == len(module)
+    for tensor, expected in zip(listed, seen):
+        np.testing.assert_allclose(dumped[tensor["name"]], expected, rtol=1e-5, atol=1e-6, err_msg=tensor["name"])
+    np.testing.assert_allclose(dumped[listed[-1]["name"]], ref, rtol=1e-5, atol=1e-6)

@@ -244,7 +244,7 @@ def model_feeds(signature: Signature, inputs: list[str] | None, seed: int = 0, b
 def compare_models(models: list[str | Path], backends: list[str | None] | None = None,
                    inputs: list[str] | None = None, seed: int = 0, batch: int = 1,
                    atol: Tolerance | None = None, rtol: Tolerance | None = None,
-                   threads: int | None = None) -> Comparison:
+                   threads: int | None = None, shapes: dict | None = None) -> Comparison:
     """Run every model on the same inputs and compare each against the first."""
     from shipyard.runtimes import open_runner
 
@@ -255,7 +255,7 @@ def compare_models(models: list[str | Path], backends: list[str | None] | None =
     rtol = rtol or Tolerance(1e-3)
     with open_runner(models[0], backend=backends[0], threads=threads) as ref_runner:
         ref_sig = ref_runner.signature
-        feeds = model_feeds(ref_sig, inputs, seed, batch)
+        feeds = model_feeds(ref_sig, inputs, seed, batch, shapes)
         ref_out = ref_runner.run(feeds)
         ref_backend = ref_runner.backend
     candidates = []

@@ -3,7 +3,8 @@
 One ``TensorSource`` per engine, each using the engine's own way to expose intermediates:
 ONNX gets the tensors added as extra graph outputs, LiteRT keeps every tensor alive with
 ``experimental_preserve_all_tensors`` (its arena otherwise reuses buffers), a TF v1 Session
-fetches any tensor by name, and a functional Keras model is re-wired to return layer outputs.
+fetches any tensor by name, a functional Keras model is re-wired to return layer outputs, and
+a TorchScript graph is inlined and made to return its tensor values.
 Fetching a chosen subset (not "everything at once") is what lets ``compare --layerwise``
 stream through a large model in bounded memory.
 """
@@ -191,6 +192,59 @@ class KerasSource(TensorSource):
         return {n: np.asarray(v) for n, v in zip(names, values)}
 
 
+class TorchScriptSource(TensorSource):
+    """TorchScript: the forward graph is inlined (submodule calls expanded), every tensor value
+    is packed into a tuple output, and the edited graph runs as a function on the module.
+
+    Tensor names are the graph's value names (``input.4``); the op is the aten kind.
+    ``torch._C`` graph editing is private API, but it is what TorchScript offers for this:
+    the module's own forward returns only its outputs, and hooks do not fire in a traced graph.
+    """
+
+    _SKIP = ("prim::Constant", "prim::GetAttr", "prim::ListConstruct", "prim::TupleConstruct")
+
+    def __init__(self, model: Model, threads: int | None = None):
+        from shipyard.runtimes.torch import TorchScriptRunner
+
+        self.runner = TorchScriptRunner(model, threads=threads)
+        self.signature = self.runner.signature
+        self.backend = self.runner.backend
+        torch = self.runner.torch
+        self._graph = self.runner.module.graph.copy()
+        torch._C._jit_pass_inline(self._graph)
+        # Values are found again by position: copying a graph renumbers unnamed values ("40").
+        self._position: dict[str, tuple[int, int]] = {}
+        self._tensors = []
+        for i, node in enumerate(self._graph.nodes()):
+            if node.kind() in self._SKIP:
+                continue
+            for j, value in enumerate(node.outputs()):
+                if isinstance(value.type(), torch._C.TensorType):
+                    self._position[value.debugName()] = (i, j)
+                    self._tensors.append(TensorInfo(value.debugName(), node.kind(), value.debugName()))
+
+    def tensors(self):
+        return self._tensors
+
+    def fetch(self, feeds, names):
+        torch = self.runner.torch
+        graph = self._graph.copy()
+        nodes = list(graph.nodes())
+        chosen = [nodes[i].outputsAt(j) for i, j in (self._position[n] for n in names)]
+        pack = graph.create("prim::TupleConstruct", chosen)
+        graph.appendNode(pack)
+        pack.output().setType(torch._C.TupleType([v.type() for v in chosen]))
+        graph.eraseOutput(0)
+        graph.registerOutput(pack.output())
+        fn = torch._C._create_function_from_graph("shipyard_dump", graph)
+        checked = _validated(self.runner, feeds)
+        args = [torch.from_numpy(checked[s.name].copy()) for s in self.signature.inputs]
+        guard.stage(f"fetching {len(names)} tensors with TorchScript")
+        with torch.inference_mode():
+            values = fn(self.runner.module._c, *args)
+        return {n: v.detach().cpu().numpy() for n, v in zip(names, values)}
+
+
 def _validated(runner, feeds):
     from shipyard.runtimes.base import validate_feeds
 
@@ -214,10 +268,12 @@ def open_source(path_or_model: str | Path | Model, backend: str | None = None,
         return TFGraphSource(model, threads)
     if model.format == "keras" and name == "tensorflow":
         return KerasSource(model, threads)
+    if model.format == "torchscript" and name == "torch":
+        return TorchScriptSource(model, threads)
     raise UnsupportedError(
         f"intermediate tensors of a {model.format} model on {name} cannot be exposed",
-        hint="convert it to ONNX, TFLite or a frozen GraphDef first (TorchScript and SavedModel "
-             "inline their layers into one graph call)",
+        hint="convert it to ONNX, TFLite or a frozen GraphDef first (a SavedModel runs its "
+             "signature as one function call)",
     )
 
 

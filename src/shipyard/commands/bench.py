@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
                    help="inputs: FILE.npz, NAME=FILE.npy or FILE.npy (default: random)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
+                   help="shape for a generated input whose shape is dynamic or unknown (TorchScript)")
     p.add_argument("--profile", action="store_true", help="per-op time from the engine's profiler")
     p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
     p.add_argument("--json", action="store_true")
@@ -61,6 +63,7 @@ def cmd_bench(args) -> int:
     from shipyard.atomic import check_output_path
     from shipyard.bench import BenchConfig, bench, ratios
     from shipyard.errors import UsageError
+    from shipyard.feeds import parse_shapes
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be at least 1 and --warmup at least 0")
@@ -68,7 +71,8 @@ def cmd_bench(args) -> int:
     backends = [b.strip() for b in args.backend.split(",")] if args.backend else [None]
     configs = [BenchConfig(m, b, t, n or 1) for m in args.models for b in backends
                for t in _ints(args.threads, "--threads") for n in _ints(args.batch, "--batch")]
-    results = bench(configs, runs=args.runs, warmup=args.warmup, profile=args.profile, inputs=args.inputs)
+    results = bench(configs, runs=args.runs, warmup=args.warmup, profile=args.profile, inputs=args.inputs,
+                    shapes=parse_shapes(args.shape))
     rel = ratios(results)
     if html:
         from shipyard.report.html import bench_page, write_page

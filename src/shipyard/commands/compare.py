@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--random", type=int, metavar="N", default=None,
                    help="compare on N random samples (the dynamic batch dimension; default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
+                   help="shape for a generated input whose shape is dynamic or unknown (TorchScript)")
     p.add_argument("--backend", help="comma-separated backends, one per model (one model + two backends "
                                      "compares the same file on both)")
     p.add_argument("--atol", action="append", metavar="[OUTPUT:]X", help="absolute tolerance (default 1e-4); repeatable")
@@ -58,6 +60,7 @@ def cmd_compare(args) -> int:
     from shipyard.atomic import check_output_path
     from shipyard.compare import Tolerance, compare_models
     from shipyard.errors import UsageError
+    from shipyard.feeds import parse_shapes
 
     models = list(args.models)
     backends = [b.strip() or None for b in args.backend.split(",")] if args.backend else None
@@ -72,7 +75,8 @@ def cmd_compare(args) -> int:
     rtol = Tolerance.parse(args.rtol, 1e-3, "--rtol")
     if args.layerwise:
         return _layerwise(args, models, backends, atol, rtol, html)
-    result = compare_models(models, backends, args.inputs, args.seed, args.random or 1, atol, rtol, args.threads)
+    result = compare_models(models, backends, args.inputs, args.seed, args.random or 1, atol, rtol, args.threads,
+                            shapes=parse_shapes(args.shape))
     if html:
         from shipyard.report.html import compare_page, write_page
 
@@ -84,6 +88,7 @@ def cmd_compare(args) -> int:
 
 
 def _layerwise(args, models, backends, atol, rtol, html) -> int:
+    from shipyard.feeds import parse_shapes
     from shipyard.layerwise import localize
 
     if len(models) != 2:
@@ -91,7 +96,7 @@ def _layerwise(args, models, backends, atol, rtol, html) -> int:
 
         raise UsageError("--layerwise compares exactly two models")
     result = localize(models[0], models[1], backends, args.inputs, args.seed, args.random or 1,
-                      atol, rtol, chunk=args.chunk, threads=args.threads)
+                      atol, rtol, chunk=args.chunk, threads=args.threads, shapes=parse_shapes(args.shape))
     if html:
         from shipyard.report.html import layerwise_page, write_page
 

@@ -12,6 +12,8 @@ def register(sub) -> None:
                    help="inputs: FILE.npz, NAME=FILE.npy or FILE.npy (default: random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="dynamic batch size for random inputs")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
+                   help="shape for a generated input whose shape is dynamic or unknown (TorchScript)")
     p.add_argument("--tensors", default="all", help="'all' or comma-separated tensor names")
     p.add_argument("--list", action="store_true", help="only list the tensors that can be dumped")
     p.add_argument("--backend")
@@ -28,6 +30,7 @@ def cmd_dump(args) -> int:
     from shipyard.compare import model_feeds
     from shipyard.dump import dump_tensors, open_source
     from shipyard.errors import UsageError
+    from shipyard.feeds import parse_shapes
     from shipyard.report.text import array_stats
 
     if not args.list and args.output is None:
@@ -42,7 +45,7 @@ def cmd_dump(args) -> int:
                 for t in tensors:
                     print(f"{t.name}  ({t.op})")
             return 0
-        feeds = model_feeds(source.signature, args.inputs, args.seed, args.batch)
+        feeds = model_feeds(source.signature, args.inputs, args.seed, args.batch, parse_shapes(args.shape))
         names = None if args.tensors.strip() == "all" else [n.strip() for n in args.tensors.split(",") if n.strip()]
         values = dump_tensors(source, feeds, names)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
