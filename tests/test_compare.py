@@ -123,3 +123,12 @@ def test_bad_inputs_give_clean_errors(keras_paths, tmp_path):
                        "does not exist")
     assert_clean_error(run_cli("compare", keras_paths["onnx"]), "at least two")
     assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--atol", "x:y"), "--atol")
+
+
+def test_torchscript_against_its_onnx_export(torch_example):
+    paths = torch_example[1]
+    proc = run_cli("compare", paths["torchscript"], paths["onnx"], "--shape", "input=2,3,12,12", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["passed"] and doc["outputs"]["output"]["paired_by"] == "name"
+    assert doc["outputs"]["output"]["shape_ref"] == [2, 5]
