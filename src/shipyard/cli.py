@@ -16,7 +16,8 @@ from shipyard.errors import ShipyardError
 
 # One module per command in shipyard/commands/, each with register(subparsers); the
 # command modules import their heavy machinery inside the handlers.
-COMMANDS = ["inspect", "run", "freeze", "convert", "session", "transform", "quantize", "protect", "records", "ship", "demo"]
+COMMANDS = ["inspect", "run", "freeze", "convert", "session", "transform", "quantize", "compare", "dump", "bench",
+            "graph", "view", "ops", "protect", "records", "ship", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

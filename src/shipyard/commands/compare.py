@@ -1,0 +1,105 @@
+"""`shipyard compare`: run models on the same inputs and say whether their outputs agree."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compare", help="compare the outputs of two or more models (or backends)")
+    p.add_argument("models", nargs="+", help="reference model first, then the models to check against it")
+    p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
+                   help="inputs: FILE.npz (keys are input names), NAME=FILE.npy or FILE.npy; repeatable")
+    p.add_argument("--random", type=int, metavar="N", default=None,
+                   help="compare on N random samples (the dynamic batch dimension; default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
+                   help="shape for a generated input whose shape is dynamic or unknown (TorchScript)")
+    p.add_argument("--backend", help="comma-separated backends, one per model (one model + two backends "
+                                     "compares the same file on both)")
+    p.add_argument("--atol", action="append", metavar="[OUTPUT:]X", help="absolute tolerance (default 1e-4); repeatable")
+    p.add_argument("--rtol", action="append", metavar="[OUTPUT:]Y", help="relative tolerance (default 1e-3); repeatable")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--layerwise", action="store_true",
+                   help="find the first intermediate tensor where the first two models diverge")
+    p.add_argument("--chunk", type=int, default=16,
+                   help="with --layerwise: tensors fetched per run (bounds memory; default 16)")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return f"{v:.4g}"
+
+
+def render(result) -> str:
+    lines = [f"reference {result.reference} ({result.reference_backend})",
+             "inputs " + ", ".join(f"{k}{v}" for k, v in result.inputs.items())]
+    for cand in result.candidates:
+        lines.append(f"vs {cand.path} ({cand.backend}): {'PASS' if cand.passed else 'FAIL'}")
+        for pair, d in zip(cand.pairs, cand.diffs):
+            lines.append(f"  {pair.ref} <-> {pair.other} (by {pair.how})")
+            lines.append(
+                f"    {'ok  ' if d.passed else 'FAIL'} max_abs {_fmt(d.max_abs)}  mean_abs {_fmt(d.mean_abs)}  "
+                f"max_rel {_fmt(d.max_rel)}  mean_rel {_fmt(d.mean_rel)}  cosine {_fmt(d.cosine)}  "
+                f"snr {_fmt(d.snr_db)} dB  argmax {_fmt(d.argmax_agreement)}  top5 {_fmt(d.topk_agreement)}  "
+                f"nan/inf {d.nonfinite_ref}/{d.nonfinite_other}  (atol {d.atol:g}, rtol {d.rtol:g})")
+            if d.shape_ref != d.shape_other:
+                lines.append(f"    shapes differ: {list(d.shape_ref)} vs {list(d.shape_other)}")
+    lines.append("PASS" if result.passed else "FAIL: " + ", ".join(
+        f"{d.name} ({c.path})" for c in result.candidates for d in c.diffs if not d.passed))
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> int:
+    from shipyard.atomic import check_output_path
+    from shipyard.compare import Tolerance, compare_models
+    from shipyard.errors import UsageError
+    from shipyard.feeds import parse_shapes
+
+    models = list(args.models)
+    backends = [b.strip() or None for b in args.backend.split(",")] if args.backend else None
+    if backends and len(models) == 1:
+        models = models * len(backends)
+    if backends and len(backends) != len(models):
+        raise UsageError(f"--backend names {len(backends)} backend(s) for {len(models)} model(s); give one per model")
+    if args.inputs and args.random is not None:
+        raise UsageError("give either --inputs or --random, not both")
+    html = check_output_path(args.html, *map(Path, models)) if args.html else None
+    atol = Tolerance.parse(args.atol, 1e-4, "--atol")
+    rtol = Tolerance.parse(args.rtol, 1e-3, "--rtol")
+    if args.layerwise:
+        return _layerwise(args, models, backends, atol, rtol, html)
+    result = compare_models(models, backends, args.inputs, args.seed, args.random or 1, atol, rtol, args.threads,
+                            shapes=parse_shapes(args.shape))
+    if html:
+        from shipyard.report.html import compare_page, write_page
+
+        write_page(html, compare_page(result))
+    print(json.dumps(result.to_json(), indent=2) if args.json else render(result))
+    if html and not args.json:
+        print(f"report written to {html}")
+    return 0 if result.passed else 1
+
+
+def _layerwise(args, models, backends, atol, rtol, html) -> int:
+    from shipyard.feeds import parse_shapes
+    from shipyard.layerwise import localize
+
+    if len(models) != 2:
+        from shipyard.errors import UsageError
+
+        raise UsageError("--layerwise compares exactly two models")
+    result = localize(models[0], models[1], backends, args.inputs, args.seed, args.random or 1,
+                      atol, rtol, chunk=args.chunk, threads=args.threads, shapes=parse_shapes(args.shape))
+    if html:
+        from shipyard.report.html import layerwise_page, write_page
+
+        write_page(html, layerwise_page(result))
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+    return 0 if result.passed else 1

@@ -1,0 +1,63 @@
+"""`shipyard dump`: intermediate tensors of a model, as computed by its runtime, into a .npz."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("dump", help="write intermediate tensors (all, or named ones) to a .npz file")
+    p.add_argument("model")
+    p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
+                   help="inputs: FILE.npz, NAME=FILE.npy or FILE.npy (default: random)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="dynamic batch size for random inputs")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
+                   help="shape for a generated input whose shape is dynamic or unknown (TorchScript)")
+    p.add_argument("--tensors", default="all", help="'all' or comma-separated tensor names")
+    p.add_argument("--list", action="store_true", help="only list the tensors that can be dumped")
+    p.add_argument("--backend")
+    p.add_argument("--threads", type=int)
+    p.add_argument("-o", "--output", type=Path, help="the .npz file to write")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dump)
+
+
+def cmd_dump(args) -> int:
+    import numpy as np
+
+    from shipyard.atomic import atomic_path, check_output_path
+    from shipyard.compare import model_feeds
+    from shipyard.dump import dump_tensors, open_source
+    from shipyard.errors import UsageError
+    from shipyard.feeds import parse_shapes
+    from shipyard.report.text import array_stats
+
+    if not args.list and args.output is None:
+        raise UsageError("say where to write the tensors: -o dump.npz (or --list to list them)")
+    out = check_output_path(args.output, Path(args.model)) if args.output else None
+    with open_source(args.model, args.backend, args.threads) as source:
+        if args.list:
+            tensors = source.tensors()
+            if args.json:
+                print(json.dumps([t.__dict__ for t in tensors], indent=2))
+            else:
+                for t in tensors:
+                    print(f"{t.name}  ({t.op})")
+            return 0
+        feeds = model_feeds(source.signature, args.inputs, args.seed, args.batch, parse_shapes(args.shape))
+        names = None if args.tensors.strip() == "all" else [n.strip() for n in args.tensors.split(",") if n.strip()]
+        values = dump_tensors(source, feeds, names)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **values)
+    stats = {name: array_stats(v) for name, v in values.items()}
+    if args.json:
+        print(json.dumps({"output_file": str(out), "tensors": stats}, indent=2))
+    else:
+        width = min(max((len(n) for n in stats), default=0), 60)
+        for name, st in stats.items():
+            shown = name if len(name) <= width else name[:width - 3] + "..."  # TFLite fused names run long
+            extra = f"  min {st['min']:.4g}  max {st['max']:.4g}  mean {st['mean']:.4g}" if "min" in st else ""
+            print(f"{shown:<{width}}  {st['dtype']:<8} {st['shape']}{extra}")
+        print(f"{len(values)} tensors written to {out}")
+    return 0

@@ -1,0 +1,126 @@
+"""Layer-wise localisation: the first intermediate tensor where two models diverge.
+
+Tensors are matched by name where names survive conversion, else by graph position (when
+both graphs expose the same number of tensors). They are then streamed in execution order,
+``chunk`` pairs per run: only one chunk of intermediates is ever in memory, unlike "mark
+every tensor as an output" (Polygraphy's ``mark all``), which holds them all at once and runs
+out of memory on large models. The scan stops at the first pair beyond tolerance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shipyard.compare import OutputDiff, Pair, Tolerance, _key, adapt_feeds, diff, model_feeds
+from shipyard.dump import TensorInfo, open_source
+from shipyard.errors import UnsupportedError
+
+
+@dataclass
+class LayerResult:
+    pair: Pair
+    op: str
+    diff: OutputDiff
+
+
+@dataclass
+class Localization:
+    reference: str
+    other: str
+    matched: int
+    checked: list[LayerResult] = field(default_factory=list)
+    runs: int = 0
+
+    @property
+    def first_divergent(self) -> LayerResult | None:
+        return next((r for r in self.checked if not r.diff.passed), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_divergent is None
+
+    def to_json(self) -> dict:
+        first = self.first_divergent
+        return {
+            "passed": self.passed,
+            "reference": self.reference, "other": self.other,
+            "matched_tensors": self.matched, "checked_tensors": len(self.checked), "runs": self.runs,
+            "first_divergent": None if first is None else {
+                "tensor": first.pair.ref, "other_tensor": first.pair.other, "op": first.op,
+                "matched_by": first.pair.how, **first.diff.to_json()},
+            "layers": [{"tensor": r.pair.ref, "other_tensor": r.pair.other, "op": r.op, "matched_by": r.pair.how,
+                        "passed": r.diff.passed, "max_abs": r.diff.max_abs, "cosine": r.diff.cosine,
+                        "snr_db": r.diff.snr_db if r.diff.snr_db is None or abs(r.diff.snr_db) != float("inf")
+                        else str(r.diff.snr_db)} for r in self.checked],
+        }
+
+    def render(self) -> str:
+        lines = [f"layer-wise: {self.reference} vs {self.other}",
+                 f"  {self.matched} tensors matched, {len(self.checked)} checked in {self.runs} run(s)"]
+        for r in self.checked:
+            mark = "ok  " if r.diff.passed else "DIFF"
+            lines.append(f"  {mark} {r.pair.ref} ({r.op}) <-> {r.pair.other} [{r.pair.how}]  "
+                         f"max_abs {r.diff.max_abs:.4g}  cosine {r.diff.cosine:.6f}")
+        first = self.first_divergent
+        if first is None:
+            lines.append("no divergence: every matched tensor is within tolerance")
+        else:
+            lines.append(f"first divergence at '{first.pair.ref}' (op {first.op}), "
+                         f"other model's '{first.pair.other}': max_abs {first.diff.max_abs:.4g}")
+        return "\n".join(lines)
+
+
+def align_layout(ref, other):
+    """Converters move activations between NHWC (TF, TFLite) and NCHW (ONNX, torch) while keeping
+    tensor names: transpose the other tensor back when that makes the shapes equal."""
+    import numpy as np
+
+    if ref.shape == other.shape or ref.ndim != 4 or other.ndim != 4:
+        return ref, other
+    for perm in ((0, 2, 3, 1), (0, 3, 1, 2)):
+        if tuple(other.shape[i] for i in perm) == ref.shape:
+            return ref, np.transpose(other, perm)
+    return ref, other
+
+
+def match_tensors(ref: list[TensorInfo], other: list[TensorInfo]) -> list[tuple[TensorInfo, Pair]]:
+    """Pairs in the reference's execution order: by name, else by position."""
+    by_key = {_key(t.name): t for t in other}
+    named = [(t, Pair(t.name, by_key[_key(t.name)].name, "name")) for t in ref if _key(t.name) in by_key]
+    if named:
+        return named
+    if len(ref) == len(other):
+        return [(a, Pair(a.name, b.name, "position")) for a, b in zip(ref, other)]
+    raise UnsupportedError(
+        f"the two models share no tensor names and expose different numbers of tensors ({len(ref)} vs {len(other)})",
+        hint="compare models whose tensor names survived conversion, or dump both and compare chosen tensors",
+    )
+
+
+def localize(ref_path: str | Path, other_path: str | Path, backends: list | None = None,
+             inputs: list[str] | None = None, seed: int = 0, batch: int = 1,
+             atol: Tolerance | None = None, rtol: Tolerance | None = None,
+             chunk: int = 16, threads: int | None = None, shapes: dict | None = None) -> Localization:
+    """Stream matched tensors in chunks and stop at the first chunk holding a divergence."""
+    backends = backends or [None, None]
+    atol = atol or Tolerance(1e-4)
+    rtol = rtol or Tolerance(1e-3)
+    chunk = max(1, chunk)
+    with open_source(ref_path, backends[0], threads) as a, open_source(other_path, backends[1], threads) as b:
+        feeds_a = model_feeds(a.signature, inputs, seed, batch, shapes)
+        feeds_b = adapt_feeds(feeds_a, a.signature, b.signature)
+        pairs = match_tensors(a.tensors(), b.tensors())
+        result = Localization(str(ref_path), str(other_path), len(pairs))
+        for start in range(0, len(pairs), chunk):
+            part = pairs[start:start + chunk]
+            values_a = a.fetch(feeds_a, [p.ref for _, p in part])
+            values_b = b.fetch(feeds_b, [p.other for _, p in part])
+            result.runs += 1
+            for info, pair in part:
+                ref_value, other_value = align_layout(values_a[pair.ref], values_b[pair.other])
+                d = diff(pair.ref, ref_value, other_value, atol.get(pair.ref), rtol.get(pair.ref))
+                result.checked.append(LayerResult(pair, info.op, d))
+            del values_a, values_b
+            if not result.passed:
+                break
+        return result

@@ -1,0 +1,92 @@
+"""Per-op time from each engine's own profiler: onnxruntime's JSON trace and TensorFlow's
+step stats. (LiteRT's Python API exposes no op profiler, so LiteRT gets a note instead.)"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+WARMUP = 3  # profiled runs discarded: first runs pay for allocation and kernel selection
+
+
+def _table(times_us: dict[str, float], calls: dict[str, int], runs: int):
+    from shipyard.bench import OpTime
+
+    total = sum(times_us.values()) or 1.0
+    rows = [OpTime(op, t / runs / 1e3, calls[op] // runs, t / total) for op, t in times_us.items()]
+    return sorted(rows, key=lambda r: r.total_ms, reverse=True)
+
+
+def profile_ops(config, feeds: dict[str, np.ndarray], runs: int):
+    """``(rows, note)``: per-op-type time per run, sorted by time, or ``(None, why not)``."""
+    from shipyard.inspect import as_model
+    from shipyard.runtimes import DEFAULT_BACKEND, backend_name
+
+    model = as_model(config.model)
+    backend = backend_name(config.backend) if config.backend else DEFAULT_BACKEND[model.format]
+    if backend == "onnxruntime":
+        return _onnxruntime(model, config.threads, feeds, runs), None
+    if backend == "tensorflow" and model.format in ("tf-graphdef", "tf-checkpoint", "tfjs"):
+        return _tensorflow(model, config.threads, feeds, runs), None
+    why = {"litert": "LiteRT's Python interpreter has no op profiler (its C++ benchmark_model has)",
+           "torch": "TorchScript runs as one fused call; use torch.profiler on the eager module",
+           "tensorflow": "Keras/SavedModel functions run as one call; freeze to a GraphDef for per-op times"}
+    return None, why.get(backend, "no profiler for this backend")
+
+
+def _onnxruntime(model, threads, feeds, runs):
+    import onnxruntime as ort
+
+    from shipyard.runtimes.ort import OnnxRuntimeRunner
+
+    with tempfile.TemporaryDirectory(prefix="shipyard-prof-") as tmp:
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        with OnnxRuntimeRunner(model, threads=threads, session_options=opts) as runner:
+            for _ in range(WARMUP + runs):
+                runner.run(feeds)
+            trace = runner.session.end_profiling()
+        events = json.loads(Path(trace).read_text())
+    # The profiler records from the session's creation: skip the first (cold) runs.
+    starts = sorted(ev["ts"] for ev in events if ev.get("name") == "model_run")
+    cutoff = starts[WARMUP] if len(starts) > WARMUP else 0
+    times: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for ev in events:
+        if ev.get("ts", 0) < cutoff:
+            continue
+        if ev.get("cat") == "Node" and str(ev.get("name", "")).endswith("_kernel_time"):
+            op = ev.get("args", {}).get("op_name", "?")
+            times[op] += float(ev.get("dur", 0))
+            calls[op] += 1
+    return _table(times, calls, runs)
+
+
+def _tensorflow(model, threads, feeds, runs):
+    from shipyard.runtimes.tensorflow import TensorFlowRunner, tf_name
+
+    with TensorFlowRunner(model, threads=threads) as runner:
+        tf = runner.tf
+        session = runner._session
+        op_type = {op.name: op.type for op in session.graph.get_operations()}
+        options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+        fetches = [tf_name(o.name) for o in runner.signature.outputs]
+        feed_dict = {tf_name(k): v for k, v in feeds.items()}
+        times: dict[str, float] = defaultdict(float)
+        calls: dict[str, int] = defaultdict(int)
+        for _ in range(WARMUP):
+            session.run(fetches, feed_dict, options=options)
+        for _ in range(runs):
+            meta = tf.compat.v1.RunMetadata()
+            session.run(fetches, feed_dict, options=options, run_metadata=meta)
+            for dev in meta.step_stats.dev_stats:
+                for node in dev.node_stats:
+                    name = node.node_name.split(":")[0]
+                    if name in op_type:  # skip _SOURCE / _SINK and device bookkeeping
+                        times[op_type[name]] += float(node.op_end_rel_micros - node.op_start_rel_micros)
+                        calls[op_type[name]] += 1
+    return _table(times, calls, runs)

@@ -1,0 +1,149 @@
+"""Self-contained HTML reports for ``bench --html`` and ``compare --html``.
+
+Plots are drawn by matplotlib (Agg, no display) as inline SVG, so a page is one file with
+no scripts, fonts or images fetched from anywhere: it opens offline and can be attached to
+a bug report.
+"""
+from __future__ import annotations
+
+import html
+import io
+import math
+from pathlib import Path
+
+from shipyard.deps import require
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f3f8}td:first-child,th:first-child{text-align:left}.fail{color:#b00020;font-weight:bold}
+.ok{color:#0a7d2c;font-weight:bold}figure{margin:1em 0}"""
+
+
+def _pyplot():
+    require("matplotlib", "Drawing the HTML report's plots")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    _pyplot().close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG is inlined
+
+
+def _page(title: str, body: list[str]) -> str:
+    return ("<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>" + "\n".join(body) + "</body></html>")
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return html.escape(str(v)) if v is not None else "-"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_page(path: Path, text: str) -> None:
+    from shipyard.atomic import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+# -- bench -------------------------------------------------------------------------------
+
+
+def bench_page(results, ratios) -> str:
+    plt = _pyplot()
+    rows = [[r.label, *(r.latency_ms[k] for k in ("min", "p50", "p90", "p99", "max", "mean")),
+             r.throughput_per_s, r.gflops_per_s, r.peak_rss_bytes / 2**20, q] for r, q in zip(results, ratios)]
+    body = ["<h2>Latency (ms)</h2>", _table(["config", "min", "p50", "p90", "p99", "max", "mean", "per s",
+                                             "GFLOP/s", "peak RSS MiB", "p50 ratio"], rows)]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for r in results:
+        if r.samples_ms:
+            ax.hist(r.samples_ms, bins=40, alpha=0.6, label=r.label)
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("runs")
+    ax.legend(fontsize=7)
+    body += ["<h2>Latency histogram</h2>", f"<figure>{_svg(fig)}</figure>"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    keys = ["min", "p50", "p90", "p99", "max"]
+    width = 0.8 / max(len(results), 1)
+    for i, r in enumerate(results):
+        ax.bar([k + i * width for k in range(len(keys))], [r.latency_ms[k] for k in keys], width, label=r.label)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys)
+    ax.set_ylabel("ms")
+    ax.legend(fontsize=7)
+    body += ["<h2>Percentiles</h2>", f"<figure>{_svg(fig)}</figure>"]
+    for r in results:
+        if r.profile:
+            top = r.profile[:20][::-1]
+            fig, ax = plt.subplots(figsize=(8, 0.3 * len(top) + 1))
+            ax.barh([p.op for p in top], [p.total_ms for p in top], color="#4c72b0")
+            ax.set_xlabel("ms per run")
+            body += [f"<h2>Per-op time: {html.escape(r.label)}</h2>", f"<figure>{_svg(fig)}</figure>",
+                     _table(["op", "ms per run", "calls", "share %"],
+                            [[p.op, p.total_ms, p.calls, p.share * 100] for p in r.profile])]
+        elif r.profile_note:
+            body.append(f"<p>Per-op time for {html.escape(r.label)}: {html.escape(r.profile_note)}</p>")
+    return _page("shipyard bench", body)
+
+
+# -- compare -----------------------------------------------------------------------------
+
+
+def _finite(v):
+    return v if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else None
+
+
+def compare_page(result) -> str:
+    plt = _pyplot()
+    verdict = "<p class='ok'>PASS</p>" if result.passed else "<p class='fail'>FAIL</p>"
+    body = [f"<p>reference {html.escape(result.reference)} ({result.reference_backend})</p>", verdict]
+    for c in result.candidates:
+        rows = [[f"{p.ref} / {p.other} ({p.how})", "ok" if d.passed else "FAIL", d.max_abs, d.mean_abs, d.max_rel,
+                 d.cosine, _finite(d.snr_db), d.argmax_agreement, d.topk_agreement, d.nonfinite]
+                for p, d in zip(c.pairs, c.diffs)]
+        body += [f"<h2>{html.escape(c.path)} ({c.backend})</h2>",
+                 _table(["output pair", "verdict", "max abs", "mean abs", "max rel", "cosine", "SNR dB",
+                         "argmax", "top-5", "NaN/Inf"], rows)]
+        fig, ax = plt.subplots(figsize=(7, 0.4 * len(c.diffs) + 1.2))
+        values = [max(d.max_abs, 1e-30) if math.isfinite(d.max_abs) else 1e30 for d in c.diffs]
+        ax.barh([d.name for d in c.diffs], values, color=["#4c72b0" if d.passed else "#c44e52" for d in c.diffs])
+        ax.set_xscale("log")
+        ax.set_xlabel("max absolute error")
+        body.append(f"<figure>{_svg(fig)}</figure>")
+    return _page("shipyard compare", body)
+
+
+def layerwise_page(loc) -> str:
+    plt = _pyplot()
+    first = loc.first_divergent
+    head = (f"<p class='fail'>first divergence at {html.escape(first.pair.ref)} ({html.escape(first.op)})</p>"
+            if first else "<p class='ok'>no divergence</p>")
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    errs = [max(r.diff.max_abs, 1e-30) if math.isfinite(r.diff.max_abs) else 1e30 for r in loc.checked]
+    ax.semilogy(range(len(errs)), errs, marker="o", markersize=3)
+    if first:
+        ax.axvline(loc.checked.index(first), color="#c44e52", linestyle="--", label="first divergence")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("tensor (execution order)")
+    ax.set_ylabel("max absolute error")
+    rows = [[r.pair.ref, r.op, r.pair.how, "ok" if r.diff.passed else "DIFF", r.diff.max_abs, r.diff.cosine]
+            for r in loc.checked]
+    body = [(f"<p>{html.escape(loc.reference)} vs {html.escape(loc.other)}: {loc.matched} tensors matched, "
+            f"{len(loc.checked)} checked in {loc.runs} runs</p>"), head, f"<figure>{_svg(fig)}</figure>",
+            _table(["tensor", "op", "matched by", "verdict", "max abs", "cosine"], rows)]
+    return _page("shipyard compare --layerwise", body)

@@ -1,0 +1,121 @@
+"""dump: intermediate tensors equal what the frameworks themselves compute."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def x_file(keras_example, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dump") / "x.npy"
+    np.save(path, keras_example[2])
+    return path
+
+
+def _layer_outputs(keras_model, x, names):
+    import keras
+
+    sub = keras.Model(keras_model.inputs, [keras_model.get_layer(n).output for n in names])
+    return dict(zip(names, (np.asarray(v) for v in sub([x], training=False))))
+
+
+def test_onnx_dump_equals_onnx_reference_evaluator(keras_paths, keras_example, x_file, tmp_path):
+    """Every intermediate from onnxruntime equals onnx's own reference implementation."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    out = tmp_path / "onnx.npz"
+    proc = run_cli("dump", keras_paths["onnx"], "--inputs", x_file, "--tensors", "all", "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    dumped = dict(np.load(out))
+    model = onnx.load(str(keras_paths["onnx"]))
+    reference = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: keras_example[2]}, intermediate=True)
+    produced = [o for n in model.graph.node for o in n.output]
+    assert set(dumped) == set(produced)
+    for name in produced:
+        np.testing.assert_allclose(dumped[name], reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(dumped["Identity:0"], keras_example[3], rtol=1e-4, atol=1e-6)
+
+
+def test_graphdef_and_tflite_dumps_equal_keras_layers(keras_paths, keras_example, x_file, tmp_path):
+    model, _, x, _ = keras_example
+    expected = _layer_outputs(model, x, ["relu1", "relu2", "pool", "conv3", "gap"])
+    pb_names = ["example_cnn_1/relu1_1/Relu6:0", "example_cnn_1/relu2_1/Relu:0", "example_cnn_1/pool_1/MaxPool2d:0",
+                "example_cnn_1/conv3_1/Relu:0", "example_cnn_1/gap_1/Mean:0"]
+    out = tmp_path / "pb.npz"
+    proc = run_cli("dump", keras_paths["pb"], "--inputs", x_file, "--tensors", ",".join(pb_names), "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    pb = np.load(out)
+    for layer, name in zip(expected, pb_names):
+        np.testing.assert_allclose(pb[name], expected[layer], rtol=1e-4, atol=1e-5, err_msg=name)
+
+    out = tmp_path / "tflite.npz"
+    proc = run_cli("dump", keras_paths["tflite"], "--inputs", x_file, "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    tfl = np.load(out)
+    by_first = {k.split(";")[0]: k for k in tfl.files}  # fused TFLite ops name their tensor "relu;add;conv"
+    for layer, name in zip(expected, pb_names):
+        key = by_first[name[:-2]]
+        np.testing.assert_allclose(tfl[key], expected[layer], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_keras_dump_and_listing(keras_paths, keras_example, x_file, tmp_path):
+    import keras
+
+    from shipyard.dump import open_source
+
+    with open_source(keras_paths["keras"]) as source:
+        listed = [t.name for t in source.tensors()]
+    assert listed[:3] == ["conv1", "bn1", "relu1"] and listed[-1] == "probs"
+    assert listed == [layer.name for layer in keras_example[0].layers if not isinstance(layer, keras.layers.InputLayer)]
+    proc = run_cli("dump", keras_paths["onnx"], "--list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[-1]["name"] == "Identity:0"
+    out = tmp_path / "k.npz"
+    proc = run_cli("dump", keras_paths["keras"], "--inputs", x_file, "--tensors", "bn2,probs", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    values = np.load(out)
+    np.testing.assert_allclose(values["probs"], keras_example[3], rtol=1e-5, atol=1e-6)
+
+
+def test_dump_bad_input(keras_paths, tmp_path, torch_example):
+    assert_clean_error(run_cli("dump", keras_paths["onnx"], "--tensors", "no_such_tensor", "-o", tmp_path / "d.npz"),
+                       "no tensor named no_such_tensor")
+    assert not (tmp_path / "d.npz").exists()
+    assert_clean_error(run_cli("dump", keras_paths["onnx"], "-o", tmp_path / "missing" / "d.npz"), "does not exist")
+    assert_clean_error(run_cli("dump", keras_paths["onnx"], "-o", keras_paths["onnx"]), "overwrite")
+    assert_clean_error(run_cli("dump", keras_paths["onnx"]), "-o dump.npz")
+    assert_clean_error(run_cli("dump", keras_paths["savedmodel"], "-o", tmp_path / "s.npz"), "cannot be exposed")
+    assert_clean_error(run_cli("dump", torch_example[1]["torchscript"], "-o", tmp_path / "t.npz"),
+                       "shape of input 'input' is unknown")  # TorchScript records no input shapes
+
+
+def test_torchscript_dump_equals_eager_torch_modules(torch_example, tmp_path):
+    """Every tensor of the traced graph equals the output of the eager module that made it."""
+    import torch
+
+    module, paths, x, ref = torch_example
+    seen = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().numpy())) for m in module]
+    with torch.no_grad():
+        module(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    x_file = tmp_path / "x.npy"
+    np.save(x_file, x)
+    proc = run_cli("dump", paths["torchscript"], "--list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(proc.stdout)
+    assert [t["op"] for t in listed][:4] == ["aten::_convolution", "aten::batch_norm", "aten::relu", "aten::max_pool2d"]
+    out = tmp_path / "t.npz"
+    proc = run_cli("dump", paths["torchscript"], "--inputs", x_file, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    dumped = np.load(out)
+    assert len(listed) == len(seen) == len(module)
+    for tensor, expected in zip(listed, seen):
+        np.testing.assert_allclose(dumped[tensor["name"]], expected, rtol=1e-5, atol=1e-6, err_msg=tensor["name"])
+    np.testing.assert_allclose(dumped[listed[-1]["name"]], ref, rtol=1e-5, atol=1e-6)
