@@ -15,7 +15,7 @@ from shipyard.errors import ShipyardError
 
 # One module per command in shipyard/commands/, each with register(subparsers); the
 # command modules import their heavy machinery inside the handlers.
-COMMANDS = ["inspect", "run", "demo"]
+COMMANDS = ["inspect", "run", "demo", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
