@@ -6,6 +6,7 @@ gRPC gets a grace period for its own, and the manager drains every version befor
 from __future__ import annotations
 
 import json
+import signal
 import logging
 import sys
 import time
@@ -85,6 +86,10 @@ def serve(opts: ServeOptions) -> int:
     import threading
 
     threading.Thread(target=announce, daemon=True).start()
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+    # SIGTERM action that would kill the process before the drain below. A stop asked for is a
+    # clean exit, so SIGTERM gets a no-op handler for uvicorn to restore and re-raise into.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         server.run()  # installs SIGTERM/SIGINT handlers; returns after in-flight requests finish
     finally:
