@@ -371,3 +371,20 @@ def test_auth_token_and_graceful_sigterm(tmp_path):
     for t in threads:
         t.join()
     assert results == [200, 200], server.output()[-2000:]
+
+
+def test_bad_command_lines_are_clean_errors(tmp_path):
+    import socket
+
+    from conftest import assert_clean_error, run_cli
+
+    assert_clean_error(run_cli("serve", tmp_path / "missing"), "is not a directory")
+    repo = tmp_path / "repo"
+    add_version(repo, "mlp", 1)
+    assert_clean_error(run_cli("serve", repo, "--auth-token-file", tmp_path / "nope"), "cannot read the auth token file")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_clean_error(run_cli("serve", repo, "--rest-port", str(port), "--grpc-port", "0"), "cannot listen on")
+        assert_clean_error(run_cli("serve", repo, "--rest-port", "0", "--grpc-port", str(port)), "cannot listen for gRPC")

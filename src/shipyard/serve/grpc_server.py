@@ -215,7 +215,10 @@ def start_grpc(api: GrpcAPI, host: str, port: int, workers: int = 16) -> tuple[g
                ("grpc.max_send_message_length", 256 << 20), ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
     server.add_generic_rpc_handlers(api.handlers())
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        bound = 0
     if bound == 0:
         from shipyard.errors import UsageError
 

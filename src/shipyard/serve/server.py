@@ -6,9 +6,10 @@ gRPC gets a grace period for its own, and the manager drains every version befor
 from __future__ import annotations
 
 import json
-import signal
 import logging
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,47 +58,50 @@ def serve(opts: ServeOptions) -> int:
     logging.getLogger("shipyard.serve.access").setLevel(logging.INFO if opts.access_log else logging.WARNING)
     metrics = Metrics()
     manager = Manager(opts.repo, metrics, default_threads=opts.threads)
-    manager.sync()
     watcher = RepositoryWatcher(opts.repo, manager.sync, opts.poll_seconds)
-    watcher.start()
     grpc_server = None
-    grpc_port = None
-    if opts.grpc_port is not None:
-        grpc_server, grpc_port = start_grpc(GrpcAPI(manager, metrics, opts.auth_token, opts.max_request_bytes),
-                                            opts.host, opts.grpc_port)
-    rest = RestAPI(manager, metrics, opts.auth_token, opts.max_request_bytes)
-    config = uvicorn.Config(rest.app, host=opts.host, port=opts.rest_port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=opts.grace_seconds, lifespan="off")
-    server = uvicorn.Server(config)
-
-    def announce() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.02)
-        if not server.started:
-            return
-        port = server.servers[0].sockets[0].getsockname()[1]
-        info = {"rest_port": port, "grpc_port": grpc_port, "host": opts.host, "watch": watcher.mode}
-        logging.getLogger("shipyard.serve").info(json.dumps({"event": "listening", **info}))
-        if opts.ready_file is not None:
-            tmp = opts.ready_file.with_name(opts.ready_file.name + ".tmp")
-            tmp.write_text(json.dumps(info))
-            tmp.replace(opts.ready_file)
-
-    import threading
-
-    threading.Thread(target=announce, daemon=True).start()
-    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
-    # SIGTERM action that would kill the process before the drain below. A stop asked for is a
-    # clean exit, so SIGTERM gets a no-op handler for uvicorn to restore and re-raise into.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    server = None
     try:
-        server.run()  # installs SIGTERM/SIGINT handlers; returns after in-flight requests finish
+        manager.sync()
+        watcher.start()
+        grpc_port = None
+        if opts.grpc_port is not None:
+            grpc_server, grpc_port = start_grpc(GrpcAPI(manager, metrics, opts.auth_token, opts.max_request_bytes),
+                                                opts.host, opts.grpc_port)
+        rest = RestAPI(manager, metrics, opts.auth_token, opts.max_request_bytes)
+        config = uvicorn.Config(rest.app, host=opts.host, port=opts.rest_port, log_level="critical", access_log=False,
+                                timeout_graceful_shutdown=opts.grace_seconds, lifespan="off")
+        server = uvicorn.Server(config)
+        threading.Thread(target=_announce, args=(server, opts, grpc_port, watcher.mode), daemon=True).start()
+        # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+        # SIGTERM action that would kill the process before the drain below. A stop asked for is a
+        # clean exit, so SIGTERM gets a no-op handler for uvicorn to restore and re-raise into.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        try:
+            server.run()  # installs SIGTERM/SIGINT handlers; returns after in-flight requests finish
+        except SystemExit:
+            pass  # uvicorn exits when it cannot bind; reported below as a one-line error
     finally:
         if grpc_server is not None:
             grpc_server.stop(opts.grace_seconds).wait()
         watcher.stop()
         manager.shutdown()
         logging.getLogger("shipyard.serve").info(json.dumps({"event": "stopped"}))
-    if not server.started:
+    if server is None or not server.started:
         raise UsageError(f"cannot listen on {opts.host}:{opts.rest_port}", hint="pick another --rest-port, or 0")
     return 0
+
+
+def _announce(server, opts: ServeOptions, grpc_port: int | None, watch_mode: str) -> None:
+    """Log the bound ports (and write --ready-file) once uvicorn listens."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.02)
+    if not server.started:
+        return
+    port = server.servers[0].sockets[0].getsockname()[1]
+    info = {"rest_port": port, "grpc_port": grpc_port, "host": opts.host, "watch": watch_mode}
+    logging.getLogger("shipyard.serve").info(json.dumps({"event": "listening", **info}))
+    if opts.ready_file is not None:
+        tmp = opts.ready_file.with_name(opts.ready_file.name + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(opts.ready_file)
