@@ -3,7 +3,6 @@ gRPC), tensorflow-serving-api's gRPC stubs, and plain HTTP for TF Serving's REST
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ class Server:
         self.repo = repo
         self.ready_file = repo.parent / f"ready-{repo.name}.json"
         self.ready_file.unlink(missing_ok=True)
-        self.log = open(repo.parent / f"serve-{repo.name}.log", "w+")
+        self.log = open(repo.parent / f"serve-{repo.name}.log", "w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVE, "serve", str(repo), "--rest-port", "0", "--grpc-port", "0",
              "--poll-seconds", "0.5", "--ready-file", str(self.ready_file), *extra],
@@ -132,8 +131,13 @@ def test_tritonclient_grpc(served):
 def test_tensorflow_serving_grpc_predict_metadata_status(served):
     import grpc
     import tensorflow as tf
-    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                         predict_pb2, prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
 
     server, weights = served
     channel = grpc.insecure_channel(server.grpc)

@@ -24,7 +24,7 @@ _STOP = object()
 
 
 class _Item:
-    __slots__ = ("feeds", "rows", "key", "future", "enqueued")
+    __slots__ = ("enqueued", "feeds", "future", "key", "rows")
 
     def __init__(self, feeds: dict[str, np.ndarray], batchable: bool):
         self.feeds = feeds
@@ -132,7 +132,7 @@ class Batcher:
             for it in live:
                 it.future.set_result({k: v[offset:offset + it.rows] for k, v in outputs.items()})
                 offset += it.rows
-        except BaseException as exc:  # delivered to every waiting request; the worker lives on
+        except BaseException as exc:  # noqa: BLE001 - delivered to every waiting request; the worker lives on
             for it in live:
                 if not it.future.done():
                     it.future.set_exception(exc)

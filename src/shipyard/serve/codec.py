@@ -161,7 +161,7 @@ def decode_tfs_json(body: Any, signature: Signature) -> tuple[dict[str, np.ndarr
     rows = body["instances"]
     if not isinstance(rows, list) or not rows:
         raise InputError("'instances' must be a non-empty list")
-    if all(isinstance(r, dict) and not (set(r) == {"b64"}) for r in rows):
+    if all(isinstance(r, dict) and set(r) != {"b64"} for r in rows):
         keys = set(rows[0])
         if any(set(r) != keys for r in rows):
             raise InputError("every instance must name the same inputs")

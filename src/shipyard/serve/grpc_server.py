@@ -74,7 +74,7 @@ class GrpcAPI:
             return grpc.unary_unary_rpc_method_handler(self._call(fn.__name__, model_of, fn),
                                                        request_deserializer=req.FromString,
                                                        response_serializer=resp.SerializeToString)
-        spec_name = lambda r: r.model_spec.name  # noqa: E731
+        spec_name = lambda r: r.model_spec.name
         return [
             grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
                 "Predict": unary(self.predict, tpb.PredictRequest, tpb.PredictResponse, spec_name),

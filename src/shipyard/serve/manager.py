@@ -130,7 +130,7 @@ class Manager:
             error = ""
         except ShipyardError as exc:
             servable, error = None, exc.message
-        except Exception as exc:  # an engine's own exception type while loading: report, keep serving others
+        except Exception as exc:  # noqa: BLE001 - an engine's own exception type while loading: report, keep serving others
             servable, error = None, f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
         with self._lock:
             model = self._models.get(name)

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from shipyard import __version__
-from shipyard.errors import InputError
+from shipyard.errors import InputError, ShipyardError
 from shipyard.serve.codec import kserve_datatype
 from shipyard.serve.manager import Manager
 from shipyard.serve.servable import Servable
@@ -52,7 +51,7 @@ def kserve_ready(manager: Manager, name: str, version: int | None) -> bool:
     try:
         manager.resolve(name, version)
         return True
-    except Exception:
+    except ShipyardError:
         return False
 
 

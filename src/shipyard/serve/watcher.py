@@ -38,7 +38,7 @@ class RepositoryWatcher:
             observer.schedule(_Handler(), str(self.repo), recursive=True)
             observer.start()
             self._observer, self.mode = observer, "events"
-        except Exception as exc:  # ImportError, or OSError from inotify limits: polling still works
+        except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from inotify limits: polling still works
             log.warning("filesystem events unavailable (%s); polling every %.1f s", exc, self.poll_seconds)
         self._thread.start()
 
@@ -52,7 +52,7 @@ class RepositoryWatcher:
                 self._wake.clear()
             try:
                 self._sync()
-            except Exception:  # a sync must never kill the watcher
+            except Exception:
                 log.exception("repository sync failed")
 
     def stop(self) -> None:
