@@ -57,7 +57,7 @@ class GrpcAPI:
                 message = getattr(exc, "message", None) or f"internal error: {exc.__class__.__name__}"
                 context.abort(getattr(grpc.StatusCode, code), message)
             finally:
-                known = model if model in self.manager.names() else "_unknown"
+                known = model if self.manager.has(model) else "_unknown"
                 self.metrics.observe_request(known, "grpc", code, time.perf_counter() - start)
         return handler
 

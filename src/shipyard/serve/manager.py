@@ -185,6 +185,10 @@ class Manager:
         with self._lock:
             return sorted(n for n, m in self._models.items() if not m.removed)
 
+    def has(self, name: str) -> bool:
+        model = self._models.get(name)  # a single dict read: atomic, no lock needed
+        return model is not None and not model.removed
+
     def model(self, name: str) -> ManagedModel:
         with self._lock:
             model = self._models.get(name)

@@ -69,7 +69,7 @@ class RestAPI:
         return b"".join(chunks)
 
     def _known(self, name: str) -> str:
-        return name if name in self.manager.names() else "_unknown"  # bounded metric labels
+        return name if self.manager.has(name) else "_unknown"  # bounded metric labels
 
     async def _handle(self, request: Request, protocol_name: str, model: str, work) -> Response:
         start = time.perf_counter()
