@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import loadgen  # noqa: E402
+import loadgen
 
 CACHE = Path(os.environ.get("SHIPYARD_BENCH_CACHE", Path.home() / ".cache" / "shipyard-bench"))
 PEERS = {
@@ -142,9 +142,10 @@ def start_bentoml(model: Path, work: Path, port: int) -> subprocess.Popen:
     d.mkdir(exist_ok=True)
     (d / "bento_service.py").write_text((HERE / "peers" / "bento_service.py").read_text())
     env = {**os.environ, "BENTOML_HOME": str(d / "home"), "BENTOML_DO_NOT_TRACK": "true", "BENCH_MODEL": str(model),
-           "BENCH_THREADS": "1"}
+           "BENCH_THREADS": "1",
+           "BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false"}
     proc = subprocess.Popen([str(venv / "bin" / "bentoml"), "serve", "bento_service:OnnxService", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-access-log"], cwd=d, env=env, start_new_session=True,
+                             "--port", str(port)], cwd=d, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
     return proc
