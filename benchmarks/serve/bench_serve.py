@@ -101,20 +101,29 @@ def stop(proc: subprocess.Popen) -> None:
 # -- servers ---------------------------------------------------------------------------------
 
 
+def spawn(cmd: list[str], env: dict[str, str], ready_url: str, cwd: Path | None = None) -> subprocess.Popen:
+    """Start a server in a process group of its own and wait until ``ready_url`` answers 200."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(ready_url, proc)
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc
+
+
 def start_shipyard(model: Path, work: Path, port: int) -> subprocess.Popen:
     repo = work / "shipyard-repo"
     (repo / "m" / "1").mkdir(parents=True, exist_ok=True)
     target = repo / "m" / "1" / "model.onnx"
-    if not target.exists():
-        target.symlink_to(model)
+    target.unlink(missing_ok=True)  # the repository is reused from model to model
+    target.symlink_to(model)
     (repo / "m" / "config.json").write_text(json.dumps(
         {"threads": 1, "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0, "max_queue_size": 1024}}))
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1] / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", str(repo), "--rest-port", str(port),
-                             "--grpc-port", "-1", "--no-access-log"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", proc)
-    return proc
+    return spawn([sys.executable, "-m", "shipyard", "serve", str(repo), "--rest-port", str(port),
+                  "--grpc-port", "-1", "--no-access-log"], env, f"http://127.0.0.1:{port}/v2/health/ready")
 
 
 def start_mlserver(model: Path, work: Path, port: int) -> subprocess.Popen:
@@ -130,10 +139,7 @@ def start_mlserver(model: Path, work: Path, port: int) -> subprocess.Popen:
         "parameters": {"uri": str(model), "extra": {"threads": 1}}}))
     env = {**os.environ, "PYTHONPATH": str(d), "MLSERVER_LOGGING_LEVEL": "WARNING"}
     env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.Popen([str(venv / "bin" / "mlserver"), "start", str(d)], cwd=d, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_ready(f"http://127.0.0.1:{port}/v2/models/m/ready", proc)
-    return proc
+    return spawn([str(venv / "bin" / "mlserver"), "start", str(d)], env, f"http://127.0.0.1:{port}/v2/models/m/ready", d)
 
 
 def start_bentoml(model: Path, work: Path, port: int) -> subprocess.Popen:
@@ -144,11 +150,8 @@ def start_bentoml(model: Path, work: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "BENTOML_HOME": str(d / "home"), "BENTOML_DO_NOT_TRACK": "true", "BENCH_MODEL": str(model),
            "BENCH_THREADS": "1",
            "BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false"}
-    proc = subprocess.Popen([str(venv / "bin" / "bentoml"), "serve", "bento_service:OnnxService", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=d, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
-    return proc
+    return spawn([str(venv / "bin" / "bentoml"), "serve", "bento_service:OnnxService", "--host", "127.0.0.1",
+                  "--port", str(port)], env, f"http://127.0.0.1:{port}/readyz", d)
 
 
 # -- requests ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ wait on the batcher's futures, so the engine's threads do the work.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from concurrent import futures
@@ -17,9 +16,7 @@ import numpy as np
 
 from shipyard.errors import InputError
 from shipyard.serve import codec, protocol
-from shipyard.serve.errors import AuthError, status_of
-from shipyard.serve.manager import Manager
-from shipyard.serve.metrics import Metrics
+from shipyard.serve.errors import status_of
 from shipyard.serve.protos import kserve_pb2 as kpb
 from shipyard.serve.protos import tfserving_pb2 as tpb
 
@@ -30,13 +27,7 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
              "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 
 
-class GrpcAPI:
-    def __init__(self, manager: Manager, metrics: Metrics, auth_token: str | None = None,
-                 max_request_bytes: int = 64 << 20):
-        self.manager = manager
-        self.metrics = metrics
-        self.auth_token = auth_token
-        self.max_request_bytes = max_request_bytes
+class GrpcAPI(protocol.Frontend):
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -57,17 +48,12 @@ class GrpcAPI:
                 message = getattr(exc, "message", None) or f"internal error: {exc.__class__.__name__}"
                 context.abort(getattr(grpc.StatusCode, code), message)
             finally:
-                known = model if self.manager.has(model) else "_unknown"
-                self.metrics.observe_request(known, "grpc", code, time.perf_counter() - start)
+                self.metrics.observe_request(self.metric_model(model), "grpc", code, time.perf_counter() - start)
         return handler
 
     def _check_auth(self, context) -> None:
-        if self.auth_token is None:
-            return
-        meta = dict(context.invocation_metadata())
-        scheme, _, token = meta.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.auth_token.encode()):
-            raise AuthError("missing or wrong bearer token")
+        if self.auth_token is not None:
+            self.check_bearer(dict(context.invocation_metadata()).get("authorization", ""))
 
     def handlers(self) -> list:
         def unary(fn, req, resp, model_of=lambda r: ""):
@@ -91,7 +77,7 @@ class GrpcAPI:
                                      kpb.ServerReadyRequest, kpb.ServerReadyResponse),
                 "ModelReady": unary(self.model_ready, kpb.ModelReadyRequest, kpb.ModelReadyResponse, lambda r: r.name),
                 "ServerMetadata": unary(lambda r: kpb.ServerMetadataResponse(
-                    name=protocol.SERVER_NAME, version=protocol.__version__, extensions=protocol.EXTENSIONS),
+                    name=protocol.SERVER_NAME, version=protocol.SERVER_VERSION, extensions=protocol.EXTENSIONS),
                     kpb.ServerMetadataRequest, kpb.ServerMetadataResponse),
                 "ModelMetadata": unary(self.model_metadata, kpb.ModelMetadataRequest, kpb.ModelMetadataResponse,
                                        lambda r: r.name),

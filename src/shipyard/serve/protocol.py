@@ -4,22 +4,47 @@ Kept apart from Starlette and grpcio so each protocol's semantics are written on
 """
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from shipyard import __version__
 from shipyard.errors import InputError, ShipyardError
 from shipyard.serve.codec import kserve_datatype
+from shipyard.serve.errors import AuthError
 from shipyard.serve.manager import Manager
 from shipyard.serve.servable import Servable
 
 SERVER_NAME = "shipyard"
+SERVER_VERSION = __version__
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tflite", "tensorflow": "tensorflow_savedmodel",
              "torch": "pytorch_torchscript"}
 # ModelVersionStatus.State numbers in TF Serving's get_model_status.proto
 TFS_STATES = {"LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "FAILED": 50}
+
+
+class Frontend:
+    """What REST and gRPC front ends share: the manager, metrics, the token and the size limit."""
+
+    def __init__(self, manager: Manager, metrics, auth_token: str | None = None, max_request_bytes: int = 64 << 20):
+        self.manager = manager
+        self.metrics = metrics
+        self.auth_token = auth_token
+        self.max_request_bytes = max_request_bytes
+
+    def check_bearer(self, authorization: str) -> None:
+        """Raise AuthError unless ``authorization`` is ``Bearer <the token>`` (constant-time compare)."""
+        if self.auth_token is None:
+            return
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.auth_token.encode()):
+            raise AuthError("missing or wrong bearer token")
+
+    def metric_model(self, name: str) -> str:
+        return name if self.manager.has(name) else "_unknown"  # bounded metric label values
 
 
 def parse_version(text: str | None) -> int | None:

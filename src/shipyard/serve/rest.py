@@ -7,7 +7,6 @@ Inference runs on the batcher's threads; handlers only await its futures.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -20,7 +19,7 @@ from starlette.routing import Route
 
 from shipyard.errors import InputError
 from shipyard.serve import codec, protocol
-from shipyard.serve.errors import AuthError, NotFoundError, TooLargeError, status_of
+from shipyard.serve.errors import NotFoundError, TooLargeError, status_of
 from shipyard.serve.manager import Manager
 from shipyard.serve.metrics import Metrics
 
@@ -28,13 +27,10 @@ access_log = logging.getLogger("shipyard.serve.access")
 HEADER_LENGTH = "inference-header-content-length"
 
 
-class RestAPI:
+class RestAPI(protocol.Frontend):
     def __init__(self, manager: Manager, metrics: Metrics, auth_token: str | None = None,
                  max_request_bytes: int = 64 << 20):
-        self.manager = manager
-        self.metrics = metrics
-        self.auth_token = auth_token
-        self.max_request_bytes = max_request_bytes
+        super().__init__(manager, metrics, auth_token, max_request_bytes)
         routes = [
             Route("/v1/models/{rest:path}", self.tfs, methods=["GET", "POST"]),
             Route("/v2/health/live", self.live, methods=["GET"]),
@@ -49,12 +45,7 @@ class RestAPI:
     # -- plumbing -------------------------------------------------------------------------
 
     def _check_auth(self, request: Request) -> None:
-        if self.auth_token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.auth_token.encode()):
-            raise AuthError("missing or wrong bearer token")
+        self.check_bearer(request.headers.get("authorization", ""))
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -67,9 +58,6 @@ class RestAPI:
                 raise TooLargeError(f"request body above the limit of {self.max_request_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def _known(self, name: str) -> str:
-        return name if self.manager.has(name) else "_unknown"  # bounded metric labels
 
     async def _handle(self, request: Request, protocol_name: str, model: str, work) -> Response:
         start = time.perf_counter()
@@ -85,7 +73,7 @@ class RestAPI:
             response = JSONResponse({"error": message}, status_code=code,
                                     headers={"WWW-Authenticate": "Bearer"} if code == 401 else None)
         elapsed = time.perf_counter() - start
-        self.metrics.observe_request(self._known(model), protocol_name, code, elapsed)
+        self.metrics.observe_request(self.metric_model(model), protocol_name, code, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(json.dumps({"ts": round(time.time(), 3), "protocol": protocol_name, "method": request.method,
                                         "path": request.url.path, "model": model, "status": code,
@@ -150,7 +138,7 @@ class RestAPI:
 
     async def server_metadata(self, request: Request) -> Response:
         async def work() -> Response:
-            return JSONResponse({"name": protocol.SERVER_NAME, "version": protocol.__version__,
+            return JSONResponse({"name": protocol.SERVER_NAME, "version": protocol.SERVER_VERSION,
                                  "extensions": protocol.EXTENSIONS})
         return await self._handle(request, "kserve", "", work)
 
