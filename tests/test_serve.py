@@ -346,7 +346,7 @@ def test_auth_token_and_graceful_sigterm(tmp_path):
     (repo / "mlp" / "config.json").write_text(json.dumps({"batching": {"max_batch_size": 4, "max_queue_delay_ms": 300}}))
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    server = Server(repo, "--auth-token-file", str(token))
+    server = Server(repo, "--auth-token-file", str(token), "--max-request-mb", "0.01")
     url = f"{server.rest}/v1/models/mlp:predict"
     ok = {"Authorization": "Bearer s3cret"}
     server.wait_for(lambda: requests.get(f"{server.rest}/v2/health/ready").status_code == 200)
@@ -354,6 +354,8 @@ def test_auth_token_and_graceful_sigterm(tmp_path):
     assert requests.post(url, json={"instances": X.tolist()}, headers={"Authorization": "Bearer nope"}).status_code == 401
     assert requests.get(f"{server.rest}/v2/models/mlp", headers={"Authorization": "Basic s3cret"}).status_code == 401
     assert requests.post(url, json={"instances": X.tolist()}, headers=ok).status_code == 200
+    too_big = requests.post(url, json={"instances": np.zeros((200, 16)).tolist()}, headers=ok)
+    assert too_big.status_code == 413 and "limit" in too_big.json()["error"]
 
     import grpc
     import tritonclient.grpc as grpcclient

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from shipyard.errors import InputError
@@ -23,8 +23,22 @@ from shipyard.serve.errors import NotFoundError, TooLargeError, status_of
 from shipyard.serve.manager import Manager
 from shipyard.serve.metrics import Metrics
 
+try:  # orjson parses and writes large tensors 2-3x faster than the standard library (serve extra)
+    import orjson
+
+    _loads, _dumps = orjson.loads, orjson.dumps
+except ImportError:  # pragma: no cover - the standard library still works
+    _loads, _dumps = json.loads, lambda obj: json.dumps(obj).encode()
+
 access_log = logging.getLogger("shipyard.serve.access")
 HEADER_LENGTH = "inference-header-content-length"
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _dumps(content)
 
 
 class RestAPI(protocol.Frontend):
@@ -70,7 +84,7 @@ class RestAPI(protocol.Frontend):
             message = str(exc.message if hasattr(exc, "message") else exc) if code != 500 else f"internal error: {exc.__class__.__name__}"
             if code == 500:
                 logging.getLogger("shipyard.serve").exception("internal error")
-            response = JSONResponse({"error": message}, status_code=code,
+            response = JSON({"error": message}, status_code=code,
                                     headers={"WWW-Authenticate": "Bearer"} if code == 401 else None)
         elapsed = time.perf_counter() - start
         self.metrics.observe_request(self.metric_model(model), protocol_name, code, elapsed)
@@ -83,7 +97,7 @@ class RestAPI(protocol.Frontend):
     async def _json(self, request: Request) -> Any:
         body = await self._body(request)
         try:
-            return json.loads(body)
+            return _loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InputError(f"the body is not valid JSON ({exc})") from None
 
@@ -112,15 +126,16 @@ class RestAPI(protocol.Frontend):
             if request.method == "GET" and verb is None and tail in ([], ["metadata"]):
                 if tail == ["metadata"]:
                     servable = self.manager.resolve(name, version, label)
-                    return JSONResponse({"model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
+                    return JSON({"model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
                                          "metadata": {"signature_def": {"signature_def": protocol.tfs_signature(servable)}}})
-                return JSONResponse({"model_version_status": protocol.tfs_status(self.manager, name, version, label)})
+                return JSON({"model_version_status": protocol.tfs_status(self.manager, name, version, label)})
             if request.method == "POST" and verb == "predict" and not tail:
                 body = await self._json(request)
                 servable = self.manager.resolve(name, version, label)
                 feeds, columnar = codec.decode_tfs_json(body, servable.signature)
-                _, outputs = await self._infer(name, feeds, servable.version if (version or label) else None, None)
-                return JSONResponse(codec.encode_tfs_json(outputs, columnar))
+                pinned = servable.version if (version is not None or label is not None) else None
+                _, outputs = await self._infer(name, feeds, pinned)
+                return JSON(codec.encode_tfs_json(outputs, columnar))
             if request.method == "POST" and verb in ("classify", "regress"):
                 raise InputError(f"'{verb}' is not supported: shipyard serves the predict API")
             raise NotFoundError(f"no such endpoint: {request.method} {request.url.path}")
@@ -130,15 +145,15 @@ class RestAPI(protocol.Frontend):
     # -- KServe v2 --------------------------------------------------------------------------
 
     async def live(self, request: Request) -> Response:
-        return JSONResponse({"live": True})
+        return JSON({"live": True})
 
     async def ready(self, request: Request) -> Response:
         ok = self.manager.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        return JSON({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_metadata(self, request: Request) -> Response:
         async def work() -> Response:
-            return JSONResponse({"name": protocol.SERVER_NAME, "version": protocol.SERVER_VERSION,
+            return JSON({"name": protocol.SERVER_NAME, "version": protocol.SERVER_VERSION,
                                  "extensions": protocol.EXTENSIONS})
         return await self._handle(request, "kserve", "", work)
 
@@ -152,11 +167,11 @@ class RestAPI(protocol.Frontend):
             if tail[:1] == ["versions"] and len(tail) >= 2:
                 version, tail = protocol.parse_version(tail[1]), tail[2:]
             if request.method == "GET" and tail == []:
-                return JSONResponse(protocol.kserve_metadata(self.manager, name, version))
+                return JSON(protocol.kserve_metadata(self.manager, name, version))
             if request.method == "GET" and tail == ["ready"]:
                 self.manager.model(name)
                 ok = protocol.kserve_ready(self.manager, name, version)
-                return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 400)
+                return JSON({"name": name, "ready": ok}, status_code=200 if ok else 400)
             if request.method == "POST" and tail == ["infer"]:
                 return await self._kserve_infer(request, name, version)
             raise NotFoundError(f"no such endpoint: {request.method} {request.url.path}")
@@ -173,7 +188,7 @@ class RestAPI(protocol.Frontend):
         else:
             head, binary = raw, memoryview(b"")
         try:
-            body = json.loads(head)
+            body = _loads(head)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InputError(f"the inference header is not valid JSON ({exc})") from None
         feeds, wanted, binary_out = decode_kserve_request(body, binary)
@@ -194,7 +209,7 @@ class RestAPI(protocol.Frontend):
         result: dict[str, Any] = {"model_name": name, "model_version": str(servable.version), "outputs": tensors}
         if isinstance(body.get("id"), str):
             result["id"] = body["id"]
-        head_out = json.dumps(result).encode()
+        head_out = _dumps(result)
         if not blobs:
             return Response(head_out, media_type="application/json")
         return Response(head_out + b"".join(blobs), media_type="application/octet-stream",
@@ -210,7 +225,7 @@ class RestAPI(protocol.Frontend):
     async def openapi(self, request: Request) -> Response:
         from shipyard.serve.openapi import OPENAPI
 
-        return JSONResponse(OPENAPI)
+        return JSON(OPENAPI)
 
 
 def decode_kserve_request(body: Any, binary: memoryview):
