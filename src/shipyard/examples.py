@@ -252,3 +252,41 @@ def export_digits_tf1(model, directory: Path) -> dict[str, Path]:
             prefix = saver.save(sess, str(directory / "model.ckpt"))
         tf.io.write_graph(graph.as_graph_def(), str(directory), "graph.pb", as_text=False)
     return {"graph": directory / "graph.pb", "checkpoint": Path(prefix), "directory": directory}
+
+
+def onnx_mlp(path: Path, seed: int = 0, sizes: tuple[int, int, int] = (16, 64, 4)) -> dict[str, np.ndarray]:
+    """A tiny MLP (Gemm, Relu, Gemm) written as ONNX with a dynamic batch; returns its weights.
+
+    Built with onnx.helper alone (no framework import), so serving tests start in milliseconds;
+    the weights let a test compute the expected answer of each version with numpy.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n_in, n_hidden, n_out = sizes
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w1": rng.standard_normal((n_in, n_hidden)).astype("float32") * 0.3,
+        "b1": rng.standard_normal(n_hidden).astype("float32") * 0.1,
+        "w2": rng.standard_normal((n_hidden, n_out)).astype("float32") * 0.3,
+        "b2": rng.standard_normal(n_out).astype("float32") * 0.1,
+    }
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["hr"]),
+         helper.make_node("Gemm", ["hr", "w2", "b2"], ["y"])],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return weights
+
+
+def mlp_reference(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """What :func:`onnx_mlp`'s model computes, in numpy."""
+    hidden = np.maximum(x @ weights["w1"] + weights["b1"], 0)
+    return hidden @ weights["w2"] + weights["b2"]

@@ -61,8 +61,14 @@ def run_guarded(work: Callable[[], int]) -> int:
             sys.stderr.flush()
             os._exit(code)
     os.close(write_end)
-    messages = _collect(read_end, pid)
-    _, status = _wait(pid)
+    # A service manager stops the CLI with SIGTERM to this (parent) process: pass it on, so the
+    # child (e.g. `shipyard serve`) can finish its work gracefully instead of being orphaned.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(pid, signal.SIGTERM))
+    try:
+        messages = _collect(read_end, pid)
+        _, status = _wait(pid)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if os.WIFSIGNALED(status):
         return _report_crash(os.WTERMSIG(status), messages)
     return os.WEXITSTATUS(status)
@@ -103,6 +109,9 @@ def _report_crash(sig: int, messages: list[tuple[str, str]]) -> int:
     if sig == signal.SIGINT:
         print("shipyard: interrupted", file=sys.stderr)
         return 130
+    if sig == signal.SIGTERM:
+        print("shipyard: terminated", file=sys.stderr)
+        return 143
     print(
         f"shipyard: a native library crashed ({name}) while {doing}.\n"
         "  hint: the model is probably corrupt or uses something this runtime does not support; "

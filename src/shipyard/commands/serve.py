@@ -1,0 +1,36 @@
+"""`shipyard serve`: serve a model repository over TF Serving and KServe v2 REST + gRPC."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model repository (TF Serving + KServe v2, REST + gRPC)")
+    p.add_argument("repo", type=Path, help="REPO/<model>/<version>/<model file or directory>")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--rest-port", type=int, default=8501, help="REST port (0: any free port)")
+    p.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (0: any free port; -1: no gRPC)")
+    p.add_argument("--auth-token-file", type=Path, help="require 'Authorization: Bearer <token in this file>'")
+    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body accepted")
+    p.add_argument("--threads", type=int, help="engine threads per model version (default: the engine's)")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help="repository poll interval (events act at once)")
+    p.add_argument("--no-access-log", action="store_true", help="no per-request JSON log lines on stderr")
+    p.add_argument("--ready-file", type=Path, help="write the bound ports here (JSON) once listening")
+    p.add_argument("--json", action="store_true", help="log lines are JSON already; accepted for symmetry")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from shipyard.errors import UsageError
+    from shipyard.serve.server import ServeOptions, read_token, serve
+
+    if args.max_request_mb <= 0:
+        raise UsageError("--max-request-mb must be positive")
+    opts = ServeOptions(
+        repo=args.repo, host=args.host, rest_port=args.rest_port,
+        grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+        auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
+        max_request_bytes=int(args.max_request_mb * (1 << 20)), threads=args.threads,
+        poll_seconds=args.poll_seconds, access_log=not args.no_access_log, ready_file=args.ready_file,
+    )
+    return serve(opts)

@@ -1,0 +1,49 @@
+"""Serving errors, each mapped to one HTTP status and one gRPC code (see ``STATUS``)."""
+from __future__ import annotations
+
+from shipyard.errors import InputError, ShipyardError
+
+
+class NotFoundError(ShipyardError):
+    """No such model, version or label."""
+
+
+class UnavailableError(ShipyardError):
+    """The model exists but no version of it can serve right now (loading, failed, draining)."""
+
+
+class QueueFullError(ShipyardError):
+    """The model's request queue is full: the client should back off and retry."""
+
+
+class AuthError(ShipyardError):
+    """A missing or wrong bearer token."""
+
+
+class TooLargeError(ShipyardError):
+    """A request body above the server's limit."""
+
+
+class EngineError(ShipyardError):
+    """The engine rejected inputs that passed the signature check (a data-dependent problem)."""
+
+
+# error class -> (HTTP status, gRPC status code name)
+STATUS: dict[type, tuple[int, str]] = {
+    InputError: (400, "INVALID_ARGUMENT"),
+    EngineError: (400, "INVALID_ARGUMENT"),
+    NotFoundError: (404, "NOT_FOUND"),
+    UnavailableError: (503, "UNAVAILABLE"),
+    QueueFullError: (429, "RESOURCE_EXHAUSTED"),
+    AuthError: (401, "UNAUTHENTICATED"),
+    TooLargeError: (413, "RESOURCE_EXHAUSTED"),
+}
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    if isinstance(exc, ShipyardError):
+        return 400, "INVALID_ARGUMENT"
+    return 500, "INTERNAL"

@@ -1,0 +1,213 @@
+"""gRPC: TF Serving's PredictionService + ModelService and KServe v2's GRPCInferenceService.
+
+Services are registered by their public names with generic handlers over shipyard's own
+generated messages (see protos/*.proto for why), so stock clients (tensorflow-serving-api's
+stubs, tritonclient.grpc) talk to it unchanged. Handlers run on the server's thread pool and
+wait on the batcher's futures, so the engine's threads do the work.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+
+from shipyard.errors import InputError
+from shipyard.serve import codec, protocol
+from shipyard.serve.errors import status_of
+from shipyard.serve.protos import kserve_pb2 as kpb
+from shipyard.serve.protos import tfserving_pb2 as tpb
+
+log = logging.getLogger("shipyard.serve")
+SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+             "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+
+class GrpcAPI(protocol.Frontend):
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _call(self, service: str, model_of, fn):
+        def handler(request, context):
+            start = time.perf_counter()
+            model = ""
+            try:
+                model = model_of(request)
+                self._check_auth(context)
+                reply = fn(request)
+                code = "OK"
+                return reply
+            except Exception as exc:
+                http, code = status_of(exc)
+                if http == 500:
+                    log.exception("internal error in %s", service)
+                message = getattr(exc, "message", None) or f"internal error: {exc.__class__.__name__}"
+                context.abort(getattr(grpc.StatusCode, code), message)
+            finally:
+                self.metrics.observe_request(self.metric_model(model), "grpc", code, time.perf_counter() - start)
+        return handler
+
+    def _check_auth(self, context) -> None:
+        if self.auth_token is not None:
+            self.check_bearer(dict(context.invocation_metadata()).get("authorization", ""))
+
+    def handlers(self) -> list:
+        def unary(fn, req, resp, model_of=lambda r: ""):
+            return grpc.unary_unary_rpc_method_handler(self._call(fn.__name__, model_of, fn),
+                                                       request_deserializer=req.FromString,
+                                                       response_serializer=resp.SerializeToString)
+        spec_name = lambda r: r.model_spec.name
+        return [
+            grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+                "Predict": unary(self.predict, tpb.PredictRequest, tpb.PredictResponse, spec_name),
+                "GetModelMetadata": unary(self.get_model_metadata, tpb.GetModelMetadataRequest,
+                                          tpb.GetModelMetadataResponse, spec_name),
+            }),
+            grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
+                "GetModelStatus": unary(self.get_model_status, tpb.GetModelStatusRequest,
+                                        tpb.GetModelStatusResponse, spec_name),
+            }),
+            grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+                "ServerLive": unary(lambda r: kpb.ServerLiveResponse(live=True), kpb.ServerLiveRequest, kpb.ServerLiveResponse),
+                "ServerReady": unary(lambda r: kpb.ServerReadyResponse(ready=self.manager.ready()),
+                                     kpb.ServerReadyRequest, kpb.ServerReadyResponse),
+                "ModelReady": unary(self.model_ready, kpb.ModelReadyRequest, kpb.ModelReadyResponse, lambda r: r.name),
+                "ServerMetadata": unary(lambda r: kpb.ServerMetadataResponse(
+                    name=protocol.SERVER_NAME, version=protocol.SERVER_VERSION, extensions=protocol.EXTENSIONS),
+                    kpb.ServerMetadataRequest, kpb.ServerMetadataResponse),
+                "ModelMetadata": unary(self.model_metadata, kpb.ModelMetadataRequest, kpb.ModelMetadataResponse,
+                                       lambda r: r.name),
+                "ModelInfer": unary(self.model_infer, kpb.ModelInferRequest, kpb.ModelInferResponse,
+                                    lambda r: r.model_name),
+            }),
+        ]
+
+    # -- TF Serving ---------------------------------------------------------------------------
+
+    def _spec(self, spec) -> tuple[int | None, str | None]:
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return spec.version.value, None
+        if choice == "version_label":
+            return None, spec.version_label
+        return None, None
+
+    def predict(self, request):
+        version, label = self._spec(request.model_spec)
+        if request.model_spec.signature_name not in ("", "serving_default"):
+            raise InputError(f"unknown signature '{request.model_spec.signature_name}'",
+                             hint="shipyard serves one signature: serving_default")
+        feeds = {k: codec.from_tensor_proto(v, f"input '{k}'") for k, v in request.inputs.items()}
+        servable, future = self.manager.submit(request.model_spec.name, feeds, version, label)
+        outputs = protocol.filter_outputs(future.result(), list(request.output_filter) or None)
+        reply = tpb.PredictResponse()
+        reply.model_spec.name = request.model_spec.name
+        reply.model_spec.version.value = servable.version
+        reply.model_spec.signature_name = "serving_default"
+        for name, arr in outputs.items():
+            codec.to_tensor_proto(np.asarray(arr), reply.outputs[name])
+        return reply
+
+    def get_model_metadata(self, request):
+        version, label = self._spec(request.model_spec)
+        fields = list(request.metadata_field) or ["signature_def"]
+        if fields != ["signature_def"]:
+            raise InputError("metadata_field must be 'signature_def'")
+        servable = self.manager.resolve(request.model_spec.name, version, label)
+        sigmap = tpb.SignatureDefMap()
+        for key, sig in protocol.tfs_signature(servable).items():
+            target = sigmap.signature_def[key]
+            target.method_name = sig["method_name"]
+            for side in ("inputs", "outputs"):
+                for name, info in sig[side].items():
+                    ti = getattr(target, side)[name]
+                    ti.name = name
+                    ti.dtype = codec.tf_dtype_enum(_spec_dtype(servable, side, name))
+                    if info["tensor_shape"].get("unknown_rank"):
+                        ti.tensor_shape.unknown_rank = True
+                    for d in info["tensor_shape"].get("dim", []):
+                        ti.tensor_shape.dim.add().size = int(d["size"])
+        reply = tpb.GetModelMetadataResponse()
+        reply.model_spec.name = request.model_spec.name
+        reply.model_spec.version.value = servable.version
+        any_msg = reply.metadata["signature_def"]
+        any_msg.type_url = SIGNATURE_DEF_MAP_URL  # TF Serving's public type name, which clients unpack by
+        any_msg.value = sigmap.SerializeToString()
+        return reply
+
+    def get_model_status(self, request):
+        version, label = self._spec(request.model_spec)
+        reply = tpb.GetModelStatusResponse()
+        for s in protocol.tfs_status(self.manager, request.model_spec.name, version, label):
+            entry = reply.model_version_status.add()
+            entry.version = int(s["version"])
+            entry.state = {"LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}[s["state"]]
+            entry.status.error_code = 0 if s["status"]["error_code"] == "OK" else 2
+            entry.status.error_message = s["status"]["error_message"]
+        return reply
+
+    # -- KServe v2 ------------------------------------------------------------------------------
+
+    def model_ready(self, request):
+        self.manager.model(request.name)
+        return kpb.ModelReadyResponse(ready=protocol.kserve_ready(self.manager, request.name,
+                                                                  protocol.parse_version(request.version)))
+
+    def model_metadata(self, request):
+        meta = protocol.kserve_metadata(self.manager, request.name, protocol.parse_version(request.version))
+        reply = kpb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+        for side in ("inputs", "outputs"):
+            for t in meta[side]:
+                getattr(reply, side).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return reply
+
+    def model_infer(self, request):
+        raw = list(request.raw_input_contents)
+        if raw and len(raw) != len(request.inputs):
+            raise InputError("raw_input_contents must hold one entry per input")
+        feeds = {}
+        for i, tensor in enumerate(request.inputs):
+            what = f"input '{tensor.name}'"
+            shape = codec.check_shape(list(tensor.shape), what)
+            if raw:
+                feeds[tensor.name] = codec.from_bytes(raw[i], tensor.datatype, shape, what)
+            else:
+                codec.numpy_dtype(tensor.datatype)
+                values = list(getattr(tensor.contents, _CONTENTS.get(tensor.datatype, "fp32_contents")))
+                feeds[tensor.name] = codec.from_values(values, tensor.datatype, shape, what)
+        version = protocol.parse_version(request.model_version)
+        servable, future = self.manager.submit(request.model_name, feeds, version)
+        wanted = [o.name for o in request.outputs] or None
+        outputs = protocol.filter_outputs(future.result(), wanted)
+        reply = kpb.ModelInferResponse(model_name=request.model_name, model_version=str(servable.version), id=request.id)
+        for name, arr in outputs.items():
+            arr = np.asarray(arr)
+            reply.outputs.add(name=name, datatype=codec.kserve_datatype(arr.dtype.name), shape=list(arr.shape))
+            reply.raw_output_contents.append(codec.to_bytes(arr))
+        return reply
+
+
+def _spec_dtype(servable, side: str, name: str) -> str:
+    specs = servable.signature.inputs if side == "inputs" else servable.signature.outputs
+    return next(s.dtype for s in specs if s.name == name)
+
+
+def start_grpc(api: GrpcAPI, host: str, port: int, workers: int = 16) -> tuple[grpc.Server, int]:
+    options = [("grpc.max_receive_message_length", api.max_request_bytes),
+               ("grpc.max_send_message_length", 256 << 20), ("grpc.so_reuseport", 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
+    server.add_generic_rpc_handlers(api.handlers())
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        bound = 0
+    if bound == 0:
+        from shipyard.errors import UsageError
+
+        raise UsageError(f"cannot listen for gRPC on {host}:{port}", hint="pick another --grpc-port, or 0 for any free port")
+    server.start()
+    return server, bound
