@@ -26,6 +26,8 @@ NON_OUTPUT_OPS = {
     "RestoreSlice", "MergeV2Checkpoints", "ShardedFilename", "StringJoin", "ScalarSummary",
     "HistogramSummary", "ImageSummary", "MergeSummary", "TensorSummary", "TensorSummaryV2",
     "WriteSummary", "ReadVariableOp", "Switch", "Merge", "Enter", "Exit", "NextIteration",
+    # Shape metadata left dangling by gradient and loss code: never a model's answer.
+    "Shape", "ShapeN", "Size", "Rank",
 }
 _TRAINING_OP = re.compile(r"^(Resource)?(Sparse)?Apply[A-Z]")
 _NON_OUTPUT_SCOPE = re.compile(r"^(save(_\d+)?|gradients(_\d+)?|report_uninitialized_variables|init(_\d+)?)(/|$)")

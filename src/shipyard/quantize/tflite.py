@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from shipyard import guard
-from shipyard.deps import require
+from shipyard.deps import native_output_silenced, require
 from shipyard.errors import ModelLoadError, UsageError
 from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
@@ -30,7 +30,8 @@ def _converter(tf, model: Model):
 
 def _convert(converter, what: str) -> bytes:
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # The calibrator prints its settings from C++, straight to the file descriptors.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), native_output_silenced(1, 2):
             return converter.convert()
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
         raise ModelLoadError(f"the TFLite converter failed ({what}): {str(exc).strip().splitlines()[0][:300]}") from exc

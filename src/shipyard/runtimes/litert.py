@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shipyard.deps import require
+from shipyard.deps import native_output_silenced, require
 from shipyard.errors import ModelLoadError
 from shipyard.formats.tflite import TFLiteFile
 from shipyard.model import Model, Signature
@@ -22,11 +22,9 @@ class LiteRTRunner(BaseRunner):
         interp_mod = require("ai_edge_litert.interpreter", "Running a TFLite model")
         kwargs = {"num_threads": threads} if threads else {}
         try:
-            if model_bytes is not None:
-                self.interpreter = interp_mod.Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=preserve_all_tensors, **kwargs)
-            else:
-                self.interpreter = interp_mod.Interpreter(model_path=str(model.path), experimental_preserve_all_tensors=preserve_all_tensors, **kwargs)
-            self.interpreter.allocate_tensors()
+            # LiteRT announces its XNNPACK delegate on stderr from C++; errors still arrive as exceptions.
+            with native_output_silenced(2):
+                self._create(interp_mod, model, model_bytes, preserve_all_tensors, kwargs)
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0][:300]
             hint = "ops from TensorFlow (Flex) need the select-TF-ops runtime" if "Flex" in str(exc) or "custom op" in str(exc).lower() else None
@@ -41,6 +39,11 @@ class LiteRTRunner(BaseRunner):
 
             signature = Signature(tuple(spec(d) for d in self._inputs), tuple(spec(d) for d in self._outputs))
         super().__init__(model, signature, threads)
+
+    def _create(self, interp_mod, model: Model, model_bytes: bytes | None, preserve: bool, kwargs: dict) -> None:
+        source = {"model_content": model_bytes} if model_bytes is not None else {"model_path": str(model.path)}
+        self.interpreter = interp_mod.Interpreter(**source, experimental_preserve_all_tensors=preserve, **kwargs)
+        self.interpreter.allocate_tensors()
 
     def _run(self, feeds):
         interp = self.interpreter

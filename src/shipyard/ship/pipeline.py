@@ -192,6 +192,11 @@ class Pipeline:
             if out == self.reference.path:
                 made[target] = out.name
                 continue
+            if self.reference.format == target:  # already in the target format: ship a copy
+                (shutil.copytree if self.reference.path.is_dir() else shutil.copy)(self.reference.path, out)
+                self._add(Model(target, out), target)
+                made[target] = out.name
+                continue
             result = convert_model(str(self.reference.path), target, out, check=False)
             self._add(result.artifact, target, notes=result.notes)
             made[target] = out.name

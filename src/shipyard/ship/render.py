@@ -7,9 +7,11 @@ from shipyard.report.text import human_bytes
 
 
 def rows(manifest) -> list[dict]:
-    """One row per artifact with ratios against the float reference (the first artifact, or the source)."""
+    """One row per artifact. Latency ratios are against the float artifact of the same format
+    (so int8 ONNX is compared with float ONNX on the same engine), accuracy against the reference."""
     ref = manifest.artifacts[0] if manifest.artifacts else None
     base_ms = ref.latency_ms["p50"] if ref and ref.latency_ms else None
+    float_ms = {a.format: a.latency_ms["p50"] for a in manifest.artifacts if a.quantization == "float32" and a.latency_ms}
     base_acc = manifest.reference.get("accuracy")
     out = []
     for a in manifest.artifacts:
@@ -19,7 +21,8 @@ def rows(manifest) -> list[dict]:
             "artifact": a.name, "format": a.format, "quantization": a.quantization, "size": a.size_bytes,
             "accuracy": a.accuracy, "accuracy_delta": (a.accuracy - base_acc) if a.accuracy is not None and base_acc is not None else None,
             "top1_agreement": v.get("argmax_agreement"), "max_abs": v.get("max_abs"),
-            "p50_ms": p50, "latency_ratio": p50 / base_ms if p50 and base_ms else None,
+            "p50_ms": p50,
+            "latency_ratio": p50 / float_ms.get(a.format, base_ms) if p50 and float_ms.get(a.format, base_ms) else None,
         })
     return out
 

@@ -1,0 +1,90 @@
+"""ship: the whole pipeline on a real model, its manifest and report, and a failing step."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits CNN, trained briefly, in the TF1 layout, with calibration and labelled test data."""
+    from shipyard import examples
+
+    work = tmp_path_factory.mktemp("digits")
+    model, accuracy, (x_test, y_test) = examples.train_digits(epochs=8)
+    tf1 = examples.export_digits_tf1(model, work / "tf1")
+    model.save(work / "digits.keras")
+    np.savez(work / "calib.npz", image=examples.digits_data()[0][:64])
+    np.savez(work / "test.npz", image=x_test[:96], labels=y_test[:96])
+    return work, tf1, accuracy
+
+
+def test_ship_tf1_graph_with_int8(digits, tmp_path):
+    work, tf1, _ = digits
+    dist = tmp_path / "dist"
+    proc = run_cli("ship", tf1["graph"], "--checkpoint", tf1["directory"], "-o", dist, "--quantize", "static",
+                   "--calibration", work / "calib.npz", "--inputs", work / "test.npz", "--runs", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["complete"] and manifest["failed"] is None
+    assert [s["step"] for s in manifest["steps"]] == ["inspect", "freeze", "optimise", "convert", "quantize", "verify",
+                                                      "bench", "ops", "package"]
+    names = {a["name"]: a for a in manifest["artifacts"]}
+    assert set(names) == {"graphdef", "onnx", "tflite", "tfjs", "onnx-int8", "tflite-int8", "tfjs-uint8"}
+    reference = manifest["reference"]["accuracy"]
+    assert reference > 0.8 and manifest["reference"]["labelled"]
+    for name, art in names.items():
+        path = dist / art["path"]
+        assert path.exists(), name
+        if path.is_file():
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"]
+        assert art["latency_ms"]["p50"] > 0 and art["signature"]["inputs"]
+        assert art["accuracy"] >= reference - 0.03, (name, art["accuracy"])  # int8 keeps accuracy
+        if art["quantization"] == "float32":
+            assert art["verification"]["passed"], name
+    assert names["onnx-int8"]["size_bytes"] < 0.5 * names["onnx"]["size_bytes"]
+    assert "training output" in json.dumps(manifest["steps"][1])  # the loss was left out
+    assert (dist / names["onnx"]["ops_file"]).read_text().strip()
+    assert (dist / "serving" / "digits_onnx_int8" / "1" / "model.onnx").is_file() or \
+        any((dist / "serving").glob("*_onnx_int8/1/model.onnx"))
+    page = (dist / "report.html").read_text()
+    assert "<svg" in page and "onnx-int8" in page
+
+
+def test_ship_keras_to_every_target_without_quantization(digits, tmp_path):
+    work, _, _ = digits
+    proc = run_cli("ship", work / "digits.keras", "-o", tmp_path / "d", "--targets", "onnx,tflite,tfjs",
+                   "--runs", "3", "--inputs", work / "test.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert "onnx" in proc.stdout and "report:" in proc.stdout
+
+
+def test_a_failing_step_keeps_what_was_made(keras_paths, tmp_path):
+    dist = tmp_path / "dist"
+    proc = run_cli("ship", keras_paths["onnx"], "-o", dist, "--targets", "onnx,tflite", "--runs", "3")
+    assert_clean_error(proc, "ship stopped at 'convert'", "manifest.json")
+    manifest = json.loads((dist / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["failed"]["step"] == "convert"
+    assert_clean_error(run_cli("ship", keras_paths["onnx"], "-o", tmp_path / "x", "--quantize", "int4"), "unknown --quantize")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.tex").write_text("keep")
+    assert_clean_error(run_cli("ship", keras_paths["onnx"], "-o", tmp_path / "busy", "--targets", "onnx"), "refusing")
+    assert (tmp_path / "busy" / "thesis.tex").read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """The README's first command: train, ship with int8, serve, request."""
+    proc = run_cli("demo", "-o", tmp_path, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["keras_accuracy"] > 0.95
+    rows = {r["artifact"]: r for r in doc["rows"]}
+    assert rows["onnx-int8"]["accuracy"] >= rows["onnx"]["accuracy"] - 0.01
+    assert doc["request"]["predicted"] == doc["request"]["label"]
+    assert (tmp_path / "dist" / "report.html").is_file()
