@@ -108,3 +108,37 @@ def test_decrypt_round_trip(keras_paths, key_file, tmp_path):
         else:
             assert out.read_bytes() == keras_paths[name].read_bytes()
     assert_clean_error(run_cli("encrypt", enc, "-o", tmp_path / "again", "--key-file", key_file), "already encrypted")
+
+
+def test_serve_an_encrypted_model(key_file, tmp_path):
+    """The server decrypts in memory too: same answers as the plaintext, no plaintext on disk."""
+    import requests
+
+    from shipyard import examples
+    from test_serve import Server
+
+    plain = tmp_path / "plain"
+    weights = examples.onnx_mlp(plain / "model.onnx", seed=3)
+    repo = tmp_path / "repo"
+    (repo / "mlp" / "1").mkdir(parents=True)
+    _encrypt(plain / "model.onnx", "onnx", key_file, repo / "mlp" / "1" / "model.onnx.enc")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    os.environ["TMPDIR"] = str(scratch)
+    try:
+        server = Server(repo, "--key-file", str(key_file))
+    finally:
+        del os.environ["TMPDIR"]
+    try:
+        server.wait_for(lambda: requests.get(f"{server.rest}/v2/models/mlp/ready").status_code == 200)
+        x = np.random.default_rng(0).standard_normal((2, 16)).astype("float32")
+        body = {"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        reply = requests.post(f"{server.rest}/v2/models/mlp/infer", json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+        got = np.asarray(reply.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, -1)
+        np.testing.assert_allclose(got, examples.mlp_reference(weights, x), rtol=1e-5, atol=1e-5)
+        secret = (plain / "model.onnx").read_bytes()[-512:]  # weight bytes
+        written = [p for p in list(scratch.rglob("*")) + list(repo.rglob("*")) if p.is_file()]
+        assert not any(secret in p.read_bytes() for p in written)
+    finally:
+        assert server.stop() == 0
