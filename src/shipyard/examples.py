@@ -120,12 +120,7 @@ def tf1_training_graph(directory: Path, seed: int = 0) -> dict[str, Path]:
         tf.nn.softmax(logits, name="probs")
         loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=logits), name="loss")
         v1.train.AdamOptimizer(0.01).minimize(loss, name="train")
-        init = v1.global_variables_initializer()
-        saver = v1.train.Saver()
-        with v1.Session(graph=graph) as sess:
-            sess.run(init)
-            prefix = saver.save(sess, str(directory / "model.ckpt"))
-        tf.io.write_graph(graph.as_graph_def(), str(directory), "graph.pb", as_text=False)
+        prefix = _train_ready_graph(tf, graph, directory)
     return {
         "graph": directory / "graph.pb",
         "checkpoint": Path(prefix),
@@ -245,13 +240,21 @@ def export_digits_tf1(model, directory: Path) -> dict[str, Path]:
         tf.nn.softmax(logits, name="probs")
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits), name="loss")
         v1.train.AdamOptimizer(1e-3).minimize(loss, name="train")
-        init = v1.global_variables_initializer()
-        saver = v1.train.Saver()
-        with v1.Session(graph=graph) as sess:
-            sess.run(init)
-            prefix = saver.save(sess, str(directory / "model.ckpt"))
-        tf.io.write_graph(graph.as_graph_def(), str(directory), "graph.pb", as_text=False)
+        prefix = _train_ready_graph(tf, graph, directory)
     return {"graph": directory / "graph.pb", "checkpoint": Path(prefix), "directory": directory}
+
+
+def _train_ready_graph(tf, graph, directory: Path) -> str:
+    """Add the init op and a Saver to ``graph`` (the default graph), write an initialised
+    checkpoint, its .meta, and graph.pb; returns the checkpoint prefix."""
+    v1 = tf.compat.v1
+    init = v1.global_variables_initializer()
+    saver = v1.train.Saver()
+    with v1.Session(graph=graph) as sess:
+        sess.run(init)
+        prefix = saver.save(sess, str(directory / "model.ckpt"))
+    tf.io.write_graph(graph.as_graph_def(), str(directory), "graph.pb", as_text=False)
+    return prefix
 
 
 def onnx_mlp(path: Path, seed: int = 0, sizes: tuple[int, int, int] = (16, 64, 4)) -> dict[str, np.ndarray]:

@@ -9,6 +9,9 @@ from shipyard.errors import InputError, UnsupportedError
 from shipyard.model import Signature, TensorSpec, tensor_name
 
 
+_LABEL_KEYS = ("labels", "label", "y")
+
+
 def random_array(spec: TensorSpec, rng: np.random.Generator, batch: int = 1, shape: tuple[int, ...] | None = None) -> np.ndarray:
     if shape is None:
         if spec.shape is None:
@@ -69,8 +72,10 @@ def load_feeds(items: list[str], signature: Signature, mapping: dict[str, str] |
         literal = _number(file) if name and not Path(file).exists() else None
         value = np.asarray(literal) if literal is not None else load_array(Path(file))
         if isinstance(value, np.lib.npyio.NpzFile):
+            inputs = {tensor_name(spec.name) for spec in signature.inputs}
             with value:
-                feeds.update({k: value[k] for k in value.files})
+                # A labels array rides along in evaluation data; it is not an input of the model.
+                feeds.update({k: value[k] for k in value.files if k not in _LABEL_KEYS or tensor_name(k) in inputs})
             continue
         if not name:
             if len(signature.inputs) != 1:
