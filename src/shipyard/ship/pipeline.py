@@ -64,7 +64,7 @@ class Pipeline:
         if bad:
             raise UsageError(f"unknown target(s) {', '.join(bad)}", hint="targets: " + ", ".join(TARGETS))
         self.req = req
-        self.out = Path(req.out)
+        self.out = Path(req.out).absolute()
         self.source = open_model(req.model)
         self.name = req.name or _model_name(self.source)
         self.manifest = Manifest(source={"path": str(self.source.path), "format": self.source.format})
