@@ -1,6 +1,7 @@
 """`shipyard serve`: serve a model repository over TF Serving and KServe v2 REST + gRPC."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -16,6 +17,11 @@ def register(sub) -> None:
     p.add_argument("--poll-seconds", type=float, default=2.0, help="repository poll interval (events act at once)")
     p.add_argument("--no-access-log", action="store_true", help="no per-request JSON log lines on stderr")
     p.add_argument("--ready-file", type=Path, help="write the bound ports here (JSON) once listening")
+    p.add_argument("--workers", type=int, default=1, help="processes serving the same ports (default 1)")
+    p.add_argument("--share-weights", action="store_true",
+                   help="TFLite: run the builtin kernels on the memory-mapped file so all workers share one copy "
+                        "of the weights (XNNPACK, the default, is faster but copies them per process)")
+    p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
     p.add_argument("--json", action="store_true", help="log lines are JSON already; accepted for symmetry")
     p.set_defaults(func=cmd_serve)
 
@@ -24,6 +30,8 @@ def cmd_serve(args) -> int:
     from shipyard.errors import UsageError
     from shipyard.serve.server import ServeOptions, read_token, serve
 
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     if args.max_request_mb <= 0:
         raise UsageError("--max-request-mb must be positive")
     opts = ServeOptions(
@@ -32,5 +40,7 @@ def cmd_serve(args) -> int:
         auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
         max_request_bytes=int(args.max_request_mb * (1 << 20)), threads=args.threads,
         poll_seconds=args.poll_seconds, access_log=not args.no_access_log, ready_file=args.ready_file,
+        workers=args.workers, share_weights=args.share_weights, auth_token_file=args.auth_token_file,
+        worker_fd=args.worker_fd,
     )
     return serve(opts)

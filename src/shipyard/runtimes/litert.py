@@ -14,7 +14,7 @@ class LiteRTRunner(BaseRunner):
     backend = "litert"
 
     def __init__(self, model: Model, threads: int | None = None, model_bytes: bytes | None = None,
-                 preserve_all_tensors: bool = False):
+                 preserve_all_tensors: bool = False, xnnpack: bool = True):
         # Parse (and bounds-check) the flatbuffer first: LiteRT trusts offsets and can crash on a bad file.
         model_bytes = model_bytes if model_bytes is not None else model.in_memory()
         parsed = TFLiteFile(model.path, model_bytes)
@@ -24,6 +24,10 @@ class LiteRTRunner(BaseRunner):
         try:
             # LiteRT announces its XNNPACK delegate on stderr from C++; errors still arrive as exceptions.
             with native_output_silenced(2):
+                if not xnnpack:
+                    # The builtin kernels read weights in place from the memory-mapped file, so
+                    # processes serving the same file share one copy; XNNPACK repacks them privately.
+                    kwargs["experimental_op_resolver_type"] = interp_mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
                 self._create(interp_mod, model, model_bytes, preserve_all_tensors, kwargs)
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0][:300]

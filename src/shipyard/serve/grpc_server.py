@@ -196,9 +196,10 @@ def _spec_dtype(servable, side: str, name: str) -> str:
     return next(s.dtype for s in specs if s.name == name)
 
 
-def start_grpc(api: GrpcAPI, host: str, port: int, workers: int = 16) -> tuple[grpc.Server, int]:
+def start_grpc(api: GrpcAPI, host: str, port: int, workers: int = 16, reuse_port: bool = False) -> tuple[grpc.Server, int]:
+    # SO_REUSEPORT only for worker processes sharing one port; otherwise a busy port must fail.
     options = [("grpc.max_receive_message_length", api.max_request_bytes),
-               ("grpc.max_send_message_length", 256 << 20), ("grpc.so_reuseport", 0)]
+               ("grpc.max_send_message_length", 256 << 20), ("grpc.so_reuseport", 1 if reuse_port else 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
     server.add_generic_rpc_handlers(api.handlers())
     try:

@@ -48,10 +48,11 @@ class ManagedModel:
 
 class Manager:
     def __init__(self, repo: Path, metrics: Metrics | None = None, default_threads: int | None = None,
-                 load_workers: int = 2):
+                 load_workers: int = 2, share_weights: bool = False):
         self.repo = Path(repo)
         self.metrics = metrics or Metrics()
         self.default_threads = default_threads
+        self.share_weights = share_weights
         self._models: dict[str, ManagedModel] = {}
         self._lock = threading.RLock()
         self._sync_lock = threading.Lock()
@@ -126,7 +127,8 @@ class Manager:
         start = time.perf_counter()
         try:
             servable = Servable(name, disk.version, disk.path, config, self.default_threads,
-                                on_batch=lambda n, waits: self._observe_batch(name, n, waits))
+                                on_batch=lambda n, waits: self._observe_batch(name, n, waits),
+                                share_weights=self.share_weights)
             error = ""
         except ShipyardError as exc:
             servable, error = None, exc.message

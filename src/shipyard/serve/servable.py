@@ -20,13 +20,16 @@ def _batch_dim_dynamic(signature: Signature) -> bool:
 
 class Servable:
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, default_threads: int | None = None,
-                 on_batch=None):
+                 on_batch=None, share_weights: bool = False):
+        from shipyard.model import open_model
         from shipyard.runtimes import open_runner
 
         self.name = name
         self.version = version
         self.path = path
-        self.runner = open_runner(path, backend=config.backend, threads=config.threads or default_threads)
+        model = open_model(path)
+        options = {"xnnpack": False} if share_weights and model.format == "tflite" and not model.encrypted else {}
+        self.runner = open_runner(model, backend=config.backend, threads=config.threads or default_threads, **options)
         self.signature: Signature = self.runner.signature
         self.backend = self.runner.backend
         self.batcher = Batcher(self._run, config.batching, workers=config.max_concurrency,

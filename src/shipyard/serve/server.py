@@ -30,6 +30,10 @@ class ServeOptions:
     access_log: bool = True
     grace_seconds: float = 10.0
     ready_file: Path | None = None   # written (ports as JSON) once both listeners are up
+    workers: int = 1                 # processes serving the same ports (see serve/workers.py)
+    share_weights: bool = False      # TFLite: builtin kernels on the memory-mapped file, one copy for all workers
+    auth_token_file: Path | None = None
+    worker_fd: int | None = None     # inside a worker: the REST socket the supervisor bound
 
 
 def read_token(path: Path) -> str:
@@ -54,10 +58,14 @@ def serve(opts: ServeOptions) -> int:
     if not opts.repo.is_dir():
         raise UsageError(f"the model repository {opts.repo} is not a directory",
                          hint="lay it out as REPO/<model>/<version>/<model file>")
+    if opts.workers > 1 and opts.worker_fd is None:
+        from shipyard.serve.workers import supervise
+
+        return supervise(opts)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     logging.getLogger("shipyard.serve.access").setLevel(logging.INFO if opts.access_log else logging.WARNING)
     metrics = Metrics()
-    manager = Manager(opts.repo, metrics, default_threads=opts.threads)
+    manager = Manager(opts.repo, metrics, default_threads=opts.threads, share_weights=opts.share_weights)
     watcher = RepositoryWatcher(opts.repo, manager.sync, opts.poll_seconds)
     grpc_server = None
     server = None
@@ -67,9 +75,10 @@ def serve(opts: ServeOptions) -> int:
         grpc_port = None
         if opts.grpc_port is not None:
             grpc_server, grpc_port = start_grpc(GrpcAPI(manager, metrics, opts.auth_token, opts.max_request_bytes),
-                                                opts.host, opts.grpc_port)
+                                                opts.host, opts.grpc_port, reuse_port=opts.worker_fd is not None)
         rest = RestAPI(manager, metrics, opts.auth_token, opts.max_request_bytes)
-        config = uvicorn.Config(rest.app, host=opts.host, port=opts.rest_port, log_level="critical", access_log=False,
+        where = {"fd": opts.worker_fd} if opts.worker_fd is not None else {"host": opts.host, "port": opts.rest_port}
+        config = uvicorn.Config(rest.app, **where, log_level="critical", access_log=False,
                                 timeout_graceful_shutdown=opts.grace_seconds, lifespan="off")
         server = uvicorn.Server(config)
         threading.Thread(target=_announce, args=(server, opts, grpc_port, watcher.mode), daemon=True).start()
