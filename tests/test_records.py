@@ -140,3 +140,19 @@ def test_records_calibrate_quantization(keras_example, tmp_path):
                             Request("static", str(calib), latency_runs=0, layers=False, mapping={"pixels": "image:0"}))
     assert report.calibration and "TFRecord" in str(report.calibration)
     assert report.accuracy is not None and report.outputs[0]["cosine"] > 0.99
+
+
+def test_records_are_inputs_of_compare_and_bench(keras_paths, tmp_path):
+    path = tmp_path / "x.tfrecord"
+    images = np.random.default_rng(2).standard_normal((3, 12, 12, 3)).astype("float32")
+    records.write_records(path, (tf_example.encode({"pixels": img}) for img in images))
+    proc = run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", path, "--map", "pixels=image:0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["passed"]
+    proc = run_cli("bench", keras_paths["onnx"], "--inputs", path, "--map", "pixels=image:0", "--runs", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    first = doc[0] if isinstance(doc, list) else doc.get("results", [doc])[0]
+    assert first["batch"] == 3  # the three records are one batch
+    assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", path, "--map", "pixels"),
+                       "expected FEATURE=INPUT")

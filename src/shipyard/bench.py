@@ -110,7 +110,8 @@ def _peak_rss() -> int:
 
 
 def measure(config: BenchConfig, runs: int = 50, warmup: int = 5, profile: bool = False,
-            inputs: list[str] | None = None, seed: int = 0, shapes: dict | None = None) -> BenchResult:
+            inputs: list[str] | None = None, seed: int = 0, shapes: dict | None = None,
+            mapping: dict | None = None) -> BenchResult:
     """Benchmark one configuration in this process."""
     from shipyard.compare import model_feeds
     from shipyard.runtimes import open_runner
@@ -118,7 +119,7 @@ def measure(config: BenchConfig, runs: int = 50, warmup: int = 5, profile: bool 
     start = time.perf_counter()
     with open_runner(config.model, backend=config.backend, threads=config.threads) as runner:
         load_ms = (time.perf_counter() - start) * 1e3
-        feeds = model_feeds(runner.signature, inputs, seed, config.batch, shapes)
+        feeds = model_feeds(runner.signature, inputs, seed, config.batch, shapes, mapping)
         guard.stage(f"benchmarking {config.model} on {runner.backend}")
         samples = []
         with _progress(warmup + runs, f"{Path(config.model).name} {runner.backend}") as bar:

@@ -229,7 +229,7 @@ class Comparison:
 
 
 def model_feeds(signature: Signature, inputs: list[str] | None, seed: int = 0, batch: int = 1,
-                shapes: dict | None = None) -> dict[str, np.ndarray]:
+                shapes: dict | None = None, mapping: dict | None = None) -> dict[str, np.ndarray]:
     """The one place a comparison/dump/bench gets its inputs: files when given, else random.
 
     Kept in one function so that it can move to the ``shipyard.data`` sources later.
@@ -237,14 +237,14 @@ def model_feeds(signature: Signature, inputs: list[str] | None, seed: int = 0, b
     from shipyard.feeds import load_feeds, random_feeds
 
     if inputs:
-        return load_feeds(inputs, signature)
+        return load_feeds(inputs, signature, mapping)  # mapping: TFRecord feature -> input
     return random_feeds(signature, seed, batch, shapes)
 
 
 def compare_models(models: list[str | Path], backends: list[str | None] | None = None,
                    inputs: list[str] | None = None, seed: int = 0, batch: int = 1,
                    atol: Tolerance | None = None, rtol: Tolerance | None = None,
-                   threads: int | None = None, shapes: dict | None = None) -> Comparison:
+                   threads: int | None = None, shapes: dict | None = None, mapping: dict | None = None) -> Comparison:
     """Run every model on the same inputs and compare each against the first."""
     from shipyard.runtimes import open_runner
 
@@ -255,7 +255,7 @@ def compare_models(models: list[str | Path], backends: list[str | None] | None =
     rtol = rtol or Tolerance(1e-3)
     with open_runner(models[0], backend=backends[0], threads=threads) as ref_runner:
         ref_sig = ref_runner.signature
-        feeds = model_feeds(ref_sig, inputs, seed, batch, shapes)
+        feeds = model_feeds(ref_sig, inputs, seed, batch, shapes, mapping)
         ref_out = ref_runner.run(feeds)
         ref_backend = ref_runner.backend
     candidates = []

@@ -98,6 +98,17 @@ def _number(text: str) -> int | float | None:
     return None
 
 
+def parse_mapping(items: list[str]) -> dict[str, str]:
+    """``--map FEATURE=INPUT`` values -> {feature: input}."""
+    mapping = {}
+    for item in items:
+        feature, sep, name = item.partition("=")
+        if not sep or not feature or not name:
+            raise InputError(f"--map {item!r}: expected FEATURE=INPUT")
+        mapping[feature] = name
+    return mapping
+
+
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     """``NAME=1,3,224,224`` -> {NAME: (1, 3, 224, 224)}."""
     shapes = {}

@@ -100,14 +100,15 @@ def match_tensors(ref: list[TensorInfo], other: list[TensorInfo]) -> list[tuple[
 def localize(ref_path: str | Path, other_path: str | Path, backends: list | None = None,
              inputs: list[str] | None = None, seed: int = 0, batch: int = 1,
              atol: Tolerance | None = None, rtol: Tolerance | None = None,
-             chunk: int = 16, threads: int | None = None, shapes: dict | None = None) -> Localization:
+             chunk: int = 16, threads: int | None = None, shapes: dict | None = None,
+             mapping: dict | None = None) -> Localization:
     """Stream matched tensors in chunks and stop at the first chunk holding a divergence."""
     backends = backends or [None, None]
     atol = atol or Tolerance(1e-4)
     rtol = rtol or Tolerance(1e-3)
     chunk = max(1, chunk)
     with open_source(ref_path, backends[0], threads) as a, open_source(other_path, backends[1], threads) as b:
-        feeds_a = model_feeds(a.signature, inputs, seed, batch, shapes)
+        feeds_a = model_feeds(a.signature, inputs, seed, batch, shapes, mapping)
         feeds_b = adapt_feeds(feeds_a, a.signature, b.signature)
         pairs = match_tensors(a.tensors(), b.tensors())
         result = Localization(str(ref_path), str(other_path), len(pairs))

@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--batch", help="comma-separated batch sizes for the dynamic batch dimension, e.g. 1,8")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
+                   help="TFRecord inputs: feed this Example feature to this model input")
     p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
                    help="inputs: FILE.npz, NAME=FILE.npy or FILE.npy (default: random)")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
@@ -63,7 +65,7 @@ def cmd_bench(args) -> int:
     from shipyard.atomic import check_output_path
     from shipyard.bench import BenchConfig, bench, ratios
     from shipyard.errors import UsageError
-    from shipyard.feeds import parse_shapes
+    from shipyard.feeds import parse_mapping, parse_shapes
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be at least 1 and --warmup at least 0")
@@ -72,7 +74,7 @@ def cmd_bench(args) -> int:
     configs = [BenchConfig(m, b, t, n or 1) for m in args.models for b in backends
                for t in _ints(args.threads, "--threads") for n in _ints(args.batch, "--batch")]
     results = bench(configs, runs=args.runs, warmup=args.warmup, profile=args.profile, inputs=args.inputs,
-                    shapes=parse_shapes(args.shape))
+                    shapes=parse_shapes(args.shape), mapping=parse_mapping(args.map))
     rel = ratios(results)
     if html:
         from shipyard.report.html import bench_page, write_page

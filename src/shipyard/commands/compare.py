@@ -8,6 +8,8 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("compare", help="compare the outputs of two or more models (or backends)")
     p.add_argument("models", nargs="+", help="reference model first, then the models to check against it")
+    p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
+                   help="TFRecord inputs: feed this Example feature to this model input")
     p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
                    help="inputs: FILE.npz (keys are input names), NAME=FILE.npy or FILE.npy; repeatable")
     p.add_argument("--random", type=int, metavar="N", default=None,
@@ -60,7 +62,7 @@ def cmd_compare(args) -> int:
     from shipyard.atomic import check_output_path
     from shipyard.compare import Tolerance, compare_models
     from shipyard.errors import UsageError
-    from shipyard.feeds import parse_shapes
+    from shipyard.feeds import parse_mapping, parse_shapes
 
     models = list(args.models)
     backends = [b.strip() or None for b in args.backend.split(",")] if args.backend else None
@@ -76,7 +78,7 @@ def cmd_compare(args) -> int:
     if args.layerwise:
         return _layerwise(args, models, backends, atol, rtol, html)
     result = compare_models(models, backends, args.inputs, args.seed, args.random or 1, atol, rtol, args.threads,
-                            shapes=parse_shapes(args.shape))
+                            shapes=parse_shapes(args.shape), mapping=parse_mapping(args.map))
     if html:
         from shipyard.report.html import compare_page, write_page
 
@@ -88,7 +90,7 @@ def cmd_compare(args) -> int:
 
 
 def _layerwise(args, models, backends, atol, rtol, html) -> int:
-    from shipyard.feeds import parse_shapes
+    from shipyard.feeds import parse_mapping, parse_shapes
     from shipyard.layerwise import localize
 
     if len(models) != 2:
@@ -96,7 +98,8 @@ def _layerwise(args, models, backends, atol, rtol, html) -> int:
 
         raise UsageError("--layerwise compares exactly two models")
     result = localize(models[0], models[1], backends, args.inputs, args.seed, args.random or 1,
-                      atol, rtol, chunk=args.chunk, threads=args.threads, shapes=parse_shapes(args.shape))
+                      atol, rtol, chunk=args.chunk, threads=args.threads, shapes=parse_shapes(args.shape),
+                      mapping=parse_mapping(args.map))
     if html:
         from shipyard.report.html import layerwise_page, write_page
 

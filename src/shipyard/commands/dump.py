@@ -8,6 +8,8 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("dump", help="write intermediate tensors (all, or named ones) to a .npz file")
     p.add_argument("model")
+    p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
+                   help="TFRecord inputs: feed this Example feature to this model input")
     p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
                    help="inputs: FILE.npz, NAME=FILE.npy or FILE.npy (default: random)")
     p.add_argument("--seed", type=int, default=0)
@@ -30,7 +32,7 @@ def cmd_dump(args) -> int:
     from shipyard.compare import model_feeds
     from shipyard.dump import dump_tensors, open_source
     from shipyard.errors import UsageError
-    from shipyard.feeds import parse_shapes
+    from shipyard.feeds import parse_mapping, parse_shapes
     from shipyard.report.text import array_stats
 
     if not args.list and args.output is None:
@@ -45,7 +47,8 @@ def cmd_dump(args) -> int:
                 for t in tensors:
                     print(f"{t.name}  ({t.op})")
             return 0
-        feeds = model_feeds(source.signature, args.inputs, args.seed, args.batch, parse_shapes(args.shape))
+        feeds = model_feeds(source.signature, args.inputs, args.seed, args.batch, parse_shapes(args.shape),
+                            parse_mapping(args.map))
         names = None if args.tensors.strip() == "all" else [n.strip() for n in args.tensors.split(",") if n.strip()]
         values = dump_tensors(source, feeds, names)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:

@@ -43,12 +43,14 @@ def cmd_quantize(args) -> int:
 
     if args.samples < 1:
         raise UsageError("--samples must be at least 1")
+    from shipyard.feeds import parse_mapping
+
     exclude = tuple(n.strip() for item in args.exclude for n in item.split(",") if n.strip())
     req = Request(args.mode, args.calibration, args.per_channel, exclude, args.quant_format, args.calibrate_method,
                   args.samples, args.int8_io, args.minimum_size,
                   {"size": args.image_size, "layout": args.layout, "mean": args.mean, "std": args.std, "scale": args.scale},
                   args.runs, args.threads, not args.no_layers,
-                  mapping=dict(m.split("=", 1) for m in args.map if "=" in m))
+                  mapping=parse_mapping(args.map))
     report = quantize_model(args.model, args.output, req)
     print(json.dumps(report.to_json(), indent=2, default=str) if args.json else render(report))
     return 0

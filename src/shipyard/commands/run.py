@@ -30,15 +30,14 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from shipyard.atomic import atomic_path, check_output_path
-    from shipyard.feeds import load_feeds, parse_shapes, random_feeds
+    from shipyard.feeds import load_feeds, parse_mapping, parse_shapes, random_feeds
     from shipyard.report.text import array_stats, render_outputs
     from shipyard.runtimes import open_runner
 
     out_path = check_output_path(args.output, Path(args.model)) if args.output else None
     with open_runner(args.model, backend=args.backend, threads=args.threads) as runner:
         if args.input:
-            mapping = dict(m.split("=", 1) for m in args.map if "=" in m)
-            feeds = load_feeds(args.input, runner.signature, mapping)
+            feeds = load_feeds(args.input, runner.signature, parse_mapping(args.map))
         else:
             feeds = random_feeds(runner.signature, args.seed, args.batch, parse_shapes(args.shape))
         start = time.perf_counter()
