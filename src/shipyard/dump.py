@@ -11,6 +11,7 @@ stream through a large model in bounded memory.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +30,19 @@ class TensorInfo:
     node: str     # the producing node/layer name
 
 
-class TensorSource:
+class TensorSource(ABC):
     """Base: a runner plus the list of intermediate tensors it can return."""
 
     signature: Signature
     backend: str
 
+    @abstractmethod
     def tensors(self) -> list[TensorInfo]:
-        raise NotImplementedError
+        """Every intermediate tensor this engine can return, in execution order."""
 
+    @abstractmethod
     def fetch(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Run the model once and return the named tensors."""
 
     def close(self) -> None:
         self.runner.close()

@@ -52,7 +52,7 @@ class RepositoryWatcher:
                 self._wake.clear()
             try:
                 self._sync()
-            except Exception:
+            except Exception:  # noqa: BLE001 - the watcher thread must outlive any one bad sync
                 log.exception("repository sync failed")
 
     def stop(self) -> None:
