@@ -38,10 +38,6 @@ def check_outputs(graph_def, outputs: list[str]) -> list[str]:
     return nodes
 
 
-def select_outputs(graph_def, outputs: list[str]):
-    return prune_for_inference(graph_def, outputs)
-
-
 def prune_for_inference(graph_def, outputs: list[str]):
     """Keep only the nodes the outputs need through data edges; drop control edges and devices.
 

@@ -27,7 +27,7 @@ def frozen_graph_of(src: Model, opts: ConvertOptions):
 
     if src.format == "tf-graphdef":
         graph_def, _ = tf_graph.load(src)
-        return freeze.select_outputs(graph_def, opts.outputs) if opts.outputs else graph_def
+        return freeze.prune_for_inference(graph_def, opts.outputs) if opts.outputs else graph_def
     if src.format == "keras":
         return freeze.freeze_keras(src)
     if src.format == "tf-savedmodel":

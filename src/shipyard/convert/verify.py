@@ -73,10 +73,3 @@ def verify(source_sig: Signature, source_run: RunFn, artifact: Model, feeds: Map
     diffs = [diff(s.name, expected[s.name], got[d.name], atol, rtol) for s, d in out_pairs]
     return Verification(all(d.passed for d in diffs), diffs, [(s.name, d.name) for s, d in out_pairs])
 
-
-def runner_fn(model: Model) -> tuple[Signature, RunFn, Callable[[], None]]:
-    """(signature, run function, close) for a model file, through its default engine."""
-    from shipyard.runtimes import open_runner
-
-    runner = open_runner(model)
-    return runner.signature, runner.run, runner.close

@@ -47,11 +47,11 @@ def file_reader(model: Model) -> Callable[[str], bytes]:
     return read_file
 
 
-def model_json(model: Model) -> tuple[Path, dict]:
+def model_json(model: Model, read: Callable[[str], bytes] | None = None) -> tuple[Path, dict]:
     path = model.path / "model.json" if model.path.is_dir() else model.path
     name = "model.json" if model.encrypted or model.path.is_dir() else model.path.name
     try:
-        doc = json.loads(file_reader(model)(name).decode("utf-8"))
+        doc = json.loads((read or file_reader(model))(name).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{path}: the TF.js model.json cannot be read ({exc})") from exc
     return path, doc
@@ -92,19 +92,26 @@ def read_weights(path: Path, doc: dict, read: Callable[[str], bytes]) -> dict[st
     return out
 
 
-def full_graph_def(model: Model):
-    """The topology with every constant's value put back from the shards (no TensorFlow)."""
-    path, doc = model_json(model)
+def load(model: Model):
+    """(model.json path, its document, the topology with every constant's value put back from
+    the shards, or None for a layers model); files are read (or decrypted) once."""
+    read = file_reader(model)
+    path, doc = model_json(model, read)
     gd = graph_def(doc, path)
     if gd is None:
-        return None
-    values = read_weights(path, doc, file_reader(model))
+        return path, doc, None
+    values = read_weights(path, doc, read)
     for node in gd.node:
         if node.name in values and node.op == "Const":
             tensor = node.attr["value"].tensor
             value = values[node.name]
             tensor.tensor_content = np.ascontiguousarray(value, dtype=tf_protos.dtype_name(tensor.dtype)).tobytes()
-    return gd
+    return path, doc, gd
+
+
+def full_graph_def(model: Model):
+    """The runnable GraphDef of a graph model (no TensorFlow needed to build it)."""
+    return load(model)[2]
 
 
 def _sig_from_doc(doc: dict) -> Signature | None:
@@ -126,18 +133,17 @@ def _sig_from_doc(doc: dict) -> Signature | None:
 
 def signature(model: Model) -> Signature:
     path, doc = model_json(model)
-    gd = graph_def(doc, path)
     from_doc = _sig_from_doc(doc)
     if from_doc is not None:
         return from_doc
+    gd = graph_def(doc, path)
     if gd is None:
         return Signature((), ())
     return tf_graph.signature_of(gd)
 
 
 def summarize(model: Model) -> Summary:
-    path, doc = model_json(model)
-    gd = full_graph_def(model)
+    path, doc, gd = load(model)
     params = 0
     param_bytes: dict[str, int] = {}
     for w in weights(doc):

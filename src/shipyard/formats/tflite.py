@@ -115,7 +115,7 @@ def signature(model: Model) -> Signature:
     try:
         return f.signature()
     finally:
-        del f
+        f.close()
 
 
 def summarize(model: Model) -> Summary:

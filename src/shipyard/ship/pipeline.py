@@ -186,7 +186,7 @@ class Pipeline:
 
         made = {}
         for target in self.req.targets:
-            if target == "tflite" and self.reference.format == "onnx" or target == "tfjs" and self.reference.format == "onnx":
+            if self.reference.format == "onnx" and target in ("tflite", "tfjs"):
                 raise UsageError(f"an ONNX source cannot reach {target} here (no ONNX->TensorFlow converter installs next to TF 2.21)")
             out = self.out / f"{self.name}{_EXT[target]}" if target != "tfjs" else self.out / f"{self.name}_tfjs"
             if out == self.reference.path:
