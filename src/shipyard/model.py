@@ -68,6 +68,15 @@ class Signature:
     def input(self, name: str) -> TensorSpec | None:
         return _find(self.inputs, name)
 
+    def resolve_input(self, key: str) -> TensorSpec | None:
+        """The input a user's name means: exact (``x`` = ``x:0``), else the one input whose name
+        a converter prefixed (``image`` = TFLite's ``serving_default_image:0``)."""
+        exact = _find(self.inputs, key)
+        if exact is not None:
+            return exact
+        prefixed = [s for s in self.inputs if tensor_name(s.name).endswith("_" + tensor_name(key))]
+        return prefixed[0] if len(prefixed) == 1 else None
+
     def output(self, name: str) -> TensorSpec | None:
         return _find(self.outputs, name)
 

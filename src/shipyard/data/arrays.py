@@ -9,7 +9,7 @@ import numpy as np
 
 from shipyard.errors import InputError
 from shipyard.feeds import load_array
-from shipyard.model import Signature, tensor_name
+from shipyard.model import Signature
 
 LABEL_KEYS = ("labels", "label", "y")
 
@@ -56,11 +56,9 @@ def match_keys(keys: list[str], signature: Signature) -> dict[str, str]:
     (``image`` = TFLite's ``serving_default_image:0``), then one array for a one-input model."""
     out: dict[str, str] = {}
     for key in keys:
-        exact = [s.name for s in signature.inputs if tensor_name(s.name) == tensor_name(key)]
-        suffix = [s.name for s in signature.inputs if tensor_name(s.name).endswith("_" + tensor_name(key))]
-        found = exact or (suffix if len(suffix) == 1 else [])
-        if found:
-            out[key] = found[0]
+        spec = signature.resolve_input(key)
+        if spec is not None:
+            out[key] = spec.name
     if not out and len(keys) == 1 and len(signature.inputs) == 1:
         out[keys[0]] = signature.inputs[0].name
     return out

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from shipyard.errors import InputError, ModelRunError, ShipyardError
-from shipyard.model import Model, Signature, TensorSpec, tensor_name
+from shipyard.model import Model, Signature, TensorSpec
 
 
 @runtime_checkable
@@ -68,17 +68,17 @@ class BaseRunner(ABC):
 
 def validate_feeds(signature: Signature, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Feeds keyed by the signature's own names, each checked for dtype, rank and static dims."""
-    known = {tensor_name(spec.name) for spec in signature.inputs}
-    unknown = sorted(k for k in feeds if tensor_name(k) not in known)
+    resolved = {k: signature.resolve_input(k) for k in feeds}
+    unknown = sorted(k for k, spec in resolved.items() if spec is None)
     if unknown:
         raise InputError(
             f"unknown input name(s): {', '.join(unknown)}",
             hint="the model's inputs are: " + ", ".join(s.describe() for s in signature.inputs),
         )
-    given = {tensor_name(k): k for k in feeds}
+    given = {spec.name: k for k, spec in resolved.items()}
     out: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
-        key = given.get(tensor_name(spec.name))
+        key = given.get(spec.name)
         if key is None:
             raise InputError(
                 f"missing input '{spec.name}' (expected {spec.describe()})",
