@@ -12,7 +12,7 @@ from shipyard.convert import planner
 from shipyard.convert.options import ConvertOptions
 from shipyard.convert.torch_edges import is_factory
 from shipyard.convert.verify import Verification, verify
-from shipyard.errors import OutputPathError, ShipyardError, VerificationError
+from shipyard.errors import ModelLoadError, OutputPathError, ShipyardError, VerificationError
 from shipyard.feeds import random_feeds
 from shipyard.model import Model, Signature, TensorSpec, open_model
 
@@ -101,6 +101,13 @@ def convert_model(source: str, to: str, out: Path, opts: ConvertOptions | None =
             if feeds is None:
                 feeds = random_feeds(sig, seed=0, batch=2)
             verification = verify(sig, run, artifact, feeds, atol=atol, rtol=rtol)
+        except ModelLoadError as exc:
+            if not (opts.allow_tf_ops and dst == "tflite" and "Flex" in str(exc)):
+                raise
+            # The pip LiteRT (and tf.lite) ship without the Flex delegate: the model is right,
+            # it just cannot run here. Say so rather than throw the artifact away.
+            opts.note("not verified: this Python LiteRT has no Flex delegate to run select TF ops; "
+                      "check it with a runtime linked with tensorflow-lite-select-tf-ops")
         finally:
             close()
     result = ConvertResult(src, artifact, [src.format] + [e.dst for e in edges], seconds, verification, list(opts.notes))

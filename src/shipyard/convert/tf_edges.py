@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shipyard.atomic import atomic_path
 from shipyard.convert.options import ConvertOptions
-from shipyard.deps import require
+from shipyard.deps import native_output_silenced, require
 from shipyard.errors import ConversionError, UnsupportedError, UsageError
 from shipyard.formats import tf_graph
 from shipyard.model import Model, tensor_name
@@ -156,21 +156,39 @@ def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
         opts.note("select TF ops allowed: the model needs a LiteRT build with the Flex delegate")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        # MLIR dumps the failing ops from C++ straight to the descriptors; the exception says it too.
+        with contextlib.redirect_stdout(io.StringIO()), native_output_silenced(1, 2):
             flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises ConverterError (not importable portably) and others
         text = str(exc)
         ops = sorted(set(_TF_OP.findall(text)) - {"function"})
         if ops:
             nodes = sorted(set(_LOC.findall(text)))[:6]
+            where = f" (nodes: {', '.join(nodes)})" if nodes else ""
+            if opts.allow_tf_ops or not _converts_with_tf_ops(tf, converter):  # not even in the Flex allowlist
+                raise UnsupportedError(
+                    f"TFLite has neither a builtin kernel nor a select TensorFlow op for: {', '.join(ops)}{where}",
+                    hint="replace the op in the model, or implement it as a TFLite custom op",
+                ) from exc
             raise UnsupportedError(
-                f"TFLite has no builtin kernel for: {', '.join(ops)}" + (f" (nodes: {', '.join(nodes)})" if nodes else ""),
+                f"TFLite has no builtin kernel for: {', '.join(ops)}{where}",
                 hint="re-run with --allow-tf-ops to use select TensorFlow ops (needs the Flex delegate at run time)",
             ) from exc
         raise ConversionError(f"the TFLite converter failed: {text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__}") from exc
     with atomic_path(out) as tmp:
         tmp.write_bytes(flatbuffer)
     return Model("tflite", out)
+
+
+def _converts_with_tf_ops(tf, converter) -> bool:
+    """Whether select TensorFlow ops would rescue the conversion (so the hint can say so)."""
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), native_output_silenced(1, 2):
+            converter.convert()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no"
+        return False
 
 
 # ---------------------------------------------------------------- GraphDef -> TF.js, SavedModel

@@ -98,7 +98,9 @@ def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
     converter.representative_dataset = lambda: ([f[n] for n in names] for f in feeds[:16])
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(exclude)) if exclude else None
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # The debugger converts and runs interpreters: C++ prints calibrator settings and
+        # delegate notices straight to the descriptors.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), native_output_silenced(1, 2):
             debugger = tf.lite.experimental.QuantizationDebugger(
                 converter=converter, debug_dataset=lambda: ([f[n] for n in names] for f in feeds[:16]),
                 debug_options=options)

@@ -94,10 +94,11 @@ def render_verification(result) -> str:
     """Conversion path, notes and the per-output error figures against the source."""
     lines = [f"{result.source.path} ({result.source.format}) -> {result.artifact.path} ({result.artifact.format})",
              f"  path       {' -> '.join(result.path)}  ({result.seconds:.1f} s)"]
-    lines += [f"  fixed      {note}" for note in result.notes]
+    skipped = [n.removeprefix("not verified: ") for n in result.notes if n.startswith("not verified: ")]
+    lines += [f"  fixed      {note}" for note in result.notes if not note.startswith("not verified: ")]
     v = result.verification
     if v is None:
-        lines.append("  verified   no (--no-verify)")
+        lines.append(f"  verified   no ({skipped[0] if skipped else '--no-verify'})")
         return "\n".join(lines)
     lines.append(f"  verified   {'yes' if v.passed else 'NO'} against the source on the same inputs")
     for (src, dst), d in zip(v.pairing, v.outputs):
