@@ -36,6 +36,9 @@ def atomic_path(out: Path, directory: bool = False) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=out.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkstemp/mkdtemp make private (0600/0700) entries; a result gets what open()/mkdir() would
+    # give it under the user's umask (a writer that wants it private chmods it in the block).
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
     _announce_temp(tmp)
     try:
         yield tmp
@@ -47,6 +50,12 @@ def atomic_path(out: Path, directory: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _announce_temp(path: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -62,6 +63,7 @@ def cmd_decrypt(args) -> int:
     header, plain = decrypt_bytes(path.read_bytes(), read_key(args.key_file_path))
     if header.kind == KIND_DIR:
         with atomic_path(out, directory=True) as tmp, tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+            os.chmod(tmp, 0o700)  # plaintext: for its owner only, like a decrypted file
             for member in tar.getmembers():
                 if not member.isfile() or member.name.startswith(("/", "..")) or "/../" in member.name:
                     raise UsageError(f"{path}: the archive holds an unsafe entry '{member.name}'")
