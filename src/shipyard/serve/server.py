@@ -83,13 +83,17 @@ def serve(opts: ServeOptions) -> int:
         server = uvicorn.Server(config)
         threading.Thread(target=_announce, args=(server, opts, grpc_port, watcher.mode), daemon=True).start()
         # uvicorn re-raises the signal that stopped it once it has shut down; with the default
-        # SIGTERM action that would kill the process before the drain below. A stop asked for is a
-        # clean exit, so SIGTERM gets a no-op handler for uvicorn to restore and re-raise into.
+        # actions that would kill the process (SIGTERM) or raise KeyboardInterrupt (Ctrl-C) before
+        # the drain below. A stop asked for is a clean exit (0), so both get a no-op handler for
+        # uvicorn to restore and re-raise into; Ctrl-C interrupts again once uvicorn is done.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
         try:
             server.run()  # installs SIGTERM/SIGINT handlers; returns after in-flight requests finish
         except SystemExit:
             pass  # uvicorn exits when it cannot bind; reported below as a one-line error
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     finally:
         if grpc_server is not None:
             grpc_server.stop(opts.grace_seconds).wait()

@@ -79,18 +79,15 @@ def supervise(opts) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         while not all(r.exists() for r in ready):
+            if stopping:
+                break  # Ctrl-C or SIGTERM while starting: the workers are told; wait for them below
             dead = [p for p in procs if p.poll() is not None]
             if dead and not stopping:
                 stop(None, None)
                 raise UsageError(f"a worker exited while starting (exit {dead[0].returncode}); see its messages above")
             time.sleep(0.05)
-        info = {"rest_port": rest_port, "grpc_port": grpc_port, "host": opts.host, "workers": opts.workers,
-                "pids": [p.pid for p in procs]}
-        log.info(json.dumps({"event": "listening", **info}))
-        if opts.ready_file is not None:
-            tmp = opts.ready_file.with_name(opts.ready_file.name + ".tmp")
-            tmp.write_text(json.dumps(info))
-            tmp.replace(opts.ready_file)
+        if not stopping:
+            _announce(opts, rest_port, grpc_port, procs)
         codes = []
         for p in procs:
             while p.poll() is None:
@@ -107,3 +104,14 @@ def supervise(opts) -> int:
         if holder is not None:
             holder.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _announce(opts, rest_port: int, grpc_port: int | None, procs: list[subprocess.Popen]) -> None:
+    """Log the listening event (and write --ready-file) once every worker is up."""
+    info = {"rest_port": rest_port, "grpc_port": grpc_port, "host": opts.host, "workers": opts.workers,
+            "pids": [p.pid for p in procs]}
+    log.info(json.dumps({"event": "listening", **info}))
+    if opts.ready_file is not None:
+        tmp = opts.ready_file.with_name(opts.ready_file.name + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(opts.ready_file)
