@@ -154,7 +154,7 @@ def count(path: Path) -> tuple[int, str]:
     if entries is not None:
         return len(entries), "index"
     if is_gzip(path):
-        return sum(1 for _ in iter_records(path, check_crc=False)), "scan (gzip)"
+        return sum(1 for _ in iter_records(path, check_crc=False)), "gzip scan"
     return len(build_index(path)), "scan"
 
 

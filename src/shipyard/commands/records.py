@@ -49,8 +49,14 @@ def _describe(features: dict) -> dict:
 def _print_features(number: int, features: dict) -> None:
     print(f"record {number}")
     for name, info in _describe(features).items():
-        detail = info.get("values", f"{info.get('first_bytes')} bytes")
+        detail = _preview(info["values"], info["count"]) if "values" in info else f"{info['first_bytes']} bytes"
         print(f"  {name:<24} {info['kind']:<8} x{info['count']:<6} {detail}")
+
+
+def _preview(values: list, count: int, shown: int = 3) -> str:
+    """The first few values, floats to 4 significant digits (the JSON keeps them exact)."""
+    text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values[:shown])
+    return f"[{text}{', ...' if count > shown else ''}]"
 
 
 def cmd_count(args) -> int:
