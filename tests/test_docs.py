@@ -1,73 +1,105 @@
-"""The docs cannot rot: the walkthrough is executed, and every shipyard command line in the
-docs and the README must parse with the real CLI."""
+"""The docs cannot rot: every example on every page is run (``docrunner``), in a copy of the
+example folder, and what a ``console`` block shows must be what the command prints; every
+``shipyard`` line must also parse with the real CLI, and every command must have an example."""
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import docrunner
 from shipyard.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
-BLOCK = re.compile(r"```(bash|console|sh)\n(.*?)```", re.S)
 
 
-def _blocks(page: Path, kinds=("bash", "console", "sh")) -> list[str]:
-    return [body for kind, body in BLOCK.findall(page.read_text()) if kind in kinds]
-
-
-def _command_lines(page: Path) -> list[str]:
-    """Every ``shipyard ...`` line of the page's code blocks (continuations and quoted
-    newlines joined, comments and environment assignments dropped)."""
-    lines = []
-    for block in _blocks(page):
-        pending = ""
-        for raw in block.replace("\\\n", " ").splitlines():
-            pending = f"{pending} {raw.strip()}" if pending else raw.strip()
-            try:
-                shlex.split(pending)
-            except ValueError:
-                continue  # a quote spans lines
-            line = re.sub(r"^(\w+=\S+\s+)+", "", pending.removeprefix("$ "))
-            pending = ""
-            if line.startswith("shipyard "):
-                lines.append(line.split("  #")[0].split(" # ")[0].strip())
-    return lines
+def _commands(page: Path) -> list[tuple[str, list[str]]]:
+    """(text, argv after ``shipyard``) of every ``shipyard`` command the page runs; environment
+    assignments, redirections, ``&`` and comments dropped."""
+    out = []
+    for step in docrunner.steps(page.read_text()):
+        if step.kind == "python":
+            continue
+        words = shlex.split(step.text.replace("\\\n", " "), comments=True)
+        while words and re.fullmatch(r"\w+=\S*", words[0]):
+            words = words[1:]
+        if words[:1] != ["shipyard"]:
+            continue
+        argv = []
+        for word in words[1:]:
+            if word in ("&", "&&", "|", ";") or re.fullmatch(r"\d?>.*", word):
+                break
+            argv.append(word)
+        out.append((step.text, argv))
+    return out
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_documented_command_parses(page):
     parser = build_parser()
-    for line in _command_lines(page):
-        argv = shlex.split(line)[1:]
-        if any("|" in a or "..." in a or a.endswith("..") for a in argv):
-            continue  # a synopsis with alternatives, not a runnable line
+    for text, argv in _commands(page):
         try:
             parser.parse_args(argv)
         except SystemExit as exc:
-            pytest.fail(f"{page.name}: `{line}` does not parse (exit {exc.code})")
+            pytest.fail(f"{page.name}: `{text}` does not parse (exit {exc.code})")
 
 
 def test_documented_commands_cover_every_command():
-    documented = {shlex.split(line)[1] for page in PAGES for line in _command_lines(page)}
+    documented = {argv[0] for page in PAGES for _, argv in _commands(page)}
     parser_commands = set(build_parser()._subparsers._group_actions[0].choices)
     missing = sorted(parser_commands - documented)
     assert not missing, f"commands without a documented example: {missing}"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_page_has_examples_that_run(page):
+    assert docrunner.steps(page.read_text()), f"{page.name} has no example the suite runs"
+
+
+@pytest.fixture(scope="session")
+def example_folder(tmp_path_factory) -> Path:
+    from shipyard import example_folder
+
+    return example_folder.build(tmp_path_factory.mktemp("docs") / "examples")
+
+
 @pytest.mark.slow
-def test_walkthrough_runs(tmp_path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "KERAS_HOME": str(tmp_path / ".keras"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for block in _blocks(ROOT / "docs" / "walkthrough.md", ("bash",)):
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"block failed:\n{block}\n--- stdout\n{proc.stdout[-2000:]}\n--- stderr\n{proc.stderr[-2000:]}"
-    assert (tmp_path / "dist" / "manifest.json").is_file()
-    assert (tmp_path / "web_model" / "model.json").is_file() and (tmp_path / "digits_int8.tflite").is_file()
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_page_examples_run(page, example_folder, tmp_path):
+    try:
+        docrunner.run_page(page, example_folder, tmp_path / "examples", timeout=600)
+        problem = None
+    except docrunner.PageError as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
+# -- the runner itself ------------------------------------------------------------------------
+
+def test_output_matching_rules():
+    got = ["model.onnx -> /home/you/examples/x.onnx", "  latency 0.05 ms -> 0.04 ms (speed-up 1.25x)",
+           "  kept 49 nodes", "a", "b", "tail"]
+    assert docrunner.mismatch(["model.onnx -> /home/you/examples/x.onnx", "latency 0.061 ms -> 3e-05 ms (speed-up 0.9x)",
+                               "kept 49 nodes", "...", "tail"], got) is None
+    assert docrunner.mismatch(["model.onnx -> ...", "...", "tail"], got) is None
+    assert docrunner.mismatch(["model.onnx -> ...", "...", "kept 48 nodes", "..."], got) is not None  # integers are exact
+    assert docrunner.mismatch(["model.onnx -> ...", "...", "head"], got) is not None                  # words are exact
+    assert docrunner.mismatch(["model.onnx -> ...", "latency ..."], got) is not None                   # lines are not dropped
+    assert docrunner.mismatch([], []) is None and docrunner.mismatch([], ["printed"]) is not None
+
+
+def test_page_syntax_is_checked():
+    steps = docrunner.steps("```bash\nshipyard inspect a.onnx \\\n  --json   # c\nshipyard serve r/\n"
+                            "shipyard serve r/ > log 2>&1 &\ncat > f <<'EOF'\nx\nEOF\n```\n"
+                            "```console\n$ shipyard run a.onnx\nout\n$ echo $?\n0\n```\n"
+                            "<!-- not run: a benchmark -->\n```bash\nsleep 999\n```\n")
+    assert [(s.kind, s.expected) for s in steps] == [("run", []), ("server", []), ("run", []), ("run", []),
+                                                    ("transcript", ["out"]), ("transcript", ["0"])]
+    with pytest.raises(docrunner.PageError, match="tagged console"):
+        docrunner.steps("```\n$ shipyard run a.onnx\n```\n")
+    with pytest.raises(docrunner.PageError, match="needs a reason"):
+        docrunner.steps("<!-- not run: -->\n```bash\nls\n```\n")
