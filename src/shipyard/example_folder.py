@@ -116,6 +116,13 @@ def _tf_specials(directory: Path) -> None:
 
     for name, function in (("erf.pb", erf), ("erfinv.pb", erfinv), ("scalar_bool.pb", scalar_bool)):
         graph_def = freeze_concrete_function(function.get_concrete_function())
+        # The frozen graph lists its placeholders in no fixed order; put them in argument order
+        # so that every build reports its inputs (and the docs their fixes) the same way.
+        arguments = [spec.name for spec in function.input_signature]
+        placeholders = sorted((n for n in graph_def.node if n.op == "Placeholder"), key=lambda n: arguments.index(n.name))
+        rest = [n for n in graph_def.node if n.op != "Placeholder"]
+        del graph_def.node[:]
+        graph_def.node.extend(placeholders + rest)
         (directory / name).write_bytes(graph_def.SerializeToString())
 
 
