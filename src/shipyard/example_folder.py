@@ -7,7 +7,6 @@ page's examples in a copy of it (``tests/test_docs.py``).
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -22,21 +21,24 @@ IMAGE = examples.KERAS_INPUT_SHAPE
 
 def build(directory: Path) -> Path:
     """Write the example folder into ``directory`` (created; must be empty or absent)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if any(directory.iterdir()):
+    from shipyard.atomic import atomic_path
+
+    directory = Path(directory).absolute()
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise FileExistsError(f"{directory} is not empty")
-    examples.quiet_keras_home(directory / ".keras")
-    _keras_family(directory)
-    _arrays(directory)
-    _images(directory / "images")
-    _tf1(directory / "tf1")
-    _tf_specials(directory)
-    _torch(directory)
-    _onnx_specials(directory)
-    _serving_repo(directory)
-    _records(directory)
-    shutil.rmtree(directory / ".keras", ignore_errors=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory, directory=True) as tmp:  # all of it or nothing
+        examples.quiet_keras_home(tmp / ".keras")
+        _keras_family(tmp)
+        _arrays(tmp)
+        _images(tmp / "images")
+        _tf1(tmp / "tf1")
+        _tf_specials(tmp)
+        _torch(tmp)
+        _onnx_specials(tmp)
+        _serving_repo(tmp)
+        _records(tmp)
+        shutil.rmtree(tmp / ".keras", ignore_errors=True)
     return directory
 
 
@@ -194,8 +196,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m shipyard.example_folder DIR", file=sys.stderr)
         return 2
-    folder = build(Path(argv[0]))
-    print(json.dumps(sorted(p.name for p in folder.iterdir())))
+    try:
+        folder = build(Path(argv[0]))
+    except FileExistsError as exc:
+        print(f"shipyard.example_folder: {exc}; give a new or empty directory", file=sys.stderr)
+        return 2
+    print(f"{folder}: " + " ".join(sorted(p.name for p in folder.iterdir())))
     return 0
 
 
