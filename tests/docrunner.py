@@ -170,6 +170,20 @@ def _trim(lines: list[str]) -> list[str]:
 
 # -- running ----------------------------------------------------------------------------------
 
+def _lines_of(proc: subprocess.Popen) -> queue.Queue[str | None]:
+    """A queue fed with the process's output lines by a reader thread (None at the end), so
+    that reads can time out."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
 class Shell:
     """One bash for a whole page, so that variables, ``cd`` and background jobs carry over."""
 
@@ -178,13 +192,7 @@ class Shell:
         self.proc = subprocess.Popen(["bash", "--noprofile", "--norc"], cwd=cwd, env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
+        self.lines = _lines_of(self.proc)
 
     def run(self, command: str, timeout: float) -> tuple[int, list[str]]:
         marker = f"__docrunner_{uuid.uuid4().hex}"
@@ -227,8 +235,7 @@ def run_server(command: str, cwd: Path, env: dict[str, str], timeout: float) -> 
     Ctrl-C (SIGINT to its process group, as a terminal sends it)."""
     proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=lambda: ([lines.put(x) for x in proc.stdout], lines.put(None)), daemon=True).start()
+    lines = _lines_of(proc)
     seen: list[str] = []
     try:
         while True:

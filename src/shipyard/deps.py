@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import os
 import sys
 from types import ModuleType
@@ -66,6 +67,14 @@ def native_output_silenced(*fds: int):
             os.dup2(copy, fd)
             os.close(copy)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def all_output_silenced():
+    """Python's stdout/stderr and the native descriptors 1 and 2, for calls such as the TFLite
+    converter that print from both sides (settings, MLIR dumps, delegate notices)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), native_output_silenced(1, 2):
+        yield
 
 
 def _quiet_python_loggers() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shipyard.atomic import atomic_path
 from shipyard.convert.options import ConvertOptions
-from shipyard.deps import native_output_silenced, require
+from shipyard.deps import all_output_silenced, require
 from shipyard.errors import ConversionError, UnsupportedError, UsageError
 from shipyard.formats import tf_graph
 from shipyard.model import Model, tensor_name
@@ -157,7 +157,7 @@ def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
         opts.note("select TF ops allowed: the model needs a LiteRT build with the Flex delegate")
     try:
         # MLIR dumps the failing ops from C++ straight to the descriptors; the exception says it too.
-        with contextlib.redirect_stdout(io.StringIO()), native_output_silenced(1, 2):
+        with all_output_silenced():
             flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises ConverterError (not importable portably) and others
         text = str(exc)
@@ -184,7 +184,7 @@ def _converts_with_tf_ops(tf, converter) -> bool:
     """Whether select TensorFlow ops would rescue the conversion (so the hint can say so)."""
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     try:
-        with contextlib.redirect_stdout(io.StringIO()), native_output_silenced(1, 2):
+        with all_output_silenced():
             converter.convert()
         return True
     except Exception:  # noqa: BLE001 - any failure means "no"

@@ -6,7 +6,6 @@ The float TFLite model from the same converter is the reference for size, latenc
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import tempfile
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from shipyard import guard
-from shipyard.deps import native_output_silenced, require
+from shipyard.deps import all_output_silenced, require
 from shipyard.errors import ModelLoadError, UsageError
 from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
@@ -31,7 +30,7 @@ def _converter(tf, model: Model):
 def _convert(converter, what: str) -> bytes:
     try:
         # The calibrator prints its settings from C++, straight to the file descriptors.
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), native_output_silenced(1, 2):
+        with all_output_silenced():
             return converter.convert()
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
         raise ModelLoadError(f"the TFLite converter failed ({what}): {str(exc).strip().splitlines()[0][:300]}") from exc
@@ -100,7 +99,7 @@ def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
     try:
         # The debugger converts and runs interpreters: C++ prints calibrator settings and
         # delegate notices straight to the descriptors.
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), native_output_silenced(1, 2):
+        with all_output_silenced():
             debugger = tf.lite.experimental.QuantizationDebugger(
                 converter=converter, debug_dataset=lambda: ([f[n] for n in names] for f in feeds[:16]),
                 debug_options=options)
