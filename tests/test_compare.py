@@ -132,3 +132,158 @@ def test_torchscript_against_its_onnx_export(torch_example):
     doc = json.loads(proc.stdout)
     assert doc["passed"] and doc["outputs"]["output"]["paired_by"] == "name"
     assert doc["outputs"]["output"]["shape_ref"] == [2, 5]
+
+
+# -- int8 models: figures on dequantized values ---------------------------------------------
+
+
+def int8_tflite(keras_model, directory, calibration):
+    """Full-integer TFLite models of ``keras_model`` from TensorFlow's converter: ``int8_io``
+    (int8 inputs and outputs) and ``int8`` (float inputs and outputs, int8 inside)."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    def representative():
+        for x in calibration:
+            yield [x[None]]
+
+    paths = {}
+    for name, io_type in (("int8_io", tf.int8), ("int8", None)):
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_type is not None:
+            converter.inference_input_type = converter.inference_output_type = io_type
+        with contextlib.redirect_stdout(io.StringIO()):
+            data = converter.convert()
+        paths[name] = directory / f"{name}.tflite"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def int8_onnx(float_onnx, directory, calibration):
+    """onnxruntime's static quantization of an ONNX model: ``qdq`` (int8 QuantizeLinear/
+    DequantizeLinear pairs) and ``qoperator`` (uint8 activations, QLinearConv...)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    name = onnx.load(str(float_onnx)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{name: x[None]} for x in calibration])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    paths = {"qdq": directory / "qdq.onnx", "qoperator": directory / "qoperator.onnx"}
+    quantize_static(str(float_onnx), str(paths["qdq"]), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    quantize_static(str(float_onnx), str(paths["qoperator"]), Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def int8_models(keras_example, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("int8")
+    calibration = np.random.default_rng(5).standard_normal((16, 12, 12, 3)).astype("float32")
+    x = directory / "x.npy"
+    np.save(x, keras_example[2])
+    return {**int8_tflite(keras_example[0], directory, calibration),
+            **int8_onnx(keras_example[1]["onnx"], directory, calibration), "x": x}
+
+
+@pytest.mark.parametrize("variant", ["int8_io", "int8"])
+def test_layerwise_against_int8_tflite_dequantizes(keras_paths, int8_models, variant):
+    """Before: raw int8 compared with floats ('cosine -0.30', first divergence at the first
+    layer); an int8-input model was refused. Now every int8 tensor is dequantized first."""
+    proc = run_cli("compare", keras_paths["tflite"], int8_models[variant], "--layerwise", "--inputs", int8_models["x"],
+                   "--json")
+    assert proc.returncode == 1, proc.stderr  # quantization noise is beyond the default atol 1e-4...
+    doc = json.loads(proc.stdout)
+    assert doc["checked_tensors"] == doc["matched_tensors"] >= 6
+    assert doc["first_divergent"]["dequantized"] == "other" and doc["first_divergent"]["cosine"] > 0.999
+    # every tensor is int8 (a float-output model's last one comes from its DEQUANTIZE op)
+    int8_layers = doc["layers"] if variant == "int8_io" else doc["layers"][:-1]
+    assert all(layer["dequantized"] == "other" for layer in int8_layers), doc["layers"]
+    for layer in doc["layers"]:
+        assert layer["cosine"] > 0.999 and 0 < layer["rel_l2"] < 0.05, layer
+    # ...and within a tolerance that fits it
+    proc = run_cli("compare", keras_paths["tflite"], int8_models[variant], "--layerwise", "--inputs", int8_models["x"],
+                   "--atol", "0.25")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "other dequantized]" in proc.stdout and "rel_l2 0.0" in proc.stdout
+    assert "no divergence" in proc.stdout
+
+
+def test_compare_float_with_int8_io_tflite(keras_paths, int8_models):
+    """A full-int8 model's int8 output is dequantized; its int8 input gets the float inputs quantized."""
+    proc = run_cli("compare", keras_paths["tflite"], int8_models["int8_io"], "--inputs", int8_models["x"], "--json")
+    assert proc.returncode == 1, proc.stderr  # outside the exact default tolerance
+    (out,) = json.loads(proc.stdout)["outputs"].values()
+    assert out["paired_by"] == "name" and out["cosine"] > 0.999 and out["rel_l2"] < 0.05
+    assert out["max_abs"] < 0.02 and out["argmax_agreement"] == 1.0
+    proc = run_cli("compare", keras_paths["tflite"], int8_models["int8_io"], "--inputs", int8_models["x"],
+                   "--atol", "0.02")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rel_l2 0.0" in proc.stdout
+
+
+def test_layerwise_against_onnx_qdq_and_qoperator(keras_paths, int8_models):
+    """ONNX: scale and zero point come from the QuantizeLinear/QLinear* nodes; a float tensor X
+    pairs with the quantizer's X_QuantizeLinear_Output / X_quantized."""
+    proc = run_cli("compare", keras_paths["onnx"], int8_models["qdq"], "--layerwise", "--inputs", int8_models["x"],
+                   "--atol", "0.5", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    quantized = [layer for layer in doc["layers"] if layer["dequantized"]]
+    assert len(quantized) >= 8 and all(layer["other_tensor"].endswith("_QuantizeLinear_Output") for layer in quantized)
+    assert all(layer["cosine"] > 0.999 and layer["rel_l2"] < 0.05 for layer in doc["layers"]), doc["layers"]
+    # QOperator folds each ReLU into its convolution's output range: those tensors differ from the
+    # float model's pre-ReLU ones (a real difference, reported), the others agree
+    proc = run_cli("compare", keras_paths["onnx"], int8_models["qoperator"], "--layerwise", "--inputs", int8_models["x"],
+                   "--chunk", "64", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["checked_tensors"] == doc["matched_tensors"]
+    layers = {layer["tensor"]: layer for layer in doc["layers"]}
+    pool = layers["example_cnn_1/pool_1/MaxPool2d:0"]  # uint8 MaxPool keeps its input's quantization
+    assert pool["other_tensor"].endswith("_quantized") and pool["dequantized"] == "other" and pool["cosine"] > 0.999
+    assert layers["Identity:0"]["cosine"] > 0.999
+    assert all(layer["cosine"] > 0.5 for layer in layers.values()), doc["layers"]
+
+
+def _scaled_output_onnx(src, dst, factor=2.0):
+    """The model with its output multiplied by ``factor``: a pure scale bug."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [o + "_unscaled" if o == out else o for o in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "scale_factor"))
+    model.graph.node.append(helper.make_node("Mul", [out + "_unscaled", "scale_factor"], [out], name="scale_bug"))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_pure_scale_bug_shows_as_relative_error(keras_paths, tmp_path):
+    """Off by a factor 2 everywhere: cosine stays 1, the relative error says 1 (100%)."""
+    a = np.array([[0.1, 0.2, 0.7]])
+    d = diff("y", a, 2 * a)
+    assert d.cosine == pytest.approx(1.0) and d.rel_l2 == pytest.approx(1.0)
+    assert diff("y", a, a).rel_l2 == 0.0 and diff("y", a, a * 1.01).rel_l2 == pytest.approx(0.01)
+    scaled = _scaled_output_onnx(keras_paths["onnx"], tmp_path / "scaled.onnx")
+    proc = run_cli("compare", keras_paths["onnx"], scaled)
+    assert proc.returncode == 1, proc.stderr
+    assert "cosine 1  rel_l2 1  " in proc.stdout, proc.stdout
+    proc = run_cli("compare", keras_paths["onnx"], scaled, "--layerwise")
+    assert proc.returncode == 1, proc.stderr
+    last = [line for line in proc.stdout.splitlines() if line.strip().startswith("DIFF")]
+    assert len(last) == 1 and "Identity:0" in last[0] and "cosine 1.000000  rel_l2 1" in last[0], proc.stdout
+    assert proc.stdout.rstrip().endswith("cosine 1.000000  rel_l2 1")

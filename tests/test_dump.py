@@ -119,3 +119,80 @@ def test_torchscript_dump_equals_eager_torch_modules(torch_example, tmp_path):
     for tensor, expected in zip(listed, seen):
         np.testing.assert_allclose(dumped[tensor["name"]], expected, rtol=1e-5, atol=1e-6, err_msg=tensor["name"])
     np.testing.assert_allclose(dumped[listed[-1]["name"]], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def int8_models(keras_example, tmp_path_factory):
+    from test_compare import int8_onnx, int8_tflite
+
+    directory = tmp_path_factory.mktemp("dump_int8")
+    calibration = np.random.default_rng(5).standard_normal((16, 12, 12, 3)).astype("float32")
+    return {**int8_tflite(keras_example[0], directory, calibration),
+            **int8_onnx(keras_example[1]["onnx"], directory, calibration)}
+
+
+def _cosine(a, b):
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_int8_tflite_dump_is_dequantized(keras_paths, int8_models, x_file, tmp_path):
+    """Each int8 tensor is written as real values under its name, with the engine's integers,
+    scale and zero point beside it; the figures printed are the real values'."""
+    out = tmp_path / "int8.npz"
+    proc = run_cli("dump", int8_models["int8_io"], "--inputs", x_file, "-o", out)  # float inputs are quantized
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("(dequantized int8, scale ") == 7, proc.stdout
+    dumped = np.load(out)
+    names = [k for k in dumped.files if "#" not in k]
+    assert len(names) == 7
+    for name in names:
+        raw, scale, zero = dumped[f"{name}#quantized"], dumped[f"{name}#scale"], dumped[f"{name}#zero_point"]
+        assert dumped[name].dtype == np.float32 and raw.dtype == np.int8 and scale.shape == zero.shape == (1,)
+        np.testing.assert_allclose(dumped[name], (raw.astype(np.float64) - zero[0]) * scale[0], rtol=1e-6, atol=1e-7)
+    reference = tmp_path / "float.npz"
+    assert run_cli("dump", keras_paths["tflite"], "--inputs", x_file, "-o", reference).returncode == 0
+    floats = np.load(reference)
+    assert set(floats.files) == set(names)  # the float model's tensors, key for key
+    for name in names:
+        assert _cosine(floats[name], dumped[name]) > 0.999, name
+        assert np.abs(floats[name] - dumped[name]).max() < 0.25, name
+    proc = run_cli("dump", int8_models["int8_io"], "--inputs", x_file, "--tensors", "StatefulPartitionedCall_1", "-o",
+                   tmp_path / "one.npz", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (stats,) = json.loads(proc.stdout)["tensors"].values()
+    assert stats["dtype"] == "float32" and stats["quantized"]["dtype"] == "int8"
+    assert stats["quantized"]["zero_point"] == [-128] and 0 < stats["min"] <= stats["max"] < 1  # softmax, real values
+
+
+def test_onnx_qoperator_dump_is_dequantized(keras_paths, int8_models, x_file, tmp_path):
+    """ONNX: the scale and zero point are the QLinear*/QuantizeLinear node's inputs."""
+    out = tmp_path / "qop.npz"
+    proc = run_cli("dump", int8_models["qoperator"], "--inputs", x_file, "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    tensors = json.loads(proc.stdout)["tensors"]
+    quantized = {name: st for name, st in tensors.items() if "quantized" in st}
+    assert len(quantized) >= 7 and all(st["quantized"]["dtype"] == "uint8" for st in quantized.values())
+    assert all(name.endswith("_quantized") for name in quantized)
+    dumped = np.load(out)
+    pool = "example_cnn_1/pool_1/MaxPool2d:0"
+    raw = dumped[f"{pool}_quantized#quantized"]
+    assert raw.dtype == np.uint8 and dumped[f"{pool}_quantized"].dtype == np.float32
+    reference = tmp_path / "float.npz"
+    assert run_cli("dump", keras_paths["onnx"], "--inputs", x_file, "--tensors", pool, "-o", reference).returncode == 0
+    assert _cosine(np.load(reference)[pool], dumped[f"{pool}_quantized"]) > 0.999
+
+
+def test_quantization_dequantizes_per_channel():
+    from shipyard.model import Quantization, dequantize
+
+    assert Quantization.of([], []) is None and Quantization.of([0.0], [0]) is None  # a float tensor
+    q = Quantization.of(np.array([0.5, 0.25], np.float32), np.array([1, -2]), axis=1)
+    assert q.axis == 1 and q.describe() == "2 scales along axis 1"
+    data = np.array([[[3, 2], [1, 6]]], np.int8)  # shape [1, 2, 2]: channels on axis 1
+    np.testing.assert_array_equal(q.dequantize(data), [[[1.0, 0.5], [0.75, 2.0]]])
+    np.testing.assert_array_equal(q.quantize(q.dequantize(data), "int8"), data)
+    floats = np.ones(3, np.float32)
+    assert dequantize(floats, q) is floats and dequantize(data, None) is data
+    one = Quantization.of([0.1], [-128])
+    assert one.axis is None and one.quantize(np.array([100.0, -100.0]), "int8").tolist() == [127, -128]  # saturates

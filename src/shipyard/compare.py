@@ -38,6 +38,7 @@ class OutputDiff:
     nonfinite_other: int = 0
     atol: float | None = None
     rtol: float | None = None
+    rel_l2: float | None = None  # ||other - ref|| / ||ref||: 1.0 for an output off by a factor 2, where cosine stays 1
 
     def to_json(self) -> dict:
         def clean(v):
@@ -76,7 +77,7 @@ def diff(name: str, ref: np.ndarray, other: np.ndarray, atol: float = 1e-4, rtol
         b = b.reshape(a.shape)
     if a.shape != b.shape:
         return OutputDiff(name, float("inf"), float("inf"), float("inf"), 0.0, None, 0, False, a.shape, b.shape,
-                          atol=atol, rtol=rtol)
+                          atol=atol, rtol=rtol, rel_l2=float("inf"))
     a64 = a.astype(np.float64)
     b64 = b.astype(np.float64)
     bad_a, bad_b = int((~np.isfinite(a64)).sum()), int((~np.isfinite(b64)).sum())
@@ -90,6 +91,8 @@ def diff(name: str, ref: np.ndarray, other: np.ndarray, atol: float = 1e-4, rtol
     mean_rel = float(rel.mean()) if err.size else 0.0
     na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
     cosine = float(np.dot(a64.ravel(), b64.ravel()) / (na * nb)) if na and nb else float(na == nb)
+    ne = float(np.linalg.norm(err))
+    rel_l2 = ne / float(na) if na else (0.0 if ne == 0.0 else float("inf"))
     agreement = topk = None
     if a.ndim >= 2 and a.shape[-1] > 1:
         agreement = float(np.mean(a64.argmax(-1) == b64.argmax(-1)))
@@ -98,7 +101,7 @@ def diff(name: str, ref: np.ndarray, other: np.ndarray, atol: float = 1e-4, rtol
     passed = nonfinite == 0 and bool(np.all(err <= atol + rtol * np.abs(a64)))
     return OutputDiff(name, max_abs, mean_abs, max_rel, cosine, agreement, nonfinite, passed, a.shape, b.shape,
                       mean_rel=mean_rel, snr_db=_snr_db(a64, err) if err.size else None, topk_agreement=topk,
-                      nonfinite_ref=bad_a, nonfinite_other=bad_b, atol=atol, rtol=rtol)
+                      nonfinite_ref=bad_a, nonfinite_other=bad_b, atol=atol, rtol=rtol, rel_l2=rel_l2)
 
 
 # -- tolerances ------------------------------------------------------------------------
@@ -247,6 +250,7 @@ def compare_models(models: list[str | Path], backends: list[str | None] | None =
                    threads: int | None = None, shapes: dict | None = None, mapping: dict | None = None) -> Comparison:
     """Run every model on the same inputs and compare each against the first."""
     from shipyard.runtimes import open_runner
+    from shipyard.runtimes.base import dequantize_outputs
 
     if len(models) < 2:
         raise UsageError("compare needs at least two models (or one model and two --backend values)")
@@ -256,12 +260,12 @@ def compare_models(models: list[str | Path], backends: list[str | None] | None =
     with open_runner(models[0], backend=backends[0], threads=threads) as ref_runner:
         ref_sig = ref_runner.signature
         feeds = model_feeds(ref_sig, inputs, seed, batch, shapes, mapping)
-        ref_out = ref_runner.run(feeds)
+        ref_out = dequantize_outputs(ref_sig, ref_runner.run(feeds))  # int8 outputs as real values
         ref_backend = ref_runner.backend
     candidates = []
     for path, backend in zip(models[1:], backends[1:]):
         with open_runner(path, backend=backend, threads=threads) as runner:
-            out = runner.run(adapt_feeds(feeds, ref_sig, runner.signature))
+            out = dequantize_outputs(runner.signature, runner.run(adapt_feeds(feeds, ref_sig, runner.signature)))
             pairs = pair_names(list(ref_out), list(out))
             diffs = [diff(p.ref, ref_out[p.ref], out[p.other], atol.get(p.ref), rtol.get(p.ref)) for p in pairs]
             candidates.append(Candidate(str(path), runner.backend, pairs, diffs))

@@ -5,6 +5,10 @@ ONNX gets the tensors added as extra graph outputs, LiteRT keeps every tensor al
 ``experimental_preserve_all_tensors`` (its arena otherwise reuses buffers), a TF v1 Session
 fetches any tensor by name, a functional Keras model is re-wired to return layer outputs, and
 a TorchScript graph is inlined and made to return its tensor values.
+``fetch`` returns the values as the engine holds them (int8 for a quantized tensor);
+``quantization(name)`` is the scale and zero point the engine reports for a tensor, which
+``real_values`` (dump's figures and file, ``compare --layerwise``) applies before anything is
+computed on it.
 Fetching a chosen subset (not "everything at once") is what lets ``compare --layerwise``
 stream through a large model in bounded memory.
 """
@@ -20,7 +24,7 @@ import numpy as np
 from shipyard import guard
 from shipyard.deps import require
 from shipyard.errors import InputError, UnsupportedError
-from shipyard.model import Model, Signature, tensor_name
+from shipyard.model import Model, Quantization, Signature, dequantize, tensor_name
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,14 @@ class TensorSource(ABC):
     @abstractmethod
     def fetch(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         """Run the model once and return the named tensors."""
+
+    def quantization(self, name: str) -> Quantization | None:
+        """The scale and zero point of an int8/uint8 tensor, as the engine reports them (None: a
+        float tensor, or an engine that reports none). Base: the signature's inputs and outputs."""
+        for spec in (*self.signature.inputs, *self.signature.outputs):
+            if tensor_name(spec.name) == tensor_name(name):
+                return spec.quantization
+        return None
 
     def close(self) -> None:
         self.runner.close()
@@ -77,11 +89,19 @@ class OnnxSource(TensorSource):
         self.backend = self.runner.backend
         self._threads = threads
         self._base_outputs = len(self.proto.graph.output)
+        self._quant: dict[str, Quantization] | None = None
 
     def tensors(self) -> list[TensorInfo]:
         # ONNX requires graph nodes to be stored in topological order.
         return [TensorInfo(out, node.op_type, node.name or out)
                 for node in self.proto.graph.node for out in node.output if out]
+
+    def quantization(self, name):
+        if self._quant is None:
+            from shipyard.runtimes.ort import onnx_quantization
+
+            self._quant = onnx_quantization(self.proto.graph)
+        return self._quant.get(name) or super().quantization(name)
 
     def fetch(self, feeds, names):
         import onnx
@@ -101,7 +121,7 @@ class OnnxSource(TensorSource):
 
 class LiteRTSource(TensorSource):
     def __init__(self, model: Model, threads: int | None = None):
-        from shipyard.runtimes.litert import LiteRTRunner
+        from shipyard.runtimes.litert import LiteRTRunner, tflite_quantization
 
         self.runner = LiteRTRunner(model, threads=threads)  # parses and bounds-checks the file first
         self.signature = self.runner.signature
@@ -119,13 +139,19 @@ class LiteRTSource(TensorSource):
         self.runner.interpreter = interp
         self.runner._inputs = interp.get_input_details()
         self.runner._outputs = interp.get_output_details()
-        self._index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
-        names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
+        details = interp.get_tensor_details()
+        self._index = {d["name"]: d["index"] for d in details}
+        names = {d["index"]: d["name"] for d in details}
+        self._quant = {d["name"]: q for d in details
+                       if np.dtype(d["dtype"]).kind in "iu" and (q := tflite_quantization(d)) is not None}
         self._tensors = [TensorInfo(names[i], op["op_name"], op["op_name"] + f"#{op['index']}")
                          for op in interp._get_ops_details() for i in op["outputs"] if i in names]
 
     def tensors(self):
         return self._tensors
+
+    def quantization(self, name):
+        return self._quant.get(name) or super().quantization(name)
 
     def fetch(self, feeds, names):
         self.runner.run(feeds)
@@ -288,3 +314,35 @@ def dump_tensors(source: TensorSource, feeds: dict[str, np.ndarray], names: list
     for start in range(0, len(wanted), chunk):
         values.update(source.fetch(feeds, wanted[start:start + chunk]))
     return values
+
+
+def real_values(source: TensorSource, values: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Quantization]]:
+    """Fetched values as real numbers: each int8/uint8 tensor the engine reports a scale and zero
+    point for is dequantized (``(q - zero_point) * scale``, per channel where it is). Returns the
+    values and the quantization of the tensors that were dequantized."""
+    real: dict[str, np.ndarray] = {}
+    used: dict[str, Quantization] = {}
+    for name, value in values.items():
+        q = source.quantization(name) if np.asarray(value).dtype.kind in "iu" else None
+        real[name] = dequantize(value, q)
+        if q is not None:
+            used[name] = q
+    return real, used
+
+
+def npz_entries(raw: dict[str, np.ndarray], real: dict[str, np.ndarray],
+                quantized: dict[str, Quantization]) -> dict[str, np.ndarray]:
+    """What ``dump`` writes: every tensor's real values under its name; for a quantized tensor
+    also ``NAME#quantized`` (the engine's integers), ``NAME#scale``, ``NAME#zero_point`` and,
+    per channel, ``NAME#axis``."""
+    entries: dict[str, np.ndarray] = {}
+    for name, value in real.items():
+        entries[name] = value
+        q = quantized.get(name)
+        if q is not None:
+            entries[f"{name}#quantized"] = raw[name]
+            entries[f"{name}#scale"] = np.asarray(q.scale, np.float64)
+            entries[f"{name}#zero_point"] = np.asarray(q.zero_point, np.int64)
+            if q.axis is not None:
+                entries[f"{name}#axis"] = np.asarray(q.axis, np.int64)
+    return entries

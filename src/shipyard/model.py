@@ -29,16 +29,100 @@ def tensor_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """Affine quantization of an integer tensor: ``real = (q - zero_point) * scale``.
+
+    One scale and zero point for the whole tensor, or one per channel along ``axis`` (TFLite's
+    ``quantized_dimension``, ONNX's ``axis``). Engines report it per tensor (LiteRT's tensor
+    details, the scale/zero-point inputs of ONNX's QuantizeLinear and QLinear* nodes); every
+    figure shipyard computes on an int8/uint8 tensor is computed on :meth:`dequantize`'s values.
+    """
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int | None = None  # the channel axis when there is one scale per channel
+
+    @classmethod
+    def of(cls, scale, zero_point=None, axis: int | None = None) -> Quantization | None:
+        """From the arrays an engine reports; None when there is no usable scale (a float tensor)."""
+        import numpy as np
+
+        scales = np.asarray(scale if scale is not None else [], dtype=np.float64).ravel()
+        if not scales.size or not np.all(np.isfinite(scales)) or not np.any(scales):
+            return None
+        zeros = np.asarray(zero_point if zero_point is not None else 0, dtype=np.int64).ravel()
+        if zeros.size == 0:
+            zeros = np.zeros(1, np.int64)
+        if zeros.size not in (1, scales.size):
+            return None
+        per_channel = scales.size > 1 or zeros.size > 1
+        return cls(tuple(float(v) for v in scales), tuple(int(v) for v in zeros), int(axis or 0) if per_channel else None)
+
+    def _broadcast(self, values, data):
+        """Scale and zero point shaped to broadcast against ``data`` (per channel along ``axis``)."""
+        import numpy as np
+
+        arr = np.asarray(values)
+        if arr.size == 1:
+            return arr.reshape(())
+        axis = (self.axis or 0) % max(data.ndim, 1)
+        if data.ndim == 0 or data.shape[axis] != arr.size:
+            raise ValueError(f"{arr.size} quantization channels do not fit axis {axis} of shape {list(data.shape)}")
+        shape = [1] * data.ndim
+        shape[axis] = arr.size
+        return arr.reshape(shape)
+
+    def dequantize(self, data):
+        """Real values (float32) of an integer tensor; anything that is not integer is returned as is."""
+        import numpy as np
+
+        data = np.asarray(data)
+        if data.dtype.kind not in "iu":
+            return data
+        scale = self._broadcast(np.asarray(self.scale, np.float64), data)
+        zero = self._broadcast(np.asarray(self.zero_point, np.float64), data)
+        return ((data.astype(np.float64) - zero) * scale).astype(np.float32)
+
+    def quantize(self, data, dtype: str):
+        """Integer values (``dtype``) of real ones: round to the nearest step, saturate."""
+        import numpy as np
+
+        data = np.asarray(data, np.float64)
+        info = np.iinfo(np.dtype(dtype))
+        scale = self._broadcast(np.asarray(self.scale, np.float64), data)
+        zero = self._broadcast(np.asarray(self.zero_point, np.float64), data)
+        return np.clip(np.round(data / scale + zero), info.min, info.max).astype(dtype)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"scale": list(self.scale), "zero_point": list(self.zero_point)}
+        if self.axis is not None:
+            doc["axis"] = self.axis
+        return doc
+
+    def describe(self) -> str:
+        if len(self.scale) == 1:
+            return f"scale {self.scale[0]:.4g}, zero point {self.zero_point[0]}"
+        return f"{len(self.scale)} scales along axis {self.axis}"
+
+
+def dequantize(data, quantization: Quantization | None):
+    """``data`` as real values: dequantized when it is an integer tensor with a quantization."""
+    return data if quantization is None else quantization.dequantize(data)
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """Name, dtype (a numpy dtype name, or ``"string"``) and shape of one model input or output.
 
     ``shape`` is ``None`` when even the rank is unknown; dynamic dimensions are ``-1`` or a
-    symbolic name.
+    symbolic name. ``quantization`` is set by a runner whose engine reports the scale and zero
+    point of an int8/uint8 input or output (LiteRT for a full-integer TFLite model).
     """
 
     name: str
     dtype: str
     shape: tuple[Dim, ...] | None
+    quantization: Quantization | None = field(default=None, compare=False)
 
     @property
     def is_static(self) -> bool:

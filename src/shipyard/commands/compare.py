@@ -48,7 +48,7 @@ def render(result) -> str:
             lines.append(f"  {pair.ref} <-> {pair.other} (by {pair.how})")
             lines.append(
                 f"    {'ok  ' if d.passed else 'FAIL'} max_abs {_fmt(d.max_abs)}  mean_abs {_fmt(d.mean_abs)}  "
-                f"max_rel {_fmt(d.max_rel)}  mean_rel {_fmt(d.mean_rel)}  cosine {_fmt(d.cosine)}  "
+                f"max_rel {_fmt(d.max_rel)}  mean_rel {_fmt(d.mean_rel)}  cosine {_fmt(d.cosine)}  rel_l2 {_fmt(d.rel_l2)}  "
                 f"snr {_fmt(d.snr_db)} dB  argmax {_fmt(d.argmax_agreement)}  top5 {_fmt(d.topk_agreement)}  "
                 f"nan/inf {d.nonfinite_ref}/{d.nonfinite_other}  (atol {d.atol:g}, rtol {d.rtol:g})")
             if d.shape_ref != d.shape_other:

@@ -30,7 +30,7 @@ def cmd_dump(args) -> int:
 
     from shipyard.atomic import atomic_path, check_output_path
     from shipyard.compare import model_feeds
-    from shipyard.dump import dump_tensors, open_source
+    from shipyard.dump import dump_tensors, npz_entries, open_source, real_values
     from shipyard.errors import UsageError
     from shipyard.feeds import parse_mapping, parse_shapes
     from shipyard.report.text import array_stats
@@ -50,10 +50,13 @@ def cmd_dump(args) -> int:
         feeds = model_feeds(source.signature, args.inputs, args.seed, args.batch, parse_shapes(args.shape),
                             parse_mapping(args.map))
         names = None if args.tensors.strip() == "all" else [n.strip() for n in args.tensors.split(",") if n.strip()]
-        values = dump_tensors(source, feeds, names)
+        raw = dump_tensors(source, feeds, names)
+        values, quantized = real_values(source, raw)  # int8/uint8 tensors dequantized before any figure
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **values)
+        np.savez(fh, **npz_entries(raw, values, quantized))
     stats = {name: array_stats(v) for name, v in values.items()}
+    for name, q in quantized.items():
+        stats[name]["quantized"] = {"dtype": raw[name].dtype.name, **q.to_json()}
     if args.json:
         print(json.dumps({"output_file": str(out), "tensors": stats}, indent=2))
     else:
@@ -61,6 +64,8 @@ def cmd_dump(args) -> int:
         for name, st in stats.items():
             shown = name if len(name) <= width else name[:width - 3] + "..."  # TFLite fused names run long
             extra = f"  min {st['min']:.4g}  max {st['max']:.4g}  mean {st['mean']:.4g}" if "min" in st else ""
+            if name in quantized:
+                extra += f"  (dequantized {st['quantized']['dtype']}, {quantized[name].describe()})"
             print(f"{shown:<{width}}  {st['dtype']:<8} {st['shape']}{extra}")
         print(f"{len(values)} tensors written to {out}")
     return 0

@@ -2,7 +2,9 @@
 
 A runner is a context manager with a ``signature`` and ``run(feeds) -> {name: ndarray}``.
 Feeds are checked against the signature before they reach a native engine, so a wrong
-name, dtype, rank or static dimension gets a message naming the input and both values.
+name, dtype, rank or static dimension gets a message naming the input and both values. Real
+(float) values fed to an int8/uint8 input whose quantization the runner reports are quantized
+with its scale and zero point.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from shipyard.errors import InputError, ModelRunError, ShipyardError
-from shipyard.model import Model, Signature, TensorSpec
+from shipyard.model import Model, Signature, TensorSpec, dequantize
 
 
 @runtime_checkable
@@ -88,8 +90,21 @@ def validate_feeds(signature: Signature, feeds: Mapping[str, np.ndarray]) -> dic
     return out
 
 
+def dequantize_outputs(signature: Signature, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs as real values: int8/uint8 outputs the runner reports a quantization for are
+    dequantized with it (``(q - zero_point) * scale``); every other output is returned as is."""
+    specs = {spec.name: spec for spec in signature.outputs}
+    return {name: dequantize(value, getattr(specs.get(name), "quantization", None)) for name, value in outputs.items()}
+
+
 def check_array(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
     expected = spec.dtype
+    if spec.quantization is not None and value.dtype.kind == "f" and expected not in ("unknown", "string") \
+            and np.dtype(expected).kind in "iu":
+        try:
+            value = spec.quantization.quantize(value, expected)  # real values for an int8 input: quantize them
+        except ValueError as exc:
+            raise InputError(f"input '{spec.name}': cannot quantize the given values ({exc})") from exc
     if expected not in ("unknown", "string") and value.dtype.name != expected:
         if not np.can_cast(value.dtype, expected, casting="same_kind") or value.dtype.kind != np.dtype(expected).kind:
             raise InputError(f"input '{spec.name}': expected dtype {expected}, got {value.dtype.name}")

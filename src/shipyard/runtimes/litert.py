@@ -6,7 +6,7 @@ import numpy as np
 from shipyard.deps import native_output_silenced, require
 from shipyard.errors import ModelLoadError
 from shipyard.formats.tflite import TFLiteFile
-from shipyard.model import Model, Signature
+from shipyard.model import Model, Quantization, Signature
 from shipyard.runtimes.base import BaseRunner
 
 
@@ -42,7 +42,7 @@ class LiteRTRunner(BaseRunner):
                 return TensorSpec(d["name"], np.dtype(d["dtype"]).name, tuple(int(x) for x in d.get("shape_signature", d["shape"])))
 
             signature = Signature(tuple(spec(d) for d in self._inputs), tuple(spec(d) for d in self._outputs))
-        super().__init__(model, signature, threads)
+        super().__init__(model, _with_quantization(signature, self._inputs, self._outputs), threads)
 
     def _create(self, interp_mod, model: Model, model_bytes: bytes | None, preserve: bool, kwargs: dict) -> None:
         source = {"model_content": model_bytes} if model_bytes is not None else {"model_path": str(model.path)}
@@ -65,3 +65,27 @@ class LiteRTRunner(BaseRunner):
             interp.set_tensor(detail["index"], feeds[spec.name])
         interp.invoke()
         return {spec.name: interp.get_tensor(d["index"]).copy() for d, spec in zip(self._outputs, self.signature.outputs)}
+
+
+def tflite_quantization(detail: dict) -> Quantization | None:
+    """The scale(s) and zero point(s) LiteRT reports for a tensor (None for a float tensor)."""
+    params = detail.get("quantization_parameters") or {}
+    scales = params.get("scales")
+    if scales is not None and len(scales):
+        return Quantization.of(scales, params.get("zero_points"), params.get("quantized_dimension", 0))
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return Quantization.of([scale], [zero])
+
+
+def _with_quantization(signature: Signature, inputs: list[dict], outputs: list[dict]) -> Signature:
+    """The signature with the engine's quantization of each integer input and output attached."""
+    import dataclasses
+
+    def attach(specs, details):
+        return tuple(dataclasses.replace(spec, quantization=tflite_quantization(d))
+                     if np.dtype(d["dtype"]).kind in "iu" and tflite_quantization(d) else spec
+                     for spec, d in zip(specs, details))
+
+    if len(signature.inputs) != len(inputs) or len(signature.outputs) != len(outputs):
+        return signature
+    return Signature(attach(signature.inputs, inputs), attach(signature.outputs, outputs))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from shipyard.deps import require
 from shipyard.errors import ModelLoadError
-from shipyard.model import Model, Signature, TensorSpec
+from shipyard.model import Model, Quantization, Signature, TensorSpec
 from shipyard.runtimes.base import BaseRunner
 
 _ORT_TYPES = {
@@ -40,9 +40,88 @@ class OnnxRuntimeRunner(BaseRunner):
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
             raise ModelLoadError(f"{model.path}: onnxruntime cannot load the model ({first})") from exc
         sig = Signature(tuple(_spec(i) for i in self.session.get_inputs()), tuple(_spec(o) for o in self.session.get_outputs()))
+        if any(s.dtype in _QUANT_DTYPES for s in (*sig.inputs, *sig.outputs)):
+            sig = _with_quantization(sig, model, model_bytes)
         super().__init__(model, sig, threads)
         self._output_names = [o.name for o in sig.outputs]
 
     def _run(self, feeds):
         values = self.session.run(self._output_names, feeds)
         return dict(zip(self._output_names, values))
+
+
+_QUANT_DTYPES = ("int8", "uint8", "int16", "uint16")
+# Where the scale and zero point of output 0 are among a quantized node's inputs.
+_QUANT_INPUTS = {
+    "QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7),
+    "QLinearMul": (6, 7), "QGemm": (7, 8), "QLinearConcat": (0, 1), "QLinearSigmoid": (3, 4),
+    "QLinearLeakyRelu": (3, 4), "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4),
+    "QLinearSoftmax": (3, 4), "QLinearReduceMean": (3, 4),
+}
+# Ops that move or select quantized values without changing them: outputs keep input 0's quantization.
+_QUANT_PASSTHROUGH = {
+    "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "GlobalMaxPool", "Identity", "Slice",
+    "Split", "Gather", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Pad", "ReduceMax", "ReduceMin",
+}
+
+
+def onnx_quantization(graph) -> dict[str, Quantization]:
+    """The quantization of every tensor of a QOperator/QDQ graph whose scale and zero point are
+    constants: the outputs of QuantizeLinear and QLinear* nodes (their scale/zero-point inputs),
+    the inputs of DequantizeLinear nodes, and the outputs of data-movement ops (Transpose,
+    Reshape, MaxPool...) applied to such tensors."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in graph.initializer if not t.external_data}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = node.attribute[0].t
+
+    def read(node, i_scale: int, i_zero: int) -> Quantization | None:
+        inputs = list(node.input)
+        if len(inputs) <= i_scale or inputs[i_scale] not in consts:
+            return None  # computed at run time (DynamicQuantizeLinear) or absent (a float QGemm)
+        has_zero = len(inputs) > i_zero and inputs[i_zero]
+        if has_zero and inputs[i_zero] not in consts:
+            return None
+        zero = numpy_helper.to_array(consts[inputs[i_zero]]) if has_zero else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        return Quantization.of(numpy_helper.to_array(consts[inputs[i_scale]]), zero, axis)
+
+    found: dict[str, Quantization] = {}
+    for node in graph.node:
+        if node.op_type in _QUANT_INPUTS and node.output:
+            q = read(node, *_QUANT_INPUTS[node.op_type])
+            if q is not None:
+                found[node.output[0]] = q
+        elif node.op_type == "DequantizeLinear" and node.input and node.input[0] not in found:
+            q = read(node, 1, 2)
+            if q is not None:
+                found[node.input[0]] = q
+        elif node.op_type in _QUANT_PASSTHROUGH and node.input and node.input[0] in found:
+            q = found[node.input[0]]
+            if q.axis is None:  # a per-channel axis would move with the data
+                for out in node.output:
+                    if out:
+                        found[out] = q
+    return found
+
+
+def _with_quantization(signature: Signature, model: Model, model_bytes: bytes | None) -> Signature:
+    """Attach the graph's quantization to integer inputs and outputs (a model with int8 I/O)."""
+    import dataclasses
+
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load_from_string(model_bytes) if model_bytes is not None else onnx.load(str(model.path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError):  # the session loaded it: only the quantization is lost
+        return signature
+    found = onnx_quantization(proto.graph)
+
+    def attach(spec):
+        q = found.get(spec.name)
+        return dataclasses.replace(spec, quantization=q) if q is not None and spec.dtype in _QUANT_DTYPES else spec
+
+    return Signature(tuple(map(attach, signature.inputs)), tuple(map(attach, signature.outputs)))
