@@ -20,7 +20,7 @@ def keras_to_onnx(model, path: Path, batch: int | None = None) -> Path:
 
 
 def median_ms(fn, runs: int, warmup: int = 3) -> float:
-    from shipyard.passes.verify import median_ms as median
+    from shipyard.timing import median_ms as median
 
     return median(fn, runs, warmup)
 

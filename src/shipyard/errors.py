@@ -69,21 +69,3 @@ class NativeCrashError(ShipyardError):
 
 class ConversionError(ShipyardError):
     """A converter failed on a model it should handle."""
-
-
-class VerificationError(ShipyardError):
-    """A written artifact does not compute what its source computes (beyond tolerance).
-
-    The artifact is kept so it can be examined; ``result`` holds the figures.
-    """
-
-    exit_code = 1
-
-    def __init__(self, result):
-        worst = [d for d in result.verification.outputs if not d.passed]
-        names = ", ".join(f"{d.name} (max abs {d.max_abs:.3g}, cosine {d.cosine:.6f})" for d in worst)
-        super().__init__(
-            f"{result.artifact.path} does not match its source: {names}",
-            hint="inspect the difference with 'shipyard compare', or pass --no-verify to keep it anyway",
-        )
-        self.result = result

@@ -42,10 +42,10 @@ def _any_signature(items: list[str]):
 def cmd_convert(args) -> int:
     from shipyard.convert.api import convert_model, source_model
     from shipyard.convert.options import ConvertOptions
-    from shipyard.errors import VerificationError
     from shipyard.feeds import load_feeds
     from shipyard.formats import handler
     from shipyard.report.text import render_verification
+    from shipyard.verify import VerificationError
 
     opts = ConvertOptions(
         opset=args.opset, allow_tf_ops=args.allow_tf_ops,

@@ -22,11 +22,11 @@ def cmd_freeze(args) -> int:
     from shipyard.atomic import atomic_path, check_output_path
     from shipyard.convert.api import ConvertResult
     from shipyard.convert.freeze import LiveGraph
-    from shipyard.convert.verify import verify
-    from shipyard.errors import UsageError, VerificationError
+    from shipyard.errors import UsageError
     from shipyard.feeds import random_feeds
     from shipyard.model import Model, open_model
     from shipyard.report.text import render_verification
+    from shipyard.verify import Exact, VerificationError, verify
 
     src = open_model(args.model)
     outputs = [o.strip() for o in args.outputs.split(",")] if args.outputs else None
@@ -69,12 +69,12 @@ def cmd_freeze(args) -> int:
                 from shipyard.formats.tf_graph import signature_of
 
                 sig = signature_of(frozen)  # only the inputs the outputs need
-                verification = verify(sig, live.run_fn(outputs), artifact, random_feeds(sig, batch=2))
+                verification = verify((sig, live.run_fn(outputs)), artifact, [random_feeds(sig, batch=2)], Exact())
         finally:
             live.close()
         result = ConvertResult(src, artifact, [src.format, "tf-graphdef (frozen)"], seconds, verification,
                                [f"kept {len(frozen.node)} nodes for outputs {', '.join(outputs)}; devices cleared"])
         if verification is not None and not verification.passed:
-            raise VerificationError(result)
+            raise VerificationError(str(artifact.path), verification, result=result)
     print(json.dumps(result.to_json(), indent=2) if args.json else render_verification(result))
     return 0

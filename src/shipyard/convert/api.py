@@ -11,10 +11,10 @@ from shipyard.atomic import check_output_path
 from shipyard.convert import planner
 from shipyard.convert.options import ConvertOptions
 from shipyard.convert.torch_edges import is_factory
-from shipyard.convert.verify import Verification, verify
-from shipyard.errors import ModelLoadError, OutputPathError, ShipyardError, VerificationError
+from shipyard.errors import ModelLoadError, OutputPathError, ShipyardError
 from shipyard.feeds import random_feeds
 from shipyard.model import Model, Signature, TensorSpec, open_model
+from shipyard.verify import Exact, Verification, VerificationError, verify
 
 
 @dataclass
@@ -100,7 +100,7 @@ def convert_model(source: str, to: str, out: Path, opts: ConvertOptions | None =
         try:
             if feeds is None:
                 feeds = random_feeds(sig, seed=0, batch=2)
-            verification = verify(sig, run, artifact, feeds, atol=atol, rtol=rtol)
+            verification = verify((sig, run), artifact, [feeds], Exact(atol, rtol), outputs=_chosen(src, opts))
         except ModelLoadError as exc:
             if not (opts.allow_tf_ops and dst == "tflite" and "Flex" in str(exc)):
                 raise
@@ -112,5 +112,12 @@ def convert_model(source: str, to: str, out: Path, opts: ConvertOptions | None =
             close()
     result = ConvertResult(src, artifact, [src.format] + [e.dst for e in edges], seconds, verification, list(opts.notes))
     if verification is not None and not verification.passed:
-        raise VerificationError(result)
+        raise VerificationError(str(artifact.path), verification, result=result,
+                                hint="the artifact is kept to be examined: compare it with 'shipyard compare', "
+                                     "or pass --no-verify to skip the check")
     return result
+
+
+def _chosen(src: Model, opts: ConvertOptions) -> list[str] | None:
+    """The outputs the artifact was asked to keep, when the source runner returns more."""
+    return opts.outputs if opts.outputs and src.format not in ("torch-module",) else None

@@ -101,8 +101,8 @@ def render_verification(result) -> str:
         lines.append(f"  verified   no ({skipped[0] if skipped else '--no-verify'})")
         return "\n".join(lines)
     lines.append(f"  verified   {'yes' if v.passed else 'NO'} against the source on the same inputs")
-    for (src, dst), d in zip(v.pairing, v.outputs):
+    for p, d in zip(v.pairing, v.outputs):
         agree = f"  top-1 agreement {d.argmax_agreement:.0%}" if d.argmax_agreement is not None else ""
-        lines.append(f"    {src} ~ {dst}: max abs {d.max_abs:.3g}  max rel {d.max_rel:.3g}  "
+        lines.append(f"    {p.ref} ~ {p.other}: max abs {d.max_abs:.3g}  max rel {d.max_rel:.3g}  "
                      f"cosine {d.cosine:.7f}{agree}{'' if d.passed else '  OUT OF TOLERANCE'}")
     return "\n".join(lines)

@@ -1,0 +1,334 @@
+"""The verification core: every command that writes a model checks it here.
+
+One pairing rule (:func:`shipyard.compare.pair_names`: names with and without ``:0`` and
+converter prefixes first, then position, and an error naming any tensor left over), one feed
+adapter (:func:`adapt_feeds`), every output checked, and two criteria:
+
+- :class:`Exact` for float paths (freeze, convert, float transforms): ``|a-b| <= atol + rtol*|a|``.
+- :class:`Budget` for lossy paths (quantize, lossy transforms, quantized ship artifacts):
+  per-output cosine and top-1 agreement against the float model, or the drop in task accuracy
+  when the data carry labels.
+
+Quantized (int8/uint8) inputs and outputs stay in the real domain here: real inputs given to
+an int8 input are quantized by the runner with the scale it reports, and int8 outputs are
+dequantized with theirs (:func:`shipyard.runtimes.base.dequantize_outputs`) before any figure.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from shipyard.compare import OutputDiff, Pair, diff, pair_names
+from shipyard.errors import InputError, ShipyardError, UsageError
+from shipyard.model import Model, Signature, TensorSpec, tensor_name
+
+RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+Feeds = list[dict[str, np.ndarray]]
+
+
+# -- criteria ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Float paths: elementwise ``|a-b| <= atol + rtol*|a|``. ``min_cosine`` admits outputs whose
+    elements moved by float reassociation (folded batch norms) but whose direction did not."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float | None = None
+
+    def failure(self, d: OutputDiff) -> str | None:
+        if d.shape_ref != d.shape_other:
+            return f"{d.name}: shape {list(d.shape_other)} where the reference has {list(d.shape_ref)}"
+        if d.nonfinite_other > d.nonfinite_ref:
+            return f"{d.name}: {d.nonfinite_other} NaN/Inf values"
+        if d.passed:
+            return None
+        if self.min_cosine is not None and d.cosine >= self.min_cosine and (
+                d.argmax_agreement is None or d.argmax_agreement >= 0.9):
+            return None
+        return f"{d.name}: max abs error {d.max_abs:.3g} beyond atol {self.atol:g} + rtol {self.rtol:g}"
+
+    def describe(self) -> str:
+        return f"atol {self.atol:g}, rtol {self.rtol:g}"
+
+    def to_json(self) -> dict:
+        return {"kind": "exact", "atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Lossy paths: how far a quantized model may drift from its float reference.
+
+    Without labels every output must keep ``cosine >= min_cosine`` and, where its rows are
+    scores over a last axis, ``top-1 agreement >= min_agreement``. With labels the agreement
+    test is replaced by the task: accuracy may fall by at most ``max_accuracy_drop`` (a fraction:
+    0.01 is one point); cosine is still checked on every output.
+    """
+
+    min_agreement: float = 0.99
+    min_cosine: float = 0.99
+    max_accuracy_drop: float = 0.01
+
+    KEYS: ClassVar[dict[str, str]] = {"top1": "min_agreement", "agreement": "min_agreement", "cosine": "min_cosine",
+            "accuracy-drop": "max_accuracy_drop", "drop": "max_accuracy_drop"}
+
+    @classmethod
+    def parse(cls, text: str | None) -> Budget:
+        """``top1=99%,cosine=0.99,drop=1`` (any subset; top-1 and cosine as fractions or percent,
+        the accuracy drop in points, or as a fraction below 1 when written with a leading 0)."""
+        if text is None or not text.strip():
+            return cls()
+        values: dict[str, float] = {}
+        for item in text.split(","):
+            key, sep, raw = item.strip().partition("=")
+            key = key.strip().lower().rstrip(">=<")
+            if not sep or key not in cls.KEYS:
+                raise UsageError(f"--accuracy-budget {text!r}: cannot read {item.strip()!r}",
+                                 hint="write KEY=VALUE pairs from top1, cosine, drop: for example top1=99%,cosine=0.99,drop=1")
+            raw = raw.strip()
+            try:
+                number = float(raw.rstrip("%"))
+            except ValueError as exc:
+                raise UsageError(f"--accuracy-budget {item.strip()!r}: {raw!r} is not a number") from exc
+            field_name = cls.KEYS[key]
+            if field_name == "max_accuracy_drop":
+                number = number / 100 if (raw.endswith("%") or number >= 1) else number
+                if not 0 <= number <= 1:
+                    raise UsageError(f"--accuracy-budget {item.strip()!r}: the accuracy drop must be 0-100 points")
+            else:
+                number = number / 100 if (raw.endswith("%") or number > 1) else number
+                if not 0 <= number <= 1:
+                    raise UsageError(f"--accuracy-budget {item.strip()!r}: {key} must lie in 0-1 (or 0-100%)")
+            values[field_name] = number
+        return cls(**values)
+
+    def failure(self, d: OutputDiff, labelled: bool) -> str | None:
+        if d.shape_ref != d.shape_other:
+            return f"{d.name}: shape {list(d.shape_other)} where the reference has {list(d.shape_ref)}"
+        if d.nonfinite_other > d.nonfinite_ref:
+            return f"{d.name}: {d.nonfinite_other} NaN/Inf values"
+        if d.cosine < self.min_cosine:
+            return f"{d.name}: cosine {d.cosine:.4f} < {self.min_cosine:g}"
+        if not labelled and d.argmax_agreement is not None and d.argmax_agreement < self.min_agreement:
+            return f"{d.name}: top-1 agreement {d.argmax_agreement:.1%} < {self.min_agreement:.0%}"
+        return None
+
+    def describe(self) -> str:
+        return (f"top-1 agreement >= {self.min_agreement:.0%} and cosine >= {self.min_cosine:g} on every output "
+                f"(with labels: accuracy drop <= {self.max_accuracy_drop * 100:g} point(s) and cosine)")
+
+    def to_json(self) -> dict:
+        return {"kind": "budget", "min_agreement": self.min_agreement, "min_cosine": self.min_cosine,
+                "max_accuracy_drop": self.max_accuracy_drop}
+
+
+Criterion = Exact | Budget
+
+
+# -- the result --------------------------------------------------------------------------
+
+
+@dataclass
+class Verification:
+    """Every output of a candidate against its reference, judged by one criterion."""
+
+    criterion: Criterion
+    outputs: list[OutputDiff]
+    pairing: list[Pair] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    accuracy: dict | None = None   # {"output", "samples", "reference", "candidate", "drop"}
+    samples: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def score(self) -> float:
+        """One number to rank candidates that miss a budget (0 is perfect): the worst output's
+        cosine shortfall plus disagreement, plus the accuracy drop."""
+        worst = 0.0
+        for d in self.outputs:
+            if d.shape_ref != d.shape_other or d.nonfinite_other > d.nonfinite_ref:
+                return math.inf
+            miss = (1.0 - d.cosine) + (1.0 - d.argmax_agreement if d.argmax_agreement is not None else 0.0)
+            worst = max(worst, miss)
+        if self.accuracy is not None:
+            worst += max(0.0, self.accuracy["drop"])
+        return worst
+
+    def summary(self) -> str:
+        parts = []
+        for d in self.outputs:
+            agree = f", top-1 {d.argmax_agreement:.1%}" if d.argmax_agreement is not None else ""
+            parts.append(f"{d.name} cosine {d.cosine:.4f}{agree}")
+        if self.accuracy is not None:
+            a = self.accuracy
+            parts.append(f"accuracy {a['reference']:.2%} -> {a['candidate']:.2%}")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict:
+        return {
+            "passed": self.passed,
+            "criterion": self.criterion.to_json(),
+            "samples": self.samples,
+            "pairing": [{"source": p.ref, "artifact": p.other, "by": p.how} for p in self.pairing],
+            "outputs": {d.name: d.to_json() for d in self.outputs},
+            "accuracy": self.accuracy,
+            "failures": self.failures,
+        }
+
+
+class VerificationError(ShipyardError):
+    """A written (or about to be written) model does not compute what its source computes.
+
+    ``verification`` holds the figures; ``result`` whatever the command made (a conversion
+    result, a quantization report) so the command can still print it.
+    """
+
+    exit_code = 1
+
+    def __init__(self, what: str, verification: Verification, hint: str | None = None, result=None):
+        super().__init__(f"{what} does not match its source ({verification.criterion.describe()}): "
+                         + "; ".join(verification.failures),
+                         hint=hint or "inspect the difference with 'shipyard compare'")
+        self.verification = verification
+        self.result = result
+
+
+# -- feeds and outputs -------------------------------------------------------------------
+
+
+def adapt_value(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Fit one input to the candidate's spec: a reshape of the same size (scalar -> [1]) and a
+    dtype cast (bool -> int) are what converters legitimately change."""
+    if spec.shape is not None and len(spec.shape) != value.ndim:
+        target = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in spec.shape)
+        if target.count(-1) <= 1:
+            try:
+                value = value.reshape(target)
+            except ValueError:
+                pass  # not the same size: the runner's feed check names the mismatch
+    if spec.quantization is not None and value.dtype.kind == "f":
+        return value  # real values for an int8 input: the runner quantizes them with its scale
+    if spec.dtype not in ("unknown", value.dtype.name) and value.dtype.kind != "U":
+        value = value.astype(spec.dtype)
+    return value
+
+
+def adapt_feeds(feeds: Mapping[str, np.ndarray], ref: Signature, other: Signature) -> dict[str, np.ndarray]:
+    """The reference's feeds keyed by the candidate's input names, each fitted to its spec."""
+    pairs = pair_names([s.name for s in ref.inputs], [s.name for s in other.inputs], "input")
+    by_ref = {tensor_name(k): v for k, v in feeds.items()}
+    specs = {s.name: s for s in other.inputs}
+    return {p.other: adapt_value(np.asarray(by_ref[tensor_name(p.ref)]), specs[p.other])
+            for p in pairs if tensor_name(p.ref) in by_ref}
+
+
+def collect(run: RunFn, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every output over every feed, concatenated along the batch axis (stacked for scalars)."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for feed in feeds:
+        for name, value in run(feed).items():
+            parts.setdefault(name, []).append(np.asarray(value))
+    return {k: np.concatenate(v, axis=0) if v[0].ndim else np.stack(v) for k, v in parts.items()}
+
+
+def model_outputs(model: Model | str, feeds: Feeds, reference: Signature | None = None,
+                  backend: str | None = None, threads: int | None = None) -> tuple[Signature, dict[str, np.ndarray]]:
+    """Run ``model`` on ``feeds`` (keyed by ``reference``'s input names when given)."""
+    from shipyard.runtimes import open_runner
+    from shipyard.runtimes.base import dequantize_outputs
+
+    with open_runner(model, backend=backend, threads=threads) as runner:
+        sig = runner.signature
+
+        def run(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dequantize_outputs(sig, runner.run(feed if reference is None else adapt_feeds(feed, reference, sig)))
+
+        return sig, collect(run, feeds)
+
+
+def judge(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], criterion: Criterion,
+          labels: np.ndarray | None = None, outputs: list[str] | None = None) -> Verification:
+    """Pair every reference output with one candidate output and judge each. ``outputs``
+    restricts the reference to the outputs the candidate was asked to keep."""
+    if outputs:
+        keep = {tensor_name(o) for o in outputs}
+        chosen = {k: v for k, v in ref.items() if tensor_name(k) in keep}
+        if len(chosen) != len(keep):
+            raise InputError(f"output(s) {', '.join(sorted(keep - {tensor_name(k) for k in chosen}))} are not outputs "
+                             f"of the reference", hint="its outputs: " + ", ".join(ref))
+        ref = chosen
+    pairs = pair_names(list(ref), list(got))
+    outputs: list[OutputDiff] = []
+    failures: list[str] = []
+    for p in pairs:
+        a, b = np.asarray(ref[p.ref]), np.asarray(got[p.other])
+        if a.dtype.kind not in "fiub" or b.dtype.kind not in "fiub":
+            if not np.array_equal(a, b):
+                failures.append(f"{p.ref}: {a.dtype} values differ")
+            continue
+        atol, rtol = (criterion.atol, criterion.rtol) if isinstance(criterion, Exact) else (1e-2, 1e-1)
+        d = diff(p.ref, a.astype(np.float32) if a.dtype.kind == "b" else a,
+                 b.astype(np.float32) if b.dtype.kind == "b" else b, atol, rtol)
+        outputs.append(d)
+        reason = criterion.failure(d) if isinstance(criterion, Exact) else criterion.failure(d, labels is not None)
+        if reason:
+            failures.append(reason)
+    samples = next((len(v) for v in ref.values() if np.ndim(v)), 0)
+    accuracy = task_accuracy(labels, ref, got, pairs) if labels is not None else None
+    if isinstance(criterion, Budget) and labels is not None:
+        if accuracy is None:
+            raise InputError(f"labels were given ({len(np.asarray(labels).reshape(-1))}) but no output holds one row of "
+                             f"class scores per labelled sample (outputs: "
+                             + ", ".join(f"{k} {list(np.shape(v))}" for k, v in ref.items()) + ")",
+                             hint="give evaluation data without labels to judge by agreement with the float model")
+        if accuracy["drop"] > criterion.max_accuracy_drop + 1e-12:
+            failures.append(f"accuracy {accuracy['reference']:.2%} -> {accuracy['candidate']:.2%} "
+                            f"(drop {accuracy['drop'] * 100:.2f} points > {criterion.max_accuracy_drop * 100:g})")
+    return Verification(criterion, outputs, pairs, failures, accuracy, samples)
+
+
+def task_accuracy(labels: np.ndarray, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+                  pairs: list[Pair]) -> dict | None:
+    """Top-1 accuracy of both models on the first output that holds one row of class scores per label."""
+    lab = np.asarray(labels).reshape(-1)
+    for p in pairs:
+        a, b = np.asarray(ref[p.ref]), np.asarray(got[p.other])
+        if a.ndim >= 2 and a.shape[-1] > 1 and a.size == len(lab) * a.shape[-1] and b.size == a.size:
+            r = float(np.mean(a.reshape(len(lab), -1).argmax(-1) == lab))
+            c = float(np.mean(b.reshape(len(lab), -1).argmax(-1) == lab))
+            return {"output": p.ref, "samples": len(lab), "reference": r, "candidate": c, "drop": r - c}
+    return None
+
+
+def verify(reference: Model | str | tuple[Signature, RunFn], candidate: Model | str, feeds: Feeds,
+           criterion: Criterion, labels: np.ndarray | None = None, backend: str | None = None,
+           threads: int | None = None, reference_outputs: Mapping[str, np.ndarray] | None = None,
+           outputs: list[str] | None = None) -> Verification:
+    """Run reference and candidate on the same feeds and judge every output.
+
+    ``reference`` is a model, or (signature, run function) for a source that is not a file
+    (a live TF1 session, a PyTorch module). ``reference_outputs`` skips re-running it.
+    """
+    if isinstance(reference, tuple):
+        ref_sig, ref_run = reference
+        ref = dict(reference_outputs) if reference_outputs is not None else collect(ref_run, feeds)
+    elif reference_outputs is not None:
+        from shipyard.runtimes import open_runner
+
+        with open_runner(reference, threads=threads) as runner:
+            ref_sig = runner.signature
+        ref = dict(reference_outputs)
+    else:
+        ref_sig, ref = model_outputs(reference, feeds, threads=threads)
+    _, got = model_outputs(candidate, feeds, reference=ref_sig, backend=backend, threads=threads)
+    result = judge(ref, got, criterion, labels, outputs)
+    result.samples = len(feeds)
+    return result
