@@ -69,6 +69,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     )
 
 
+def cli_inprocess(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (``cli.run``): for tests of what a command prints and writes,
+    not of crash containment; much cheaper than a fresh interpreter."""
+    from shipyard.cli import run
+
+    capsys.readouterr()
+    code = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
     """A user error: the expected exit code, a 'shipyard:' line, no traceback."""
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)

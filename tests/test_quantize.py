@@ -97,17 +97,26 @@ def test_image_folder_calibration(torch_example, tmp_path):
 
     _, paths, _, _ = torch_example
     rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / "images" / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
+    def images(start: int, count: int) -> None:
+        for cls in ("cat", "dog"):
+            (tmp_path / "images" / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(start, start + count):
+                Image.fromarray(rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
+
+    images(0, 4)
     out = tmp_path / "img.onnx"
-    proc = run_cli("quantize", paths["onnx"], "--mode", "static", "--calibration", tmp_path / "images", "--mean", "0.5",
-                   "--std", "0.25", "-o", out, "--runs", "0", "--no-layers", "--json")
+    args = ("quantize", paths["onnx"], "--mode", "static", "--calibration", tmp_path / "images", "--mean", "0.5",
+            "--std", "0.25", "-o", out, "--runs", "0", "--no-layers", "--json")
+    # eight samples cannot judge an accuracy budget: a clear error, nothing written
+    assert_clean_error(run_cli(*args), "8 sample(s)", "needs at least 16")
+    assert not out.exists()
+    images(4, 4)
+    proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["calibration"]["samples"] == 8 and "8 images" in report["calibration"]["source"]
-    assert report["accuracy"]["samples"] == 8  # sub-folders are classes
+    assert report["calibration"]["samples"] == 16 and "16 images" in report["calibration"]["source"]
+    assert report["accuracy"]["samples"] == 16  # sub-folders are classes
+    assert report["verification"]["passed"] and abs(report["accuracy"]["float"] - report["accuracy"]["quantized"]) <= 0.01
 
 
 def test_keras_to_tflite_int8(keras_example, tmp_path):

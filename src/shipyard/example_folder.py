@@ -129,7 +129,7 @@ def _tf_specials(directory: Path) -> None:
 
 
 def _torch(directory: Path) -> None:
-    """model.pt (TorchScript, input [N, 3, 12, 12]) and cnn.onnx (its ONNX export), calibration
+    """model.pt (TorchScript, input [N, 3, 12, 12]) and cnn.onnx (its ONNX export), detector.onnx, calibration
     samples for it (calib_nchw.npy) and wrong-sized ones (bad.npy), and silero-vad's TorchScript as vad.jit when installed."""
     paths = examples.save_torch_family(examples.torch_cnn(), directory / "torch")
     paths["torchscript"].rename(directory / "model.pt")
@@ -137,6 +137,10 @@ def _torch(directory: Path) -> None:
     (directory / "torch").rmdir()
     np.save(directory / "bad.npy", np.zeros((4, 3, 10, 10), "float32"))
     np.save(directory / "calib_nchw.npy", np.random.default_rng(4).uniform(-1, 1, (32, *examples.TORCH_INPUT_SHAPE)).astype("float32"))
+    # the detector whose heads an accuracy search must keep in float (docs/quantize.md)
+    examples.save_torch_detector(examples.torch_detector(), directory / "detector.onnx")
+    np.save(directory / "detector_calib.npy",
+            np.random.default_rng(5).standard_normal((64, *examples.DETECTOR_INPUT_SHAPE)).astype("float32"))
     try:
         import silero_vad
     except ImportError:

@@ -293,3 +293,46 @@ def mlp_reference(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """What :func:`onnx_mlp`'s model computes, in numpy."""
     hidden = np.maximum(x @ weights["w1"] + weights["b1"], 0)
     return hidden @ weights["w2"] + weights["b2"]
+
+
+DETECTOR_INPUT_SHAPE = (3, 16, 16)
+
+
+def torch_detector(seed: int = 0):
+    """A tiny single-shot detector: a conv backbone and box heads whose ranges differ by 1000x,
+    concatenated along the anchor axis the way SSD/BlazeFace heads are, plus a class head.
+
+    Quantized with one scale, the concatenated boxes lose the small head entirely (top-1
+    agreement ~58%) while every convolution quantizes well: the case an accuracy search must
+    find by measuring at the outputs rather than per layer.
+    """
+    torch = require("torch", "Building the example detector")
+    nn = torch.nn
+    torch.manual_seed(seed)
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU())
+            self.far = nn.Conv2d(16, 4, 1)     # large boxes, pixels
+            self.near = nn.Conv2d(16, 4, 1)    # small offsets
+            self.cls = nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            f = self.body(x)
+            far = self.far(f).flatten(2).transpose(1, 2) * 300.0
+            near = self.near(f).flatten(2).transpose(1, 2) * 0.3
+            return torch.cat([far, near], dim=1), self.cls(f).flatten(2).transpose(1, 2)
+
+    return Detector().eval()
+
+
+def save_torch_detector(model, path: Path) -> Path:
+    """The detector as one ONNX file with outputs ``boxes`` and ``scores`` and a dynamic batch."""
+    torch = require("torch", "Saving the example detector")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, (torch.randn(1, *DETECTOR_INPUT_SHAPE),), str(path), input_names=["image"],
+                      output_names=["boxes", "scores"], dynamic_axes={"image": {0: "batch"}}, opset_version=17,
+                      dynamo=False)
+    return path

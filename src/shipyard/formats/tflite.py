@@ -110,6 +110,24 @@ class TFLiteFile:
             self.buf.close()
 
 
+def ops_by_output(data: bytes, dtypes: tuple[str, ...] = ("float32",)) -> dict[str, str]:
+    """{output tensor name: op name} of the first subgraph's ops whose first output has one of
+    ``dtypes`` (QUANTIZE/DEQUANTIZE left out). On a calibrated float model these are the names
+    the TFLite quantizer's deny-list takes."""
+    f = TFLiteFile(Path("<memory>"), data)
+    g = f.subgraphs[0]
+    out: dict[str, str] = {}
+    for i in range(g.OperatorsLength()):
+        op = g.Operators(i)
+        name = f.opcodes[op.OpcodeIndex()]
+        if name in ("QUANTIZE", "DEQUANTIZE") or not op.OutputsLength():
+            continue
+        t = g.Tensors(int(op.Outputs(0)))
+        if _DTYPES.get(t.Type()) in dtypes:
+            out[t.Name().decode()] = name
+    return out
+
+
 def signature(model: Model) -> Signature:
     f = TFLiteFile(model.path, model.in_memory())
     try:

@@ -10,10 +10,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from shipyard import guard
-from shipyard.errors import UnsupportedError, UsageError
+from shipyard.errors import InputError, UnsupportedError, UsageError
 from shipyard.model import Model, open_model
 from shipyard.quantize.report import QuantizeReport
+from shipyard.quantize.search import MIN_SAMPLES
+from shipyard.verify import Budget, Verification, VerificationError
 
 MODES = ("weights", "dynamic", "static", "float16")
 
@@ -34,9 +38,14 @@ class Request:
     threads: int | None = None
     layers: bool = True
     mapping: dict = field(default_factory=dict)  # TFRecord calibration: feature -> input name
+    budget: Budget = field(default_factory=Budget)
+    search: bool = True    # keep nodes in float / try other settings until the budget holds
+    force: bool = False    # write the model even when it misses the budget
 
 
 def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeReport:
+    """Quantize, judge against the float model with the accuracy budget, and write the result
+    only when it is inside the budget (or ``req.force``)."""
     from shipyard.atomic import check_output_path
 
     if req.mode not in MODES:
@@ -71,66 +80,141 @@ def _source(req: Request, report: QuantizeReport):
     return source
 
 
-def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
-    from shipyard.atomic import atomic_path
+def samples_and_labels(source, signature, req: Request) -> tuple[list[dict], np.ndarray | None]:
+    """The calibration/evaluation samples and their labels, checked against the search's needs."""
     from shipyard.data import take
+
+    feeds = take(source, signature, req.samples)
+    labels = None if source.labels is None else np.asarray(source.labels).reshape(-1)[: len(feeds)]
+    if req.mode == "static" and req.search and len(feeds) < MIN_SAMPLES:
+        raise UsageError(f"{source.description}: {len(feeds)} sample(s); the accuracy check of a static quantization "
+                         f"needs at least {MIN_SAMPLES} (100 or more judge a 1% agreement budget reliably)",
+                         hint="give more calibration samples, or --no-search to quantize with the settings as given")
+    if labels is not None and len(labels) < len(feeds):
+        raise InputError(f"{source.description}: {len(labels)} labels for {len(feeds)} samples")
+    return feeds, labels
+
+
+def finish(report: QuantizeReport, verification: Verification, req: Request, what: str) -> None:
+    """Record the verdict; raise (nothing written) when the budget is missed without --force."""
+    report.budget = req.budget.to_json()
+    report.verification = verification.to_json()
+    report.outputs = [d.to_json() for d in verification.outputs]
+    if verification.accuracy is not None:
+        a = verification.accuracy
+        report.accuracy = {"output": a["output"], "samples": a["samples"], "float": a["reference"],
+                           "quantized": a["candidate"]}
+    if verification.passed:
+        return
+    if req.force:
+        report.warnings.append("written with --force although it misses the accuracy budget: "
+                               + "; ".join(verification.failures))
+        return
+    raise VerificationError(what, verification, result=report,
+                            hint="nothing was written; the best figures reached are above. Keep more nodes in float "
+                                 "(--exclude), give more representative --calibration data, relax --accuracy-budget, "
+                                 "or write it anyway with --force")
+
+
+def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
+    import shutil
+
+    from shipyard.atomic import atomic_path
     from shipyard.formats.onnx import load_proto
     from shipyard.quantize import onnx_quant as oq
-    from shipyard.runtimes import open_runner
+    from shipyard.quantize.search import Search
+    from shipyard.timing import latency_ms
+    from shipyard.verify import judge, model_outputs
 
     proto = load_proto(model.path, external_data=True)
     oq.check_not_quantized(proto, model.path)
     oq.check_exclude(proto, req.exclude)
     report = QuantizeReport(str(model.path), str(out_path), "onnx", req.mode)
-    with open_runner(model) as runner:
-        signature = runner.signature
     source = _source(req, report)
-    feeds = take(source, signature, req.samples)
-    report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
     with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
+        guard.stage("running the float model on the evaluation data")
+        from shipyard.runtimes import open_runner
+
+        with open_runner(model, threads=req.threads) as runner:
+            signature = runner.signature
+        feeds, labels = samples_and_labels(source, signature, req)
+        report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
+        _, reference = model_outputs(model, feeds, threads=req.threads)
         guard.stage("preparing the model for quantization")
         # onnxruntime's pre-processing (BN folding, shape inference) is for static quantization;
         # its shape annotations can trip the dynamic quantizer's own inference
         prepared = oq.prepare(proto, Path(work), optimize=req.mode == "static")
+
+        def evaluate(path: Path) -> Verification:
+            _, got = model_outputs(Model("onnx", path), feeds, reference=signature, threads=req.threads)
+            return judge(reference, got, req.budget, labels)
+
+        def latency(path: Path) -> float:
+            return latency_ms(Model("onnx", path), feeds[0], max(req.latency_runs, 10), req.threads)
+
         opts = oq.StaticOptions(req.quant_format, "uint8" if req.quant_format == "qoperator" else "int8", "int8",
                                 req.per_channel, req.calibrate_method, tuple(req.exclude))
         guard.stage(f"quantizing ({req.mode})")
         if req.mode == "static":
-            report.settings = oq.quantize_static(prepared, tmp, feeds, opts)
-            report.settings["why"] = ("QOperator u8/s8 (QLinearConv) is the form onnxruntime runs fastest on x86 CPUs; "
-                                      "QDQ s8/s8 runs no faster than float there" if req.quant_format == "qoperator"
-                                      else "QDQ keeps the float graph visible to other runtimes (TensorRT, QNN)")
-        elif req.mode == "dynamic":
-            report.settings = oq.quantize_dynamic(prepared, tmp, req.per_channel, req.exclude)
-            if any(n.op_type == "Conv" for n in proto.graph.node):
-                report.warnings.append("dynamic quantization runs convolutions as ConvInteger, which onnxruntime runs "
-                                       "slower than float on CPUs; --mode static is faster for CNNs")
-        elif req.mode == "weights":
-            report.settings = oq.quantize_weights_only(prepared, tmp, req.minimum_size, req.exclude)
+            trial_dir = Path(work) / "trials"
+            trial_dir.mkdir()
+            counter = iter(range(10**9))
+
+            def build(settings: dict, kept: tuple[str, ...]) -> Path:
+                o = oq.StaticOptions(**{**settings, "exclude": tuple(settings["exclude"]) + kept})
+                path = trial_dir / f"trial{next(counter)}.onnx"
+                oq.quantize_static(prepared, path, feeds, o, cache=Path(work) / f"calibration-{o.calibrate_method}.json")
+                return path
+
+            variants = [v.__dict__ for v in (oq.variants(opts) if req.search else [opts])]
+            search = Search(build, evaluate, latency if req.latency_runs else None, variants,
+                            oq.quantizable_nodes(prepared, opts) if req.search else {})
+            result = search.run()
+            chosen = result.chosen
+            report.search = result.to_json() if req.search else None
+            report.settings = _static_settings(oq.StaticOptions(**chosen.settings), chosen.kept_float)
+            shutil.copyfile(chosen.path, tmp)
+            verification = chosen.verification
         else:
-            report.settings = oq.to_float16(prepared, tmp, req.exclude)
-        _measure(report, model, Model("onnx", tmp), feeds, source.labels, req)
-        if req.mode == "static" and req.layers:
+            if req.mode == "dynamic":
+                report.settings = oq.quantize_dynamic(prepared, tmp, req.per_channel, req.exclude)
+                if any(n.op_type == "Conv" for n in proto.graph.node):
+                    report.warnings.append("dynamic quantization runs convolutions as ConvInteger, which onnxruntime "
+                                           "runs slower than float on CPUs; --mode static is faster for CNNs")
+            elif req.mode == "weights":
+                report.settings = oq.quantize_weights_only(prepared, tmp, req.minimum_size, req.exclude)
+            else:
+                report.settings = oq.to_float16(prepared, tmp, req.exclude)
+            verification = evaluate(tmp)
+        _measure(report, model, Model("onnx", tmp), feeds, req)
+        if req.mode == "static" and req.layers and not (report.search and report.search["sensitivity"]):
+            # local noise per layer; when the search ran, its sensitivities at the outputs say more
             guard.stage("measuring per-layer quantization error")
             report.layers = oq.layer_errors(prepared, feeds[:16], opts)
+        finish(report, verification, req, f"the {req.mode}-quantized model")
     return report
 
 
-def _measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, labels, req: Request,
+def _static_settings(o, kept: tuple[str, ...]) -> dict:
+    why = ("QOperator u8/s8 (QLinearConv) is the form onnxruntime runs fastest on x86 CPUs; "
+           "QDQ s8/s8 runs no faster than float there" if o.quant_format == "qoperator"
+           else "QDQ keeps the float graph visible to other runtimes (TensorRT, QNN)")
+    from shipyard.quantize.onnx_quant import KEEP_FLOAT_OPS  # noqa: F401 -- documented in the module
+
+    return {"format": "QOperator" if o.quant_format == "qoperator" else "QDQ", "activations": o.activation_type,
+            "weights": o.weight_type, "per_channel": o.per_channel, "calibration_method": o.calibrate_method,
+            "kept_float": list(o.exclude) + list(kept), "why": why}
+
+
+def _measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, req: Request,
              backend: str | None = None) -> None:
-    """Size, latency and error of ``new_model`` against ``ref_model`` on the same feeds."""
+    """Size and latency of ``new_model`` against ``ref_model``."""
     from shipyard.inspect import inspect_model
-    from shipyard.passes.verify import collect_outputs, compare_outputs, latency_ms
-    from shipyard.quantize.report import task_accuracy
+    from shipyard.timing import latency_ms
 
     guard.stage("measuring the quantized model")
     report.size_before = inspect_model(ref_model).size_bytes
     report.size_after = new_model.path.stat().st_size
-    ref = collect_outputs(ref_model, feeds, threads=req.threads, backend=backend)
-    new = collect_outputs(new_model, feeds, threads=req.threads, backend=backend)
-    report.outputs = [d.to_json() for d in compare_outputs(ref, new, atol=1e-2, rtol=1e-1)]
-    if labels is not None:
-        report.accuracy = task_accuracy(labels[: len(feeds)], ref, new)
     if req.latency_runs:
         report.latency_before_ms = latency_ms(ref_model, feeds[0], req.latency_runs, req.threads, backend)
         report.latency_after_ms = latency_ms(new_model, feeds[0], req.latency_runs, req.threads, backend)
@@ -145,13 +229,28 @@ def _graphdef(model: Model, out_path: Path, req: Request) -> QuantizeReport:
     graph_def, _ = tf_graph.load(model)
     if any(n.op in ("Dequantize", "QuantizeV2", "QuantizedConv2D") for n in graph_def.node):
         raise UsageError(f"{model.path}: the graph is already quantized (it has Dequantize nodes)")
-    from shipyard.passes.pipeline import transform_model
+    import shutil
 
-    result = transform_model(model.path, f"quantize_weights(minimum_size={req.minimum_size})", out_path)
+    from shipyard.atomic import atomic_path
+    from shipyard.formats import handler
+    from shipyard.passes.pipeline import transform_model
+    from shipyard.verify import verify
+
     report = QuantizeReport(str(model.path), str(out_path), "tf-graphdef", "weights",
                             settings={"format": "quint8 constants + Dequantize (MIN_FIRST)",
                                       "minimum_size": req.minimum_size})
-    report.size_before, report.size_after = result.before["size_bytes"], result.after["size_bytes"]
-    report.outputs = result.verification
-    report.warnings.extend(result.notes)
+    with tempfile.TemporaryDirectory() as work:
+        candidate = Path(work) / f"quantized{out_path.suffix}"
+        result = transform_model(model.path, f"quantize_weights(minimum_size={req.minimum_size})", candidate,
+                                 verify=False)
+        report.size_before, report.size_after = result.before["size_bytes"], result.after["size_bytes"]
+        report.warnings.extend(result.notes)
+        source = _source(req, report)
+        feeds, labels = samples_and_labels(source, handler(model.format).signature(model), req)
+        report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
+        guard.stage("judging the quantized graph against the float one")
+        finish(report, verify(model, Model("tf-graphdef", candidate), feeds, req.budget, labels), req,
+               "the weight-quantized graph")
+        with atomic_path(out_path) as tmp:
+            shutil.copyfile(candidate, tmp)
     return report

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 
 @dataclass
 class QuantizeReport:
@@ -22,6 +20,9 @@ class QuantizeReport:
     accuracy: dict | None = None
     layers: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    budget: dict | None = None          # the accuracy budget it was judged by
+    verification: dict | None = None    # the verification core's verdict (every output)
+    search: dict | None = None          # the accuracy search: trials, sensitivities, nodes kept in float
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -29,22 +30,6 @@ class QuantizeReport:
         if self.latency_before_ms and self.latency_after_ms:
             d["speedup"] = self.latency_before_ms / self.latency_after_ms
         return d
-
-
-def task_accuracy(labels: np.ndarray | None, ref: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict | None:
-    """Top-1 accuracy of both models against labels (first output whose rows are class scores)."""
-    if labels is None:
-        return None
-    for name, a in ref.items():
-        b = new.get(name)
-        if b is None:
-            b = next(iter(new.values()))
-        if a.ndim >= 2 and a.shape[0] == len(labels) and a.shape[-1] > 1:
-            lab = np.asarray(labels).reshape(-1)
-            return {"output": name, "samples": len(lab),
-                    "float": float(np.mean(a.reshape(len(lab), -1).argmax(-1) == lab)),
-                    "quantized": float(np.mean(b.reshape(len(lab), -1).argmax(-1) == lab))}
-    return None
 
 
 def render(r: QuantizeReport) -> str:
@@ -70,6 +55,20 @@ def render(r: QuantizeReport) -> str:
         a = r.accuracy
         lines.append(f"  accuracy     float {a['float']:.4f} -> quantized {a['quantized']:.4f} "
                      f"({a['samples']} labelled samples)")
+    if r.verification is not None:
+        v = r.verification
+        lines.append(f"  budget       {_budget_text(r.budget)}: "
+                     + ("inside" if v["passed"] else "MISSED (" + "; ".join(v["failures"]) + ")"))
+    if r.search:
+        s = r.search
+        lines.append(f"  search       {len(s['trials'])} quantized model(s) tried; chosen: "
+                     + ", ".join(f"{k}={v}" for k, v in s["chosen"]["settings"].items() if k != "exclude"))
+        if s["sensitivity"]:
+            lines.append("  nodes whose quantization hurts the outputs most (score gained when kept float alone):")
+            for row in s["sensitivity"][:5]:
+                lines.append(f"    {row['node']:<40} {row['op']:<14} {row['gain']:+.4f}")
+        for row in s["kept_float"]:
+            lines.append(f"  kept float   {row['node']} ({row['op']})")
     if r.layers:
         lines.append("  layers adding the most quantization noise (keep one in float with --exclude NODE):")
         width = max(len(row["node"]) for row in r.layers)
@@ -83,3 +82,10 @@ def render(r: QuantizeReport) -> str:
     for w in r.warnings:
         lines.append(f"  warning      {w}")
     return "\n".join(lines)
+
+
+def _budget_text(b: dict | None) -> str:
+    if not b:
+        return "budget"
+    return (f"top-1 >= {b['min_agreement']:.0%}, cosine >= {b['min_cosine']:g}, "
+            f"accuracy drop <= {b['max_accuracy_drop'] * 100:g} pt")

@@ -36,55 +36,53 @@ def _convert(converter, what: str) -> bytes:
         raise ModelLoadError(f"the TFLite converter failed ({what}): {str(exc).strip().splitlines()[0][:300]}") from exc
 
 
-class _Int8Runner:
-    """Run a TFLite model whose inputs/outputs may be int8: quantize feeds, dequantize outputs."""
-
-    def __init__(self, path: Path, threads: int | None):
-        from shipyard.runtimes.litert import LiteRTRunner
-
-        self.runner = LiteRTRunner(Model("tflite", path), threads=threads)
-        interp = self.runner.interpreter
-        self.in_q = {d["name"]: (d["dtype"], d["quantization"]) for d in interp.get_input_details()}
-        self.out_q = [(d["dtype"], d["quantization"]) for d in interp.get_output_details()]
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ready = {}
-        for name, value in feed.items():
-            dtype, (scale, zero) = self.in_q.get(name, (value.dtype, (0.0, 0)))
-            if np.dtype(dtype).kind in "iu" and value.dtype.kind == "f" and scale:
-                info = np.iinfo(dtype)
-                value = np.clip(np.round(value / scale + zero), info.min, info.max).astype(dtype)
-            ready[name] = value
-        out = self.runner.run(ready)
-        result = {}
-        for (name, value), (dtype, (scale, zero)) in zip(out.items(), self.out_q):
-            result[name] = (value.astype(np.float32) - zero) * scale if value.dtype.kind in "iu" and scale else value
-        return result
-
-    def close(self):
-        self.runner.close()
-
-
 def _outputs(path: Path, feeds, threads) -> dict[str, np.ndarray]:
-    runner = _Int8Runner(path, threads)
-    try:
-        parts: dict[str, list] = {}
-        for feed in feeds:
-            for i, value in enumerate(runner.run(feed).values()):
-                parts.setdefault(f"output_{i}", []).append(value)
-    finally:
-        runner.close()
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    """Every output over every feed, in real values (the LiteRT runner quantizes real inputs for
+    int8 inputs; int8 outputs are dequantized)."""
+    from shipyard.verify import model_outputs
+
+    return model_outputs(Model("tflite", path), feeds, threads=threads)[1]
 
 
 def _latency(path: Path, feed, runs: int, threads) -> float:
-    from shipyard.passes.verify import median_ms
+    from shipyard.timing import latency_ms
 
-    runner = _Int8Runner(path, threads)
+    return latency_ms(Model("tflite", path), feed, runs, threads)
+
+
+def _calibrate(tf, model: Model, feeds, names) -> bytes:
+    """The float model with calibration statistics, converted once for every trial of the search."""
+    converter = _converter(tf, model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([f[n] for n in names] for f in feeds)
+    # What tf.lite.experimental.QuantizationDebugger does to calibrate without quantizing; the
+    # debugger then quantizes that model with deny-lists through mlir_quantize, as we do.
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # the debugger's own route
+    return _convert(converter, "calibration")
+
+
+def _quantize_calibrated(calibrated: bytes, per_channel: bool, kept: tuple[str, ...], int8_io: bool = False) -> bytes:
+    """The calibrated model quantized, ``kept`` layers left in float (the deny-list), with int8
+    inputs and outputs when asked: what TFLiteConverter.convert() does after calibrating."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert
+
+    io = {"input_data_type": tf.int8, "output_data_type": tf.int8} if int8_io else {}
     try:
-        return median_ms(lambda: runner.run(feed), runs)
-    finally:
-        runner.close()
+        with all_output_silenced():
+            return convert.mlir_quantize(calibrated, disable_per_channel=not per_channel, fully_quantize=int8_io,
+                                         denylisted_nodes=list(kept) or None, **io)
+    except Exception as exc:  # ConverterError and friends
+        raise ModelLoadError(f"the TFLite quantizer failed: {str(exc).strip()[:500]}") from exc
+
+
+def _float_layers(calibrated: bytes) -> dict[str, str]:
+    """{output tensor name: op} of the calibrated model's float ops: the candidates to keep in
+    float (names from the float model are the ones the quantizer's deny-list matches)."""
+    from shipyard.formats.tflite import ops_by_output
+
+    return ops_by_output(calibrated)
 
 
 def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
@@ -122,15 +120,16 @@ def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
 
 def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
     from shipyard.atomic import atomic_path
-    from shipyard.compare import diff
-    from shipyard.data import take
     from shipyard.formats.tflite import TFLiteFile
-    from shipyard.quantize import _source
-    from shipyard.quantize.report import task_accuracy
+    from shipyard.quantize import _source, finish, samples_and_labels
+    from shipyard.quantize.search import Search
+    from shipyard.verify import judge
 
     tf = require("tensorflow", "Quantizing to TFLite")
     if req.int8_io and req.mode != "static":
         raise UsageError("--int8-io needs --mode static (full integer quantization)")
+    if req.exclude and req.mode != "static":
+        raise UsageError("--exclude works with TFLite --mode static")
     report = QuantizeReport(str(model.path), str(out_path), "tflite", req.mode)
     guard.stage("converting the float model to TFLite")
     float_bytes = _convert(_converter(tf, model), "float")
@@ -139,51 +138,68 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
         float_path.write_bytes(float_bytes)
         signature = TFLiteFile(float_path).signature()
         source = _source(req, report)
-        feeds = take(source, signature, req.samples)
+        feeds, labels = samples_and_labels(source, signature, req)
         report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
-        converter = _converter(tf, model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        reference = _outputs(float_path, feeds, req.threads)
         names = [s.name for s in signature.inputs]
-        if req.mode == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-            report.settings = {"format": "float16 weights (dequantized at load on CPU)"}
-        elif req.mode == "static":
-            converter.representative_dataset = lambda: ([f[n] for n in names] for f in feeds)
-            if not req.exclude:  # layers kept in float need the float kernels
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            if req.int8_io:
-                converter.inference_input_type = tf.int8
-                converter.inference_output_type = tf.int8
-            report.settings = {"format": "full integer (int8 weights and activations, XNNPACK)",
-                               "io": "int8" if req.int8_io else "float32", "per_channel": True}
-        else:
-            report.settings = {"format": "dynamic range (int8 weights, activations quantized per call)",
-                               "per_channel": True}
-            if req.mode == "weights":
-                report.warnings.append("TFLite has no weight-only int8 mode on CPU; dynamic range quantization was used")
-        if req.exclude and (req.mode != "static" or req.int8_io):
-            raise UsageError("--exclude works with TFLite --mode static, without --int8-io")
-        debugger = None
-        if req.mode == "static" and (req.layers or req.exclude):
-            guard.stage("measuring per-layer quantization error")
-            _, report.layers, known = _layer_errors(tf, _converter(tf, model), feeds, names, ())
-            unknown = [e for e in req.exclude if e not in known]
+
+        def evaluate(path: Path):
+            return judge(reference, _outputs(path, feeds, req.threads), req.budget, labels)
+
+        if req.mode == "static":
+            guard.stage("calibrating")
+            calibrated = _calibrate(tf, model, feeds, names)
+            candidates = _float_layers(calibrated)
+            unknown = [e for e in req.exclude if e not in candidates]
             if unknown:
                 raise UsageError(f"--exclude: no quantized TFLite layer named {', '.join(unknown)}",
-                                 hint="the layer names are the 'node' values of the report's layers (quantize --json)")
-            if req.exclude:
-                debugger = _layer_errors(tf, _converter(tf, model), feeds, names, req.exclude)[0]
-        guard.stage(f"converting with {req.mode} quantization")
-        data = _convert(converter, req.mode) if not req.exclude else debugger.get_nondebug_quantized_model()
+                                 hint="layer names look like: " + ", ".join(list(candidates)[:5]))
+            counter = iter(range(10**9))
+
+            def build(settings: dict, kept: tuple[str, ...]) -> Path:
+                path = Path(work) / f"trial{next(counter)}.tflite"
+                path.write_bytes(_quantize_calibrated(calibrated, settings["per_channel"], tuple(req.exclude) + kept,
+                                                      req.int8_io))
+                return path
+
+            def latency(path: Path) -> float:
+                return _latency(path, feeds[0], max(req.latency_runs, 10), req.threads)
+
+            variants = [{"per_channel": True}, {"per_channel": False}] if req.search else [{"per_channel": True}]
+            result = Search(build, evaluate, latency if req.latency_runs else None, variants,
+                            {k: v for k, v in candidates.items() if k not in req.exclude} if req.search else {}).run()
+            data = result.chosen.path.read_bytes()
+            verification = result.chosen.verification
+            report.search = result.to_json() if req.search else None
+            kept = list(req.exclude) + list(result.chosen.kept_float)
+            report.settings = {"format": "full integer (int8 weights and activations, XNNPACK)" if not kept
+                               else "int8 with the listed layers kept in float", "io": "int8" if req.int8_io else "float32",
+                               "per_channel": result.chosen.settings["per_channel"], "kept_float": kept}
+            if req.layers and not result.sensitivity:  # the search's sensitivities at the outputs say more
+                guard.stage("measuring per-layer quantization error")
+                _, report.layers, _ = _layer_errors(tf, _converter(tf, model), feeds, names, ())
+        else:
+            converter = _converter(tf, model)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if req.mode == "float16":
+                converter.target_spec.supported_types = [tf.float16]
+                report.settings = {"format": "float16 weights (dequantized at load on CPU)"}
+            else:
+                report.settings = {"format": "dynamic range (int8 weights, activations quantized per call)",
+                                   "per_channel": True}
+                if req.mode == "weights":
+                    report.warnings.append("TFLite has no weight-only int8 mode on CPU; dynamic range quantization was used")
+            guard.stage(f"converting with {req.mode} quantization")
+            data = _convert(converter, req.mode)
+            candidate = Path(work) / "quantized.tflite"
+            candidate.write_bytes(data)
+            verification = evaluate(candidate)
         with atomic_path(out_path) as tmp:
             tmp.write_bytes(data)
             guard.stage("measuring the quantized model")
             report.size_before, report.size_after = len(float_bytes), len(data)
-            ref, new = _outputs(float_path, feeds, req.threads), _outputs(tmp, feeds, req.threads)
-            report.outputs = [diff(k, ref[k], new[k], atol=1e-2, rtol=1e-1).to_json() for k in ref]
-            if source.labels is not None:
-                report.accuracy = task_accuracy(source.labels[: len(feeds)], ref, new)
             if req.latency_runs:
                 report.latency_before_ms = _latency(float_path, feeds[0], req.latency_runs, req.threads)
                 report.latency_after_ms = _latency(tmp, feeds[0], req.latency_runs, req.threads)
+            finish(report, verification, req, f"the {req.mode}-quantized TFLite model")
     return report

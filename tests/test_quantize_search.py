@@ -1,0 +1,117 @@
+"""Accuracy-aware quantization: the budget is met by searching, or nothing is written."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_error, cli_inprocess
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    """The example detector (two box heads 1000x apart, concatenated) as ONNX, with 64 inputs."""
+    from shipyard import examples
+
+    d = tmp_path_factory.mktemp("detector")
+    path = examples.save_torch_detector(examples.torch_detector(), d / "det.onnx")
+    x = np.random.default_rng(0).standard_normal((64, *examples.DETECTOR_INPUT_SHAPE)).astype("float32")
+    np.save(d / "calib.npy", x)
+    return path, d / "calib.npy", x
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [np.concatenate(parts) for parts in zip(*(s.run(None, {"image": x[i:i + 1]}) for i in range(len(x))))]
+
+
+def test_search_keeps_the_detection_head_in_float(detector, tmp_path, capsys):
+    import onnx
+
+    model, calib, x = detector
+    out = tmp_path / "det_int8.onnx"
+    proc = cli_inprocess(capsys, "quantize", model, "--mode", "static", "--calibration", calib, "-o", out,
+                         "--runs", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    search = report["search"]
+    assert not search["trials"][0]["passed"]  # fully quantized, the boxes miss the budget...
+    assert report["verification"]["passed"]   # ...and the search brought them inside it
+    kept = {row["node"]: row["op"] for row in search["kept_float"]}
+    assert "Concat" in kept.values() and search["sensitivity"][0]["op"] == "Concat"
+    ops = {n.name: n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "QLinearConv" in ops.values()  # the rest is int8
+    assert all(ops[name] == op for name, op in kept.items())  # kept nodes stay float ops
+    # checked independently of shipyard: onnxruntime on both files
+    (fb, fs), (qb, qs) = _ort(model, x), _ort(out, x)
+    assert np.mean(fb.argmax(-1) == qb.argmax(-1)) >= 0.99 and np.mean(fs.argmax(-1) == qs.argmax(-1)) >= 0.99
+
+
+def test_missing_the_budget_writes_nothing_unless_forced(detector, tmp_path, capsys):
+    model, calib, _ = detector
+    out = tmp_path / "det_int8.onnx"
+    args = ("quantize", model, "--mode", "static", "--calibration", calib, "-o", out, "--runs", "0", "--no-search")
+    proc = cli_inprocess(capsys, *args)
+    assert_clean_error(proc, "boxes: top-1 agreement", "nothing was written", code=1)
+    assert "budget" in proc.stdout and "MISSED" in proc.stdout  # the best figures reached are shown
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    proc = cli_inprocess(capsys, *args, "--force", "--json")
+    assert proc.returncode == 0 and out.exists()
+    report = json.loads(proc.stdout)
+    assert not report["verification"]["passed"] and any("--force" in w for w in report["warnings"])
+
+
+def test_a_looser_budget_needs_no_search(detector, tmp_path, capsys):
+    model, calib, _ = detector
+    proc = cli_inprocess(capsys, "quantize", model, "--mode", "static", "--calibration", calib, "-o",
+                         tmp_path / "q.onnx", "--runs", "0", "--accuracy-budget", "top1=50%", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert len(report["search"]["trials"]) == 1 and report["settings"]["kept_float"] == []
+
+
+@pytest.mark.parametrize(("extra", "fragments"), [
+    (("--accuracy-budget", "top1=fast"),  ("--accuracy-budget", "'fast' is not a number")),
+    (("--accuracy-budget", "speed=2"), ("cannot read 'speed=2'",)),
+])
+def test_bad_budgets_are_usage_errors(detector, tmp_path, capsys, extra, fragments):
+    model, calib, _ = detector
+    proc = cli_inprocess(capsys, "quantize", model, "--mode", "static", "--calibration", calib, "-o",
+                         tmp_path / "q.onnx", *extra)
+    assert_clean_error(proc, *fragments)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_labels_that_fit_no_output_are_an_error(detector, tmp_path, capsys):
+    model, _, x = detector
+    np.savez(tmp_path / "labelled.npz", image=x, labels=np.zeros(len(x), "int64"))
+    proc = cli_inprocess(capsys, "quantize", model, "--mode", "static", "--calibration", tmp_path / "labelled.npz",
+                         "-o", tmp_path / "q.onnx", "--runs", "0")
+    assert_clean_error(proc, "no output holds one row of class scores")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_tflite_search_keeps_the_concatenation_in_float(tmp_path, capsys):
+    """The same detector in Keras -> TFLite: the converter's deny-list is searched the same way."""
+    import keras
+
+    inp = keras.Input((16, 16, 3), name="image")
+    f = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    f = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(f)
+    far = keras.layers.Reshape((64, 4))(keras.layers.Conv2D(4, 1)(f)) * 300.0
+    near = keras.layers.Reshape((64, 4))(keras.layers.Conv2D(4, 1)(f)) * 0.3
+    boxes = keras.layers.Concatenate(axis=1, name="boxes")([far, near])
+    scores = keras.layers.Reshape((64, 2), name="scores")(keras.layers.Conv2D(2, 1)(f))
+    keras.Model(inp, [boxes, scores]).save(tmp_path / "det.keras")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((48, 16, 16, 3)).astype("float32"))
+    out = tmp_path / "det_int8.tflite"
+    proc = cli_inprocess(capsys, "quantize", tmp_path / "det.keras", "--mode", "static", "--calibration",
+                         tmp_path / "calib.npy", "-o", out, "--runs", "0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert not report["search"]["trials"][0]["passed"] and report["verification"]["passed"]
+    assert "CONCATENATION" in {row["op"] for row in report["search"]["kept_float"]}
+    assert report["size_after"] < report["size_before"]
