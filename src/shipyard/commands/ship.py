@@ -19,23 +19,39 @@ def register(sub) -> None:
     p.add_argument("--runs", type=int, default=30, help="timed runs per artifact (default 30)")
     p.add_argument("--threads", type=int, default=1, help="engine threads for verification and benchmarks")
     p.add_argument("--name", help="model name in the serving repository (default: from the file name)")
+    p.add_argument("--accuracy-budget", metavar="SPEC",
+                   help="how far quantized artifacts may drift from float (see quantize --help); default "
+                        "top1=99%%,cosine=0.99,drop=1")
+    p.add_argument("--allow-degraded", action="store_true",
+                   help="ship quantized artifacts that miss the budget anyway (marked 'degraded'); exit 0")
     p.add_argument("--serve", action="store_true", help="serve DIST/serving when done")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ship)
 
 
 def cmd_ship(args) -> int:
+    from shipyard.errors import ShipyardError
     from shipyard.ship.pipeline import Pipeline, ShipRequest
     from shipyard.ship.render import render_manifest
+    from shipyard.verify import Budget
 
     req = ShipRequest(
         model=args.model, out=args.output, targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
         quantize=args.quantize, calibration=args.calibration, inputs=args.inputs,
         outputs=[o.strip() for o in args.outputs.split(",")] if args.outputs else None,
         checkpoint=args.checkpoint, samples=args.samples, bench_runs=args.runs, threads=args.threads, name=args.name,
+        budget=Budget.parse(args.accuracy_budget), allow_degraded=args.allow_degraded,
     )
     manifest = Pipeline(req).run()
     print(json.dumps(manifest.to_json(), indent=2, default=str) if args.json else render_manifest(manifest, args.output))
+    if manifest.rejected:
+        error = ShipyardError(f"{len(manifest.rejected)} quantized artifact(s) missed the accuracy budget and were not "
+                              f"shipped: {', '.join(a.name for a in manifest.rejected)} (figures in "
+                              f"{args.output}/manifest.json)",
+                              hint="give representative --calibration data, relax --accuracy-budget, or ship them "
+                                   "anyway with --allow-degraded")
+        error.exit_code = 1
+        raise error
     if args.serve:
         from shipyard.serve.server import ServeOptions, serve
 

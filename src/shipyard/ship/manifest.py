@@ -41,6 +41,15 @@ class Artifact:
     latency_ms: dict | None = None
     ops_file: str | None = None
     notes: list[str] = field(default_factory=list)
+    status: str = "shipped"       # "rejected": missed the accuracy budget, not in the distribution;
+                                  # "degraded": missed it but kept (--allow-degraded)
+    failures: list[str] = field(default_factory=list)
+
+    def worst(self, key: str, pick=min):
+        """The worst value of one figure over every verified output (None when not verified)."""
+        outputs = (self.verification or {}).get("outputs", {})
+        values = [o[key] for o in outputs.values() if isinstance(o.get(key), (int, float))]
+        return pick(values) if values else None
 
 
 @dataclass
@@ -50,6 +59,8 @@ class Manifest:
     artifacts: list[Artifact] = field(default_factory=list)
     failed: dict | None = None
     reference: dict = field(default_factory=dict)
+    rejected: list[Artifact] = field(default_factory=list)   # quantized artifacts that missed the budget
+    budget: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,7 +68,9 @@ class Manifest:
             "source": self.source,
             "reference": self.reference,
             "steps": self.steps,
+            "budget": self.budget,
             "artifacts": [asdict(a) for a in self.artifacts],
+            "rejected": [asdict(a) for a in self.rejected],
             "complete": self.failed is None,
             "failed": self.failed,
         }

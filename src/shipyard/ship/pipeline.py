@@ -21,6 +21,7 @@ from shipyard import guard
 from shipyard.errors import ShipyardError, UsageError
 from shipyard.model import Model, Signature, open_model
 from shipyard.ship.manifest import Artifact, Manifest, sha256, size
+from shipyard.verify import Budget, Exact, VerificationError
 
 TARGETS = ("onnx", "tflite", "tfjs", "torchscript")
 QUANTIZE = ("none", "weights", "dynamic", "static", "float16")
@@ -44,6 +45,8 @@ class ShipRequest:
     bench_runs: int = 30
     threads: int | None = 1
     name: str | None = None
+    budget: Budget = field(default_factory=Budget)
+    allow_degraded: bool = False       # keep quantized artifacts that miss the budget (marked degraded)
     progress: Callable[[str], None] = field(default=lambda text: print(f"· {text}", file=sys.stderr, flush=True))
 
 
@@ -67,7 +70,8 @@ class Pipeline:
         self.out = Path(req.out).absolute()
         self.source = open_model(req.model)
         self.name = req.name or _model_name(self.source)
-        self.manifest = Manifest(source={"path": str(self.source.path), "format": self.source.format})
+        self.manifest = Manifest(source={"path": str(self.source.path), "format": self.source.format},
+                                 budget=req.budget.to_json())
         self.work = Path(tempfile.mkdtemp(prefix="shipyard-ship-"))
         self.reference: Model | None = None     # the float model every artifact is compared with
         self.ref_outputs: dict[str, np.ndarray] = {}
@@ -206,10 +210,11 @@ class Pipeline:
         mode = self.req.quantize
         if mode == "none":
             return None
-        from shipyard.quantize import Request, quantize_model
+        from shipyard.quantize import Request
 
         made = {}
-        request = Request(mode, self.req.calibration, latency_runs=0, layers=False)
+        request = Request(mode, self.req.calibration, latency_runs=0, layers=False, budget=self.req.budget,
+                          threads=self.req.threads)
         for art in list(self.manifest.artifacts):
             if art.quantization != "float32" or art.name == "graphdef":
                 continue
@@ -217,16 +222,21 @@ class Pipeline:
             label = "int8" if mode in ("static", "dynamic", "weights") else mode
             if art.format == "onnx":
                 out = path.with_name(f"{path.stem}_{label}.onnx")
-                report = quantize_model(path, out, request)
-                self._add(Model("onnx", out), f"onnx-{label}", f"{mode} ({report.settings.get('format', '')})".strip(), report.warnings)
+                report = self._quantize_one(f"onnx-{label}", "onnx", path, out, request)
+                if report is None:
+                    continue
+                self._add(Model("onnx", out), f"onnx-{label}", f"{mode} ({report.settings.get('format', '')})".strip(),
+                          report.warnings + _kept_note(report))
             elif art.format == "tflite":
-                from shipyard.convert.tf_edges import graphdef_to_savedmodel
                 from shipyard.convert.options import ConvertOptions
+                from shipyard.convert.tf_edges import graphdef_to_savedmodel
 
                 saved = graphdef_to_savedmodel(self.reference, self.work / "saved_model", ConvertOptions())
                 out = path.with_name(f"{path.stem}_{label}.tflite")
-                report = quantize_model(saved.path, out, request)
-                self._add(Model("tflite", out), f"tflite-{label}", mode, report.warnings)
+                report = self._quantize_one(f"tflite-{label}", "tflite", saved.path, out, request)
+                if report is None:
+                    continue
+                self._add(Model("tflite", out), f"tflite-{label}", mode, report.warnings + _kept_note(report))
             elif art.format == "tfjs":
                 from shipyard.convert.tfjs_writer import write_graph_model
                 from shipyard.formats.tfjs import full_graph_def
@@ -240,41 +250,72 @@ class Pipeline:
             made[art.name] = out.name
         return made
 
+    def _quantize_one(self, name: str, fmt: str, src: Path, out: Path, request):
+        """Quantize one artifact inside the budget; one that misses it is recorded, not shipped."""
+        from dataclasses import replace
+
+        from shipyard.quantize import quantize_model
+
+        try:
+            return quantize_model(src, out, replace(request, force=self.req.allow_degraded))
+        except VerificationError as exc:
+            self.manifest.rejected.append(Artifact(name, fmt, "", request.mode, status="rejected",
+                                                   verification=exc.verification.to_json(),
+                                                   failures=list(exc.verification.failures),
+                                                   notes=["missed the accuracy budget while quantizing; not written"]))
+            return None
+
     def verify(self) -> dict:
-        from shipyard.compare import diff
-        from shipyard.convert.verify import adapt, pair
+        """Every artifact, every output, on the evaluation data: float artifacts exactly, quantized
+        ones inside the accuracy budget; a quantized one that misses it leaves the distribution."""
+        from shipyard.compare import Pair
         from shipyard.data import open_source, take
         from shipyard.runtimes import open_runner
+        from shipyard.verify import judge, model_outputs, task_accuracy
 
         with open_runner(self.reference, threads=self.req.threads) as ref:
             self.ref_sig = ref.signature
-            source = open_source(self.req.inputs or self.req.calibration, count=16)
-            self.samples = take(source, ref.signature, limit=self.req.samples)
-            labels = getattr(source, "labels", None)
-            self.labels = None if labels is None else np.asarray(labels)[: len(self.samples)]
-            ref_out = ref.signature.outputs[0].name
-            self.ref_outputs = {ref_out: np.concatenate([ref.run(s)[ref_out] for s in self.samples])}
-        reference_accuracy = _accuracy(self.ref_outputs[ref_out], self.labels)
+        source = open_source(self.req.inputs or self.req.calibration, count=16)
+        self.samples = take(source, self.ref_sig, limit=self.req.samples)
+        labels = getattr(source, "labels", None)
+        self.labels = None if labels is None else np.asarray(labels).reshape(-1)[: len(self.samples)]
+        _, self.ref_outputs = model_outputs(self.reference, self.samples, threads=self.req.threads)
+        reference_accuracy = None
+        if self.labels is not None:
+            own = task_accuracy(self.labels, self.ref_outputs, self.ref_outputs, [Pair(k, k, "name") for k in self.ref_outputs])
+            reference_accuracy = own["reference"] if own else None
         self.manifest.reference = {"model": str(self.reference.path.relative_to(self.out) if self.reference.path.is_relative_to(self.out) else self.reference.path),
                                    "samples": len(self.samples), "labelled": self.labels is not None,
-                                   "data": source.description, "accuracy": reference_accuracy}
+                                   "data": source.description, "accuracy": reference_accuracy,
+                                   "outputs": list(self.ref_outputs)}
         failures = []
-        for art in self.manifest.artifacts:
-            with open_runner(self.out / art.path, threads=self.req.threads) as runner:
-                in_pairs = pair(ref.signature.inputs, runner.signature.inputs)
-                out_name = pair(ref.signature.outputs[:1], runner.signature.outputs[:1])[0][1].name
-                got = np.concatenate([runner.run({d.name: adapt(s[r.name], d) for r, d in in_pairs})[out_name] for s in self.samples])
+        for art in list(self.manifest.artifacts):
             float_like = art.quantization == "float32"
-            d = diff(ref_out, self.ref_outputs[ref_out], got, *((1e-4, 1e-3) if float_like else (1e9, 1e9)))
-            art.verification = d.to_json()
-            art.accuracy = _accuracy(got, self.labels)
-            if float_like and not d.passed:
-                failures.append(f"{art.name} (max abs {d.max_abs:.3g})")
+            _, got = model_outputs(self.out / art.path, self.samples, reference=self.ref_sig, threads=self.req.threads)
+            labels_for = self.labels if not float_like else None
+            v = judge(self.ref_outputs, got, Exact() if float_like else self.req.budget, labels_for)
+            art.verification = v.to_json()
+            if self.labels is not None:
+                own = task_accuracy(self.labels, self.ref_outputs, got, v.pairing)
+                art.accuracy = own["candidate"] if own else None
+            if v.passed:
+                continue
+            if float_like:
+                failures.append(f"{art.name} ({'; '.join(v.failures)})")
+            elif self.req.allow_degraded:
+                art.status, art.failures = "degraded", list(v.failures)
+            else:
+                art.status, art.failures = "rejected", list(v.failures)
+                self.manifest.artifacts.remove(art)
+                self.manifest.rejected.append(art)
+                target = self.out / art.path
+                (shutil.rmtree if target.is_dir() else os.unlink)(target)
         if failures:
             from shipyard.errors import ModelRunError
 
             raise ModelRunError("artifacts differ from the float model beyond tolerance: " + ", ".join(failures))
-        return {"samples": len(self.samples), "reference_accuracy": reference_accuracy}
+        return {"samples": len(self.samples), "reference_accuracy": reference_accuracy,
+                "rejected": [a.name for a in self.manifest.rejected]}
 
     def bench(self) -> dict:
         from shipyard.bench import BenchConfig, measure_isolated
@@ -320,10 +361,9 @@ class Pipeline:
         return {"repository": "serving"}
 
 
-def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
-    if labels is None or outputs.ndim != 2:
-        return None
-    return float(np.mean(outputs.argmax(-1) == labels.reshape(-1)[: len(outputs)]))
+def _kept_note(report) -> list[str]:
+    kept = report.settings.get("kept_float") or []
+    return [f"kept in float to meet the accuracy budget: {', '.join(kept)}"] if kept else []
 
 
 def _model_name(model: Model) -> str:

@@ -16,11 +16,10 @@ def rows(manifest) -> list[dict]:
     out = []
     for a in manifest.artifacts:
         p50 = a.latency_ms["p50"] if a.latency_ms else None
-        v = a.verification or {}
         out.append({
             "artifact": a.name, "format": a.format, "quantization": a.quantization, "size": a.size_bytes,
             "accuracy": a.accuracy, "accuracy_delta": (a.accuracy - base_acc) if a.accuracy is not None and base_acc is not None else None,
-            "top1_agreement": v.get("argmax_agreement"), "max_abs": v.get("max_abs"),
+            "top1_agreement": a.worst("argmax_agreement"), "max_abs": a.worst("max_abs", max),
             "p50_ms": p50,
             "latency_ratio": p50 / float_ms.get(a.format, base_ms) if p50 and float_ms.get(a.format, base_ms) else None,
         })
@@ -39,5 +38,10 @@ def render_manifest(manifest, out_dir: Path) -> str:
         lines.append(f"{r['artifact']:<14} {r['quantization'][:22]:<22} {human_bytes(r['size']):>9} {fmt(r['accuracy'], '.2%'):>9} "
                      f"{fmt(r['top1_agreement'], '.1%'):>9} {fmt(r['max_abs'], '.2e'):>10} {fmt(r['p50_ms'], '.3f'):>8} "
                      f"{fmt(r['latency_ratio'], '.2f'):>8}")
+    for a in manifest.rejected:
+        lines.append(f"{a.name:<14} NOT SHIPPED: missed the accuracy budget ({'; '.join(a.failures)})")
+    for a in manifest.artifacts:
+        if a.status == "degraded":
+            lines.append(f"{a.name:<14} shipped with --allow-degraded although it missed the budget ({'; '.join(a.failures)})")
     lines += ["", f"manifest: {out_dir}/manifest.json   report: {out_dir}/report.html   serving repository: {out_dir}/serving/"]
     return "\n".join(lines)
