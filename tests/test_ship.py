@@ -88,3 +88,30 @@ def test_demo_end_to_end(tmp_path):
     assert rows["onnx-int8"]["accuracy"] >= rows["onnx"]["accuracy"] - 0.01
     assert doc["request"]["predicted"] == doc["request"]["label"]
     assert (tmp_path / "dist" / "report.html").is_file()
+
+
+def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path):
+    """An impossible budget: the int8 artifact is rejected (exit 1, not in the distribution, the
+    manifest says why); --allow-degraded ships it marked 'degraded'."""
+    work, _, _ = digits
+    dist = tmp_path / "dist"
+    args = ("ship", work / "digits.keras", "-o", dist, "--targets", "onnx", "--quantize", "static",
+            "--calibration", work / "calib.npz", "--inputs", work / "test.npz", "--runs", "3",
+            "--accuracy-budget", "cosine=0.9999999,top1=100%,drop=0")
+    proc = run_cli(*args)
+    assert_clean_error(proc, "missed the accuracy budget and were not shipped: onnx-int8", code=1)
+    manifest = json.loads((dist / "manifest.json").read_text())
+    assert [a["name"] for a in manifest["rejected"]] == ["onnx-int8"]
+    assert manifest["rejected"][0]["failures"] and manifest["budget"]["min_cosine"] == 0.9999999
+    assert {a["name"] for a in manifest["artifacts"]} == {"graphdef", "onnx"}
+    assert not list(dist.glob("*int8*")) and not list((dist / "serving").glob("*int8*"))
+    assert "NOT SHIPPED" in proc.stdout
+    # every output of every float artifact was checked exactly
+    for art in manifest["artifacts"]:
+        assert art["verification"]["criterion"]["kind"] == "exact" and art["verification"]["outputs"]
+    proc = run_cli(*args, "--allow-degraded", "-o", tmp_path / "degraded")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "degraded" / "manifest.json").read_text())
+    degraded = {a["name"]: a for a in manifest["artifacts"]}["onnx-int8"]
+    assert degraded["status"] == "degraded" and degraded["failures"]
+    assert (tmp_path / "degraded" / degraded["path"]).is_file()

@@ -69,10 +69,13 @@ class Search:
     """One search over ``variants`` (settings dicts) and ``candidates`` ({node name: op type})."""
 
     def __init__(self, build: Build, evaluate: Evaluate, latency: Latency | None, variants: list[dict],
-                 candidates: dict[str, str], max_trials: int = 400):
+                 candidates: dict[str, str], max_trials: int = 400, max_float_fraction: float = 0.5):
         self.build, self.evaluate, self.latency = build, evaluate, latency
         self.variants, self.candidates = variants, candidates
         self.max_trials = max_trials
+        # A "quantized" model that keeps most of its nodes in float is the float model, slower:
+        # past this share the budget is declared out of reach.
+        self.max_float = max(1, int(len(candidates) * max_float_fraction))
         self.trials: list[Trial] = []
 
     def _try(self, settings: dict, kept: tuple[str, ...], keep_file: bool = True) -> Trial:
@@ -122,8 +125,8 @@ class Search:
             best = next(t for t in self.trials if t.kept_float == (alone["node"],) and t.settings == base.settings)
         else:
             best = self._grow(base, order)
-        if best is None:
-            return min(self.trials, key=lambda t: t.verification.score()), []
+        if best is None:  # out of reach: the closest model that was kept on disk
+            return min((t for t in self.trials if t.path.exists()), key=lambda t: t.verification.score()), []
         best = self._prune(best)
         gain = {r["node"]: r for r in sensitivity}
         rows = [{"node": n, "op": self.candidates.get(n, "?"), "gain_alone": gain[n]["gain"] if n in gain else None}
@@ -134,9 +137,10 @@ class Search:
 
     def _grow(self, base: Trial, order: list[str]) -> Trial | None:
         """Keep the top-k sensitive nodes in float: k doubles until the budget holds, then bisects."""
+        order = order[: self.max_float]
         low, high, passing = 1, None, None
-        k = 2
-        while k <= len(order):
+        k = min(2, len(order))
+        while k <= len(order) and k > 1:
             guard.stage(f"keeping the {k} most sensitive nodes in float")
             t = self._try(base.settings, tuple(order[:k]))
             if t.verification.passed:
