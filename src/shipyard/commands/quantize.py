@@ -32,6 +32,13 @@ def register(sub) -> None:
     p.add_argument("--runs", type=int, default=30, help="timed runs for the latency figures (0: skip)")
     p.add_argument("--threads", type=int, help="engine threads for the latency figures")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer error analysis")
+    p.add_argument("--accuracy-budget", metavar="SPEC",
+                   help="how far the quantized model may drift from float, e.g. top1=99%%,cosine=0.99,drop=1 "
+                        "(the default: top-1 agreement >= 99%% and cosine >= 0.99 on every output; with labels, "
+                        "at most 1 point of accuracy lost)")
+    p.add_argument("--no-search", action="store_true",
+                   help="quantize with the settings as given: no other settings, no nodes kept in float by the search")
+    p.add_argument("--force", action="store_true", help="write the model even when it misses the accuracy budget")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
@@ -40,6 +47,7 @@ def cmd_quantize(args) -> int:
     from shipyard.errors import UsageError
     from shipyard.quantize import Request, quantize_model
     from shipyard.quantize.report import render
+    from shipyard.verify import Budget, VerificationError
 
     if args.samples < 1:
         raise UsageError("--samples must be at least 1")
@@ -50,7 +58,13 @@ def cmd_quantize(args) -> int:
                   args.samples, args.int8_io, args.minimum_size,
                   {"size": args.image_size, "layout": args.layout, "mean": args.mean, "std": args.std, "scale": args.scale},
                   args.runs, args.threads, not args.no_layers,
-                  mapping=parse_mapping(args.map))
-    report = quantize_model(args.model, args.output, req)
+                  mapping=parse_mapping(args.map), budget=Budget.parse(args.accuracy_budget),
+                  search=not args.no_search, force=args.force)
+    try:
+        report = quantize_model(args.model, args.output, req)
+    except VerificationError as exc:
+        if exc.result is not None:  # the best figures reached, then the one-line error
+            print(json.dumps(exc.result.to_json(), indent=2, default=str) if args.json else render(exc.result))
+        raise
     print(json.dumps(report.to_json(), indent=2, default=str) if args.json else render(report))
     return 0
