@@ -142,3 +142,46 @@ def test_cli_errors(keras_paths, tmp_path):
     assert_clean_error(run_cli("convert", keras_paths["keras"], "--to", "nope", "-o", tmp_path / "w"), "unknown target")
     assert_clean_error(run_cli("convert", "nosuchpkg.mod:make", "--to", "onnx", "-o", tmp_path / "w.onnx",
                                "--input-shape", "1,3"), "cannot import")
+
+
+def test_tflite_keeps_graph_names_and_writes_a_signature(tmp_path):
+    """TF's own frozen-graph converter keeps the output name 'output'; so does shipyard's."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="input")
+        tf.nn.softmax(tf.matmul(x, tf.constant(np.ones([4, 3], "float32"))), name="output")
+    pb = tmp_path / "g.pb"
+    pb.write_bytes(graph.as_graph_def().SerializeToString())
+    result = convert_model(str(pb), "tflite", tmp_path / "g.tflite")
+    assert result.verification.passed
+    interp = Interpreter(model_path=str(tmp_path / "g.tflite"))
+    assert [d["name"] for d in interp.get_input_details()] == ["input"]
+    assert [d["name"] for d in interp.get_output_details()] == ["output"]
+    assert interp.get_signature_list() == {"serving_default": {"inputs": ["input"], "outputs": ["output"]}}
+    runner = interp.get_signature_runner("serving_default")
+    assert runner(input=np.ones((2, 4), "float32"))["output"].shape == (2, 3)
+
+
+def test_savedmodel_and_keras_names_survive_conversion(keras_paths, tmp_path):
+    """SavedModel -> TFLite carries the signature (key, input and output keys); the frozen graph
+    of a SavedModel or Keras model names its outputs after the signature keys / Keras outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from shipyard.formats import tf_saved
+
+    meta = tf_saved.serving_meta(open_model(keras_paths["savedmodel"]))
+    want = tf_saved.signature_of(meta)
+    convert_model(str(keras_paths["savedmodel"]), "tflite", tmp_path / "sm.tflite")
+    sigs = Interpreter(model_path=str(tmp_path / "sm.tflite")).get_signature_list()
+    assert sigs == {"serving_default": {"inputs": [t.name for t in want.inputs], "outputs": [t.name for t in want.outputs]}}
+    pb = convert_model(str(keras_paths["savedmodel"]), "pb", tmp_path / "sm.pb").artifact
+    with open_runner(pb.path) as runner:
+        assert [t.name for t in runner.signature.outputs] == [t.name for t in want.outputs]
+    result = convert_model(str(keras_paths["keras"]), "tflite", tmp_path / "k.tflite")
+    assert result.verification.passed
+    interp = Interpreter(model_path=str(tmp_path / "k.tflite"))
+    assert [d["name"] for d in interp.get_output_details()] == ["probs"]
+    assert [d["name"] for d in interp.get_input_details()] == ["image"]

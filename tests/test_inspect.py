@@ -132,3 +132,28 @@ def test_inspect_does_not_import_heavy_frameworks(keras_paths, name):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_tf2_savedmodel_counts_each_variable_once(tmp_path):
+    """Parameters are the variables the serving signature captures: two variables with one name
+    are two (a count by name said 160 for this 240), an optimizer's slots are none."""
+    import tensorflow as tf
+
+    class TwoLayers(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = tf.Variable(tf.ones([8, 16]), name="w")   # same name on purpose
+            self.w2 = tf.Variable(tf.ones([16, 6]), name="w")
+            self.b = tf.Variable(tf.zeros([16]), name="b")
+            self.unused = tf.Variable(tf.zeros([1000]), name="unused")  # not in the signature
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.matmul(tf.matmul(x, self.w1) + self.b, self.w2)}
+
+    module = TwoLayers()
+    path = tmp_path / "sm"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    s = inspect_model(path)
+    assert s.params == 8 * 16 + 16 * 6 + 16 == 240 and s.details["variables"] == 3
+    assert s.param_bytes == {"float32": 960}

@@ -6,6 +6,7 @@ GraphDef or ``.meta`` plus a checkpoint, a SavedModel signature, or a Keras mode
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -69,23 +70,64 @@ def prune_for_inference(graph_def, outputs: list[str]):
     return out
 
 
+_NODE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+
+
+def name_outputs(graph_def, names: list[tuple[str, str]]):
+    """Rename the nodes behind a traced function's outputs (``Identity``, ``Identity_1``...) to
+    the names the source gave them (SavedModel signature keys, Keras output names), in place.
+
+    ``names`` pairs an output tensor with its name. An output is left as it is when it is not
+    output 0 of its node, when the name is not a valid node name, or when a node of that name
+    exists already. Returns the graph.
+    """
+    existing = {n.name for n in graph_def.node}
+    mapping: dict[str, str] = {}
+    for tensor, new in names:
+        node, _, port = tensor.partition(":")
+        if port not in ("", "0") or node not in existing or node in mapping or new == node:
+            continue
+        if new in existing or not _NODE_NAME.match(new):
+            continue
+        mapping[node] = new
+        existing.add(new)
+    if not mapping:
+        return graph_def
+    for n in graph_def.node:
+        n.name = mapping.get(n.name, n.name)
+        for i, ref in enumerate(n.input):
+            control = "^" if ref.startswith("^") else ""
+            base, sep, port = ref.lstrip("^").partition(":")
+            if base in mapping:
+                n.input[i] = f"{control}{mapping[base]}{sep}{port}"
+    return graph_def
+
+
+def _output_names(concrete, names: list[str]) -> list[tuple[str, str]]:
+    """(output tensor, name) of a concrete function: dict outputs by key, others by position."""
+    structured = concrete.structured_outputs
+    if isinstance(structured, dict):
+        return [(structured[k].name, k) for k in structured if hasattr(structured[k], "name")]
+    return list(zip([t.name for t in concrete.outputs], names))
+
+
 def freeze_keras(src: Model):
     from shipyard.formats import keras as keras_format
 
-    return _to_tb(freeze_concrete_function(keras_concrete_function(keras_format.load(src))))
+    keras_model = keras_format.load(src)
+    concrete = keras_concrete_function(keras_model)
+    names = [s.name for s in keras_format.signature_of(keras_model).outputs]
+    return name_outputs(_to_tb(freeze_concrete_function(concrete)), _output_names(concrete, names))
 
 
 def freeze_saved_model(src: Model, signature_key: str | None = None):
-    tf = require("tensorflow", "Freezing a SavedModel")
-    from shipyard.formats.tf_saved import pick_signature_key, serving_meta
+    """The frozen GraphDef of one SavedModel signature: its placeholders and outputs are named
+    after the signature's input and output keys."""
+    from shipyard.formats.tf_saved import load_signature
 
-    key = pick_signature_key(serving_meta(src), signature_key)
-    loaded = tf.saved_model.load(str(src.path))
-    fn = loaded.signatures[key]
-    _, kwargs = fn.structured_input_signature
-    specs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in kwargs.items()}
-    concrete = tf.function(lambda **kw: fn(**kw)).get_concrete_function(**specs)
-    return _to_tb(freeze_concrete_function(concrete))
+    concrete, graph_def = load_signature(src, signature_key).frozen_graph_def()
+    graph_def = _to_tb(graph_def)
+    return name_outputs(graph_def, _output_names(concrete, [])) if concrete is not None else graph_def
 
 
 class LiveGraph:

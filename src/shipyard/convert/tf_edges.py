@@ -17,7 +17,6 @@ from shipyard.errors import ConversionError, UnsupportedError, UsageError
 from shipyard.formats import tf_graph
 from shipyard.model import Model, tensor_name
 
-
 # ---------------------------------------------------------------- to a frozen GraphDef
 
 
@@ -31,6 +30,10 @@ def frozen_graph_of(src: Model, opts: ConvertOptions):
     if src.format == "keras":
         return freeze.freeze_keras(src)
     if src.format == "tf-savedmodel":
+        from shipyard.formats.tf_saved import pick_signature_key, serving_meta
+
+        # Recorded for the rest of the chain: a TFLite target carries the signature under its key.
+        opts.signature_key = pick_signature_key(serving_meta(src), opts.signature_key)
         return freeze.freeze_saved_model(src, opts.signature_key)
     if src.format == "tf-checkpoint":
         return freeze.freeze_checkpoint(src, opts.outputs)
@@ -124,9 +127,9 @@ def _serving_function(tf, graph_def, outputs: list[str], opts: ConvertOptions):
         if dtype == tf.bool:
             dtype, fix = tf.int32, fix + ["cast"]
             opts.note(f"TFLite input '{s.name}': bool became int32, cast back to bool inside the model")
-        specs.append(tf.TensorSpec(shape, dtype, name=re.sub(r"[^A-Za-z0-9_]", "_", s.name)))
+        specs.append(tf.TensorSpec(shape, dtype, name=_safe_name(s.name)))
         fixes.append(fix)
-    out_names = [re.sub(r"[^A-Za-z0-9_]", "_", tensor_name(o)) for o in fetch_names]
+    out_names = [_safe_name(o) for o in fetch_names]
 
     @tf.function(input_signature=specs)
     def serve(*args):
@@ -138,9 +141,17 @@ def _serving_function(tf, graph_def, outputs: list[str], opts: ConvertOptions):
                 x = tf.cast(x, tf.bool)
             xs.append(x)
         result = pruned(*xs)
-        return dict(zip(out_names, result if isinstance(result, (list, tuple)) else [result]))
+        result = result if isinstance(result, (list, tuple)) else [result]
+        # Each output its own op: the TFLite converter then writes the signature (it falls back
+        # to its deprecated path, without one, when an output is the pruned call itself).
+        return {name: tf.identity(r) for name, r in zip(out_names, result)}
 
     return serve.get_concrete_function()
+
+
+def _safe_name(name: str) -> str:
+    """A tensor name as a tf.function argument or output key (TF allows fewer characters)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", tensor_name(name))
 
 
 _TF_OP = re.compile(r"\btf\.([A-Z][A-Za-z0-9_]*)")
@@ -150,8 +161,11 @@ _LOC = re.compile(r'loc\((?:callsite\()?"([^"]+)"')
 def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
     tf = require("tensorflow", "Converting to TFLite")
     graph_def, _ = tf_graph.load(src)
-    concrete = _serving_function(tf, graph_def, output_names(graph_def, opts), opts)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    outputs = output_names(graph_def, opts)
+    concrete = _serving_function(tf, graph_def, outputs, opts)
+    owner = tf.Module()  # with it, the converter writes a signature (and takes the non-deprecated path)
+    owner.serve = concrete
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], owner)
     if opts.allow_tf_ops:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
         opts.note("select TF ops allowed: the model needs a LiteRT build with the Flex delegate")
@@ -175,9 +189,65 @@ def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
                 hint="re-run with --allow-tf-ops to use select TensorFlow ops (needs the Flex delegate at run time)",
             ) from exc
         raise ConversionError(f"the TFLite converter failed: {text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__}") from exc
+    inputs = [s.name for s in tf_graph.signature_of(graph_def).inputs]
+    flatbuffer = keep_tflite_names(flatbuffer, opts.signature_key or DEFAULT_SIGNATURE, inputs, outputs)
     with atomic_path(out) as tmp:
         tmp.write_bytes(flatbuffer)
     return Model("tflite", out)
+
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+def keep_tflite_names(flatbuffer: bytes, key: str, inputs: list[str], outputs: list[str]) -> bytes:
+    """Give a converted TFLite model the source's names: its input and output tensors are named
+    as in the source graph (what TF's own frozen-graph converter does; C++ and Android code
+    look them up by name), and its signature def is ``key`` with those names.
+
+    The converter names a function's tensors ``serving_default_x:0`` / ``PartitionedCall:0`` and
+    writes the signature with the function's (sanitized) argument and output names; those are
+    matched back to the source's names here. Without a signature from the converter, the
+    model's inputs are in argument order and its outputs in sorted-key order.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    if len(model.subgraphs) != 1 or any((b.offset or 0) > 1 for b in model.buffers or []):
+        return flatbuffer  # several subgraphs, or weights stored after the flatbuffer: left as converted
+    sub = model.subgraphs[0]
+    in_pairs = [(_safe_name(n), tensor_name(n)) for n in inputs]
+    out_pairs = [(_safe_name(n), tensor_name(n)) for n in outputs]
+    if model.signatureDefs:
+        sig = model.signatureDefs[0]
+        in_index = {_text(m.name): m.tensorIndex for m in sig.inputs or []}
+        out_index = {_text(m.name): m.tensorIndex for m in sig.outputs or []}
+    else:
+        sig = schema.SignatureDefT()
+        sig.subgraphIndex = 0
+        model.signatureDefs = [sig]
+        in_index = dict(zip([a for a, _ in in_pairs], list(sub.inputs)))
+        out_index = dict(zip(sorted(a for a, _ in out_pairs), list(sub.outputs)))
+    if {a for a, _ in in_pairs} != set(in_index) or {a for a, _ in out_pairs} != set(out_index):
+        return flatbuffer  # the converter pruned or renamed something unexpected: keep its own names
+
+    def tensor_map(pairs, index):
+        maps = []
+        for converted, source in pairs:
+            m = schema.TensorMapT()
+            m.name, m.tensorIndex = source, index[converted]
+            sub.tensors[m.tensorIndex].name = source
+            maps.append(m)
+        return maps
+
+    sig.signatureKey = key
+    sig.inputs = tensor_map(in_pairs, in_index)
+    sig.outputs = tensor_map(out_pairs, out_index)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _converts_with_tf_ops(tf, converter) -> bool:
@@ -195,8 +265,8 @@ def _converts_with_tf_ops(tf, converter) -> bool:
 
 
 def graphdef_to_tfjs(src: Model, out: Path, opts: ConvertOptions) -> Model:
-    from shipyard.convert.tfjs_writer import write_graph_model
     from shipyard.convert.freeze import prune_for_inference
+    from shipyard.convert.tfjs_writer import write_graph_model
 
     graph_def, _ = tf_graph.load(src)
     write_graph_model(prune_for_inference(graph_def, output_names(graph_def, opts)), out)

@@ -18,15 +18,9 @@ def _count(graph_def_tf) -> FlopTally:
 
 def frozen_flops(model: Model, keras_model=None) -> FlopTally:
     """FLOPs per sample (batch 1) of a SavedModel's serving signature or of a Keras model."""
-    tf = require("tensorflow", "Counting FLOPs of a TensorFlow 2 model")
+    require("tensorflow", "Counting FLOPs of a TensorFlow 2 model")
     if keras_model is not None:
         return _count(freeze_concrete_function(keras_concrete_function(keras_model, batch=1)))
-    from shipyard.formats.tf_saved import pick_signature_key, serving_meta
+    from shipyard.formats.tf_saved import load_signature
 
-    key = pick_signature_key(serving_meta(model))
-    loaded = tf.saved_model.load(str(model.path))
-    fn = loaded.signatures[key]
-    _, kwargs = fn.structured_input_signature
-    specs = {k: tf.TensorSpec([1 if d is None else d for d in v.shape], v.dtype, name=k) for k, v in kwargs.items()}
-    concrete = tf.function(lambda **kw: fn(**kw)).get_concrete_function(**specs)
-    return _count(freeze_concrete_function(concrete))
+    return _count(load_signature(model).frozen_graph_def(batch=1)[1])

@@ -107,23 +107,11 @@ class TensorFlowRunner(BaseRunner):
     def _load_saved(self, model: Model, _threads, key):
         from shipyard.formats import tf_saved
 
-        if model.encrypted:
-            raise UnsupportedError(
-                f"{model.path}: TensorFlow loads SavedModels only from a directory on disk, so an encrypted "
-                "SavedModel cannot be run without writing the plaintext",
-                hint="convert it to ONNX, TFLite or a frozen GraphDef before encrypting; those load from memory",
-            )
-        meta = tf_saved.serving_meta(model)
-        key = tf_saved.pick_signature_key(meta, key)
-        tf = self.tf
-        try:
-            loaded = tf.saved_model.load(str(model.path))
-        except (ValueError, OSError, tf.errors.OpError) as exc:
-            raise ModelLoadError(f"{model.path}: TensorFlow cannot load the SavedModel ({str(exc).splitlines()[0][:300]})") from exc
-        self._loaded = loaded
-        fn = loaded.signatures[key]
+        loaded = tf_saved.load_signature(model, key)
+        self._loaded = loaded  # keeps the restored variables alive
+        fn, tf = loaded.function, self.tf
         self._call = lambda feeds: fn(**{k: tf.constant(v) for k, v in feeds.items()})
-        return tf_saved.signature_of(meta, key)
+        return tf_saved.signature_of(tf_saved.serving_meta(model), loaded.key)
 
     def _load_keras(self, model: Model, _threads, _key):
         from shipyard.formats import keras as keras_format
