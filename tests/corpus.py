@@ -303,9 +303,6 @@ def ocr_det_check(outputs: Outputs) -> dict[str, float]:
 # The corpus
 # ---------------------------------------------------------------------------------------------
 
-TFJS_FLOAT64 = ("shipyard's TF.js writer refuses the frozen graph: constant 'StatefulPartitionedCall/StatefulPartitionedCall/"
-                "model_1/cq_t2010v2_1/Cast/x' has dtype float64, which TF.js weights cannot hold (a float64 scalar "
-                "cast to float32 inside the CQT layer; src/shipyard/convert/tfjs_writer.py:66)")
 BP = "saved_models/icassp_2022/"
 
 MODELS = [
@@ -323,8 +320,7 @@ MODELS = [
               "the same VAD as ONNX, state passed explicitly (sequence model)", silero_onnx_inputs),
     RealModel("basic-pitch-savedmodel", "basic-pitch", "0.4.0", "basic_pitch", BP + "nmp", "tf-savedmodel",
               "audio-to-MIDI (harmonic CQT + CNN; note, onset, contour heads over 172 frames), Keras 2 SavedModel",
-              basic_pitch_inputs("input_2"), basic_pitch_check,
-              known_failures={"tfjs": TFJS_FLOAT64}),
+              basic_pitch_inputs("input_2"), basic_pitch_check),
     RealModel("basic-pitch-tflite", "basic-pitch", "0.4.0", "basic_pitch", BP + "nmp.tflite", "tflite",
               "the same audio-to-MIDI model as TFLite", basic_pitch_inputs("serving_default_input_2:0"),
               basic_pitch_check),

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_error, run_cli
-from shipyard.compare import OutputDiff, Tolerance, diff, pair_names
+from shipyard.compare import Tolerance
 from shipyard.errors import InputError, UsageError
+from shipyard.verify import OutputDiff, diff, pair_names
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,7 @@ def test_tflite_search_keeps_the_concatenation_in_float(tmp_path, capsys):
     """The same detector in Keras -> TFLite: the converter's deny-list is searched the same way."""
     import keras
 
+    keras.utils.set_random_seed(0)
     inp = keras.Input((16, 16, 3), name="image")
     f = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
     f = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(f)
@@ -113,5 +114,7 @@ def test_tflite_search_keeps_the_concatenation_in_float(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert not report["search"]["trials"][0]["passed"] and report["verification"]["passed"]
-    assert "CONCATENATION" in {row["op"] for row in report["search"]["kept_float"]}
-    assert report["size_after"] < report["size_before"]
+    kept = report["search"]["kept_float"]
+    assert "CONCATENATION" in {row["op"] for row in kept}
+    # the search stops short of keeping most of the model in float
+    assert len(kept) <= len(report["search"]["sensitivity"]) // 2

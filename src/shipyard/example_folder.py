@@ -62,7 +62,7 @@ def _arrays(directory: Path) -> None:
     np.savez(directory / "arrays.npz", image=images[:20], label=rng.integers(0, 10, 20))
 
 
-def _images(folder: Path, per_class: int = 4) -> None:
+def _images(folder: Path, per_class: int = 8) -> None:
     """A folder of real photos-in-miniature: scikit-learn's digits as 12x12 RGB PNGs, one
     sub-folder per class (what image-folder loaders call labels)."""
     from PIL import Image

@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shipyard.compare import OutputDiff, Pair, Tolerance, _key, adapt_feeds, diff, model_feeds
+from shipyard.compare import Tolerance, model_feeds
 from shipyard.dump import TensorInfo, open_source, real_values
 from shipyard.errors import UnsupportedError
 from shipyard.model import tensor_name
+from shipyard.verify import OutputDiff, Pair, adapt_feeds, diff, name_key
 
 
 @dataclass
@@ -113,7 +114,7 @@ def _quantized_key(name: str) -> str | None:
     base = tensor_name(name)
     for suffix in _QUANTIZED_SUFFIXES:
         if base.endswith(suffix):
-            return _key(base.removesuffix(suffix))
+            return name_key(base.removesuffix(suffix))
     return None
 
 
@@ -126,7 +127,7 @@ def match_tensors(ref: list[TensorInfo], other: list[TensorInfo]) -> list[tuple[
     pair (for a convolution whose ReLU the quantizer folded into the quantization range, the
     value before the ReLU).
     """
-    by_key = {_key(t.name): t for t in other}
+    by_key = {name_key(t.name): t for t in other}
     for t in other:
         key = _quantized_key(t.name)
         if key is not None:
@@ -134,7 +135,7 @@ def match_tensors(ref: list[TensorInfo], other: list[TensorInfo]) -> list[tuple[
     named: list[tuple[TensorInfo, Pair]] = []
     used: set[str] = set()
     for t in ref:
-        match = by_key.get(_quantized_key(t.name) or _key(t.name))
+        match = by_key.get(_quantized_key(t.name) or name_key(t.name))
         if match is not None and match.name not in used:
             used.add(match.name)
             named.append((t, Pair(t.name, match.name, "name")))

@@ -158,14 +158,22 @@ _TF_OP = re.compile(r"\btf\.([A-Z][A-Za-z0-9_]*)")
 _LOC = re.compile(r'loc\((?:callsite\()?"([^"]+)"')
 
 
-def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
+def tflite_converter(src: Model, opts: ConvertOptions):
+    """A TFLiteConverter over a frozen GraphDef (what ``convert`` and ``quantize`` start from)."""
     tf = require("tensorflow", "Converting to TFLite")
     graph_def, _ = tf_graph.load(src)
     outputs = output_names(graph_def, opts)
     concrete = _serving_function(tf, graph_def, outputs, opts)
     owner = tf.Module()  # with it, the converter writes a signature (and takes the non-deprecated path)
     owner.serve = concrete
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], owner)
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], owner)
+
+
+def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    tf = require("tensorflow", "Converting to TFLite")
+    graph_def, _ = tf_graph.load(src)
+    outputs = output_names(graph_def, opts)
+    converter = tflite_converter(src, opts)
     if opts.allow_tf_ops:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
         opts.note("select TF ops allowed: the model needs a LiteRT build with the Flex delegate")

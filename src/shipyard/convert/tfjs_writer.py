@@ -46,6 +46,40 @@ def _quantize_uint8(value: np.ndarray) -> tuple[bytes, dict]:
     return q.tobytes(), {"dtype": "uint8", "min": lo, "scale": scale}
 
 
+def _fold_casts(topology) -> None:
+    """Fold ``Const -> Cast`` pairs whose constant TF.js cannot hold (a float64 or int64 scalar
+    cast to float32/int32, as Keras layers write for their hyper-parameters) into one constant
+    of the cast type. tensorflowjs_converter gets the same from Grappler's constant folding;
+    a Const read by anything other than such Casts is left for the dtype check below."""
+    consts = {n.name: n for n in topology.node if n.op == "Const"}
+    readers: dict[str, list] = {}
+    for node in topology.node:
+        for name in node.input:
+            readers.setdefault(name.split(":")[0].lstrip("^"), []).append(node)
+    for name, const in consts.items():
+        dtype = tf_protos.dtype_name(const.attr["value"].tensor.dtype)
+        users = readers.get(name, [])
+        if dtype in _WEIGHT_DTYPES or not users or any(
+                u.op != "Cast" or tf_protos.dtype_name(u.attr["DstT"].type) not in _WEIGHT_DTYPES for u in users):
+            continue
+        value = tf_protos.tensor_to_numpy(const.attr["value"].tensor)
+        if value is None:
+            continue
+        for cast in users:
+            target = tf_protos.dtype_name(cast.attr["DstT"].type)
+            cast.op = "Const"
+            del cast.input[:]
+            cast.attr.clear()
+            cast.attr["dtype"].type = tf_protos.types_enum(_dt_enum_name(target))
+            folded = value.astype(target)
+            tensor = cast.attr["value"].tensor
+            tensor.dtype = tf_protos.types_enum(_dt_enum_name(target))
+            for d in folded.shape:
+                tensor.tensor_shape.dim.add(size=d)
+            tensor.tensor_content = folded.astype(folded.dtype.newbyteorder("<")).tobytes()
+        topology.node.remove(const)
+
+
 def write_graph_model(graph_def, out_dir: Path, signature: Signature | None = None,
                       quantize_uint8: bool = False) -> Path:
     """Write ``out_dir/model.json`` and its shards; returns the model.json path.
@@ -54,6 +88,7 @@ def write_graph_model(graph_def, out_dir: Path, signature: Signature | None = No
     download; TF.js dequantizes them to float32 when it loads the model)."""
     topology = tf_protos.GraphDef()
     topology.CopyFrom(graph_def)
+    _fold_casts(topology)
     manifest_weights: list[dict] = []
     blobs: list[bytes] = []
     for node in topology.node:

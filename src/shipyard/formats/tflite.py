@@ -110,13 +110,13 @@ class TFLiteFile:
             self.buf.close()
 
 
-def ops_by_output(data: bytes, dtypes: tuple[str, ...] = ("float32",)) -> dict[str, str]:
-    """{output tensor name: op name} of the first subgraph's ops whose first output has one of
-    ``dtypes`` (QUANTIZE/DEQUANTIZE left out). On a calibrated float model these are the names
-    the TFLite quantizer's deny-list takes."""
+def ops_by_output(data: bytes, dtypes: tuple[str, ...] = ("float32",)) -> dict[str, tuple[str, list[str]]]:
+    """{output tensor name: (op name, input tensor names)} of the first subgraph's ops whose
+    first output has one of ``dtypes`` (QUANTIZE/DEQUANTIZE left out). On a calibrated float
+    model the keys are the names the TFLite quantizer's deny-list takes."""
     f = TFLiteFile(Path("<memory>"), data)
     g = f.subgraphs[0]
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, list[str]]] = {}
     for i in range(g.OperatorsLength()):
         op = g.Operators(i)
         name = f.opcodes[op.OpcodeIndex()]
@@ -124,7 +124,8 @@ def ops_by_output(data: bytes, dtypes: tuple[str, ...] = ("float32",)) -> dict[s
             continue
         t = g.Tensors(int(op.Outputs(0)))
         if _DTYPES.get(t.Type()) in dtypes:
-            out[t.Name().decode()] = name
+            inputs = [g.Tensors(int(j)).Name().decode() for j in op.InputsAsNumpy() if j >= 0] if op.InputsLength() else []
+            out[t.Name().decode()] = (name, inputs)
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from shipyard import guard
-from shipyard.errors import InputError, UnsupportedError, UsageError
+from shipyard.errors import InputError, ModelLoadError, UnsupportedError, UsageError
 from shipyard.model import Model, open_model
 from shipyard.quantize.report import QuantizeReport
 from shipyard.quantize.search import MIN_SAMPLES
@@ -146,7 +146,12 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
         prepared = oq.prepare(proto, Path(work), optimize=req.mode == "static")
 
         def evaluate(path: Path) -> Verification:
-            _, got = model_outputs(Model("onnx", path), feeds, reference=signature, threads=req.threads)
+            try:
+                _, got = model_outputs(Model("onnx", path), feeds, reference=signature, threads=req.threads)
+            except ModelLoadError as exc:
+                # onnxruntime's quantizer can write models onnxruntime cannot load (QDQ per-channel on a
+                # Paddle export's fused batch-norm bias, on tf2onnx's transposed conv weights): a failed trial
+                return Verification(req.budget, [], failures=[exc.message])
             return judge(reference, got, req.budget, labels)
 
         def latency(path: Path) -> float:
@@ -167,12 +172,17 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                 return path
 
             variants = [v.__dict__ for v in (oq.variants(opts) if req.search else [opts])]
-            search = Search(build, evaluate, latency if req.latency_runs else None, variants,
-                            oq.quantizable_nodes(prepared, opts) if req.search else {})
+            candidates, producers = oq.quantizable_nodes(prepared, opts) if req.search else ({}, {})
+            search = Search(build, evaluate, latency if req.latency_runs else None, variants, candidates,
+                            producers=producers)
             result = search.run()
             chosen = result.chosen
             report.search = result.to_json() if req.search else None
             report.settings = _static_settings(oq.StaticOptions(**chosen.settings), chosen.kept_float)
+            if not oq.quantized_op_count(chosen.path):
+                raise UnsupportedError(f"{model.path}: onnxruntime's quantizer quantized no node of this model (it does "
+                                       f"not enter If/Loop subgraphs, where this model keeps its computation)",
+                                       hint="nothing was written; --mode weights or float16 handle subgraphs")
             shutil.copyfile(chosen.path, tmp)
             verification = chosen.verification
         else:

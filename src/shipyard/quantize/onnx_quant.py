@@ -40,6 +40,17 @@ def check_not_quantized(proto, path) -> None:
                          hint="quantize the float model it came from")
 
 
+def quantized_op_count(path: Path) -> int:
+    """Quantized nodes in the model, subgraphs included: 0 when the quantizer changed nothing."""
+    import onnx
+
+    def count(graph) -> int:
+        return sum((n.op_type in QUANTIZED_OPS) + sum(count(a.g) for a in n.attribute if a.type == a.GRAPH)
+                   + sum(count(g) for a in n.attribute if a.type == a.GRAPHS for g in a.graphs) for n in graph.node)
+
+    return count(onnx.load(str(path), load_external_data=False).graph)
+
+
 def check_exclude(proto, exclude) -> None:
     names = {n.name for n in proto.graph.node}
     unknown = [e for e in exclude if e not in names]
@@ -159,15 +170,19 @@ def variants(first: StaticOptions) -> list[StaticOptions]:
     return out
 
 
-def quantizable_nodes(path: Path, opts: StaticOptions) -> dict[str, str]:
-    """{node name: op type} of the nodes onnxruntime would quantize in this form: the
-    candidates for keeping in float. Every kind counts (Concat, Reshape, Sigmoid, Add...)."""
+def quantizable_nodes(path: Path, opts: StaticOptions) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({node name: op type}, {node: the candidates feeding it}) of the nodes onnxruntime would
+    quantize in this form: the candidates for keeping in float. Every kind counts (Concat,
+    Reshape, Sigmoid, Add...)."""
     import onnx
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     kinds = set(QDQRegistry if opts.quant_format == "qdq" else QLinearOpsRegistry) - KEEP_FLOAT_OPS
     graph = onnx.load(str(path), load_external_data=False).graph
-    return {n.name: n.op_type for n in graph.node if n.op_type in kinds and n.name and n.name not in opts.exclude}
+    nodes = {n.name: n.op_type for n in graph.node if n.op_type in kinds and n.name and n.name not in opts.exclude}
+    producer = {o: n.name for n in graph.node for o in n.output}
+    feeds = {n.name: [producer[i] for i in n.input if producer.get(i) in nodes] for n in graph.node if n.name in nodes}
+    return nodes, feeds
 
 
 def quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude) -> dict:

@@ -66,9 +66,10 @@ def render(r: QuantizeReport) -> str:
         if s["sensitivity"]:
             lines.append("  nodes whose quantization hurts the outputs most (score gained when kept float alone):")
             for row in s["sensitivity"][:5]:
-                lines.append(f"    {row['node']:<40} {row['op']:<14} {row['gain']:+.4f}")
+                lines.append(f"    {_short(row['node']):<40} {row['op']:<17} {row['gain']:+.4f}")
         for row in s["kept_float"]:
-            lines.append(f"  kept float   {row['node']} ({row['op']})")
+            gain = f", score {row['gain']:+.4f} when kept" if row.get("gain") is not None else ", helps with the others"
+            lines.append(f"  kept float   {_short(row['node'])} ({row['op']}{gain})")
     if r.layers:
         lines.append("  layers adding the most quantization noise (keep one in float with --exclude NODE):")
         width = max(len(row["node"]) for row in r.layers)
@@ -89,3 +90,8 @@ def _budget_text(b: dict | None) -> str:
         return "budget"
     return (f"top-1 >= {b['min_agreement']:.0%}, cosine >= {b['min_cosine']:g}, "
             f"accuracy drop <= {b['max_accuracy_drop'] * 100:g} pt")
+
+
+def _short(name: str, width: int = 60) -> str:
+    """A node name for a terminal: TFLite's fused names list every op they fused (``a;b;c``)."""
+    return name if len(name) <= width else name[: width - 3] + "..."

@@ -11,8 +11,9 @@ and the TFLite converter:
    sensitivity is measured *at the model's outputs*: the model is rebuilt with only that node
    kept in float and the gain in the verification score is recorded. Every node kind counts
    (Concat, Reshape, Sigmoid, Add of detection heads as much as Conv and MatMul).
-3. The most sensitive nodes are kept in float, doubling their number until the budget holds,
-   then bisecting down to the fewest; a last pass drops any kept node the budget does not need.
+3. The most sensitive node is kept in float, the others are measured again on top of it, and
+   so on (greedy forward selection) until the budget holds; a last pass drops any kept node
+   the budget does not need.
 
 Like NNCF's accuracy control and Intel Neural Compressor's tuning loop, but over whole-model
 output figures from our one verification core, so the budget means the same thing for every
@@ -49,7 +50,7 @@ class SearchResult:
     chosen: Trial
     trials: list[Trial] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)   # node, op, gain (score saved by keeping it float)
-    kept_float: list[dict] = field(default_factory=list)    # the chosen float nodes with what each cost
+    kept_float: list[dict] = field(default_factory=list)    # the chosen float nodes, each with its gain when added
 
     @property
     def met(self) -> bool:
@@ -69,21 +70,21 @@ class Search:
     """One search over ``variants`` (settings dicts) and ``candidates`` ({node name: op type})."""
 
     def __init__(self, build: Build, evaluate: Evaluate, latency: Latency | None, variants: list[dict],
-                 candidates: dict[str, str], max_trials: int = 400, max_float_fraction: float = 0.5):
+                 candidates: dict[str, str], max_trials: int = 400, max_float_fraction: float = 0.5,
+                 producers: dict[str, list[str]] | None = None):
         self.build, self.evaluate, self.latency = build, evaluate, latency
         self.variants, self.candidates = variants, candidates
+        self.producers = producers or {}  # node -> the candidates feeding it (its neighbourhood)
         self.max_trials = max_trials
         # A "quantized" model that keeps most of its nodes in float is the float model, slower:
         # past this share the budget is declared out of reach.
         self.max_float = max(1, int(len(candidates) * max_float_fraction))
         self.trials: list[Trial] = []
 
-    def _try(self, settings: dict, kept: tuple[str, ...], keep_file: bool = True) -> Trial:
+    def _try(self, settings: dict, kept: tuple[str, ...]) -> Trial:
         path = self.build(settings, kept)
         trial = Trial(settings, kept, self.evaluate(path), path)
         self.trials.append(trial)
-        if not keep_file and not trial.verification.passed:
-            path.unlink(missing_ok=True)  # a sensitivity probe: only its figures are needed
         return trial
 
     def run(self) -> SearchResult:
@@ -98,68 +99,85 @@ class Search:
                 if self.latency is not None:
                     chosen.latency_ms = self.latency(chosen.path)
                 return SearchResult(chosen, self.trials)
-        base = min(first, key=lambda t: t.verification.score())
-        sensitivity = self._sensitivity(base)
-        chosen, kept_rows = self._keep_float(base, sensitivity)
+        # Keep nodes in float on top of the closest variant of the fastest form (QOperator before
+        # QDQ for onnxruntime): a slower form is only worth it when it meets the budget as it is.
+        form = self.variants[0].get("quant_format")
+        base = min((t for t in first if t.settings.get("quant_format") == form), key=lambda t: t.verification.score())
+        chosen, sensitivity, kept_rows = self._keep_float(base)
         return SearchResult(chosen, self.trials, sensitivity, kept_rows)
 
-    def _sensitivity(self, base: Trial) -> list[dict]:
-        """Gain in the verification score when each node alone stays float (most gain first)."""
-        base_score = base.verification.score()
-        rows = []
-        names = list(self.candidates)
+    def _ancestors(self, name: str, depth: int) -> list[str]:
+        """The candidates feeding ``name``, up to ``depth`` levels up (nearest first)."""
+        out, level = [], [name]
+        for _ in range(depth):
+            level = [p for n in level for p in self.producers.get(n, ()) if p not in out and p != name]
+            out += level
+        return out
+
+    def _rank(self, state: Trial, kept: tuple[str, ...], groups: int = 0) -> list[tuple[dict, Trial]]:
+        """Each remaining candidate added to ``kept`` in float, judged at the outputs: the gain
+        in the verification score over ``state`` (models that pass first, then most gain).
+        With ``groups`` = d, each candidate together with the candidates feeding it, d levels up."""
+        base_score = state.verification.score()
+        names = [n for n in self.candidates if n not in kept]
+        ranked = []
         for i, name in enumerate(names):
             if len(self.trials) >= self.max_trials:
                 break
-            guard.stage(f"measuring sensitivity at the outputs: node {i + 1}/{len(names)}")
-            t = self._try(base.settings, (name,), keep_file=False)
-            rows.append({"node": name, "op": self.candidates[name], "gain": base_score - t.verification.score(),
-                         "passes_alone": t.verification.passed})
-        rows.sort(key=lambda r: -r["gain"])
-        return rows
+            group = (name, *(p for p in self._ancestors(name, groups) if p not in kept)) if groups else (name,)
+            if groups and (len(group) == 1 or (groups > 1 and len(group) == 1 + len(
+                    [p for p in self._ancestors(name, groups - 1) if p not in kept]))):
+                continue  # measured at a smaller depth already
+            what = "nodes with their inputs" if groups else ("sensitivity at the outputs" if not kept
+                                                             else f"node {len(kept) + 1} to keep in float")
+            guard.stage(f"measuring {what}: {i + 1}/{len(names)}")
+            t = self._try(state.settings, (*kept, *group))
+            ranked.append(({"node": name, "op": self.candidates[name], "group": list(group[1:]),
+                            "gain": base_score - t.verification.score(), "passes": t.verification.passed}, t))
+        ranked.sort(key=lambda r: (not r[0]["passes"], -r[0]["gain"]))
+        return ranked
 
-    def _keep_float(self, base: Trial, sensitivity: list[dict]) -> tuple[Trial, list[dict]]:
-        alone = next((r for r in sensitivity if r["passes_alone"]), None)
-        order = [r["node"] for r in sensitivity]
-        if alone is not None:
-            best = next(t for t in self.trials if t.kept_float == (alone["node"],) and t.settings == base.settings)
-        else:
-            best = self._grow(base, order)
-        if best is None:  # out of reach: the closest model that was kept on disk
-            return min((t for t in self.trials if t.path.exists()), key=lambda t: t.verification.score()), []
-        best = self._prune(best)
-        gain = {r["node"]: r for r in sensitivity}
-        rows = [{"node": n, "op": self.candidates.get(n, "?"), "gain_alone": gain[n]["gain"] if n in gain else None}
-                for n in best.kept_float]
-        if self.latency is not None:
-            best.latency_ms = self.latency(best.path)
-        return best, rows
+    def _keep_float(self, base: Trial) -> tuple[Trial, list[dict], list[dict]]:
+        """Greedy forward selection: keep in float the node whose float-ness helps the outputs
+        most, re-measure the others on top of it, and so on until the budget holds (then drop
+        any the budget does not need). Re-measuring each round finds nodes that only matter
+        once another is float (the inputs of a Concat that was forced to one scale)."""
+        kept: tuple[str, ...] = ()
+        state, sensitivity, rows = base, [], []
+        while len(kept) < self.max_float and len(self.trials) < self.max_trials:
+            ranked = self._rank(state, kept)
+            if not sensitivity:
+                sensitivity = [r for r, _ in ranked]
+            for depth in (1, 2):
+                if not ranked or self._helps(ranked[0][0], state):
+                    break
+                # No single node more in float helps: nodes that only help together (a TFLite
+                # CONCATENATION and the inputs it forces to its own scale). Try each node with
+                # the candidates feeding it, one then two levels up.
+                ranked = self._rank(state, kept, groups=depth) or ranked
+            for _, t in ranked[1:]:
+                t.path.unlink(missing_ok=True)  # only the round's winner is built upon
+            if not ranked or not self._helps(ranked[0][0], state):
+                break
+            row, state = ranked[0]
+            kept = state.kept_float
+            rows += [{"node": n, "op": self.candidates[n], "gain": row["gain"] if n == row["node"] else None}
+                     for n in (row["node"], *row["group"])]
+            if state.verification.passed:
+                state = self._prune(state)
+                rows = [r for r in rows if r["node"] in state.kept_float]
+                if self.latency is not None:
+                    state.latency_ms = self.latency(state.path)
+                return state, sensitivity, rows
+        # out of reach: the closest model that was kept on disk
+        closest = min((t for t in self.trials if t.path.exists()), key=lambda t: t.verification.score())
+        return closest, sensitivity, []
 
-    def _grow(self, base: Trial, order: list[str]) -> Trial | None:
-        """Keep the top-k sensitive nodes in float: k doubles until the budget holds, then bisects."""
-        order = order[: self.max_float]
-        low, high, passing = 1, None, None
-        k = min(2, len(order))
-        while k <= len(order) and k > 1:
-            guard.stage(f"keeping the {k} most sensitive nodes in float")
-            t = self._try(base.settings, tuple(order[:k]))
-            if t.verification.passed:
-                high, passing = k, t
-                break
-            low = k
-            if k == len(order) or len(self.trials) >= self.max_trials:
-                break
-            k = min(2 * k, len(order))
-        if passing is None:
-            return None
-        while high - low > 1 and len(self.trials) < self.max_trials:
-            mid = (low + high) // 2
-            t = self._try(base.settings, tuple(order[:mid]))
-            if t.verification.passed:
-                high, passing = mid, t
-            else:
-                low = mid
-        return passing
+    @staticmethod
+    def _helps(row: dict, state: Trial) -> bool:
+        """A gain worth building on: it passes, or it closes at least 1% of the gap (smaller gains
+        are the noise of a few flipped samples)."""
+        return row["passes"] or row["gain"] > max(1e-9, 0.01 * state.verification.score())
 
     def _prune(self, best: Trial) -> Trial:
         """Drop each kept node (least sensitive first) that the budget holds without."""

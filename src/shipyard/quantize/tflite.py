@@ -19,12 +19,22 @@ from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
 
 
-def _converter(tf, model: Model):
+def _converters(tf, model: Model, work: Path):
+    """A factory of fresh TFLite converters for ``model`` (each calibration or conversion needs
+    its own). A SavedModel is frozen first, as ``convert --to tflite`` does, so exports that
+    TensorFlow's object-graph loader cannot read (Keras 2 with optimizer slots) quantize too."""
     if model.format == "keras":
         from shipyard.formats import keras as keras_format
 
-        return tf.lite.TFLiteConverter.from_keras_model(keras_format.load(model))
-    return tf.lite.TFLiteConverter.from_saved_model(str(model.path))
+        keras_model = keras_format.load(model)
+        return lambda: tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    from shipyard.convert.api import convert_model
+    from shipyard.convert.options import ConvertOptions
+    from shipyard.convert.tf_edges import tflite_converter
+
+    guard.stage("freezing the SavedModel")
+    frozen = convert_model(str(model.path), "pb", work / "frozen.pb", check=False).artifact
+    return lambda: tflite_converter(frozen, ConvertOptions())
 
 
 def _convert(converter, what: str) -> bytes:
@@ -50,9 +60,9 @@ def _latency(path: Path, feed, runs: int, threads) -> float:
     return latency_ms(Model("tflite", path), feed, runs, threads)
 
 
-def _calibrate(tf, model: Model, feeds, names) -> bytes:
+def _calibrate(tf, make_converter, feeds, names) -> bytes:
     """The float model with calibration statistics, converted once for every trial of the search."""
-    converter = _converter(tf, model)
+    converter = make_converter()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([f[n] for n in names] for f in feeds)
     # What tf.lite.experimental.QuantizationDebugger does to calibrate without quantizing; the
@@ -77,12 +87,14 @@ def _quantize_calibrated(calibrated: bytes, per_channel: bool, kept: tuple[str, 
         raise ModelLoadError(f"the TFLite quantizer failed: {str(exc).strip()[:500]}") from exc
 
 
-def _float_layers(calibrated: bytes) -> dict[str, str]:
-    """{output tensor name: op} of the calibrated model's float ops: the candidates to keep in
-    float (names from the float model are the ones the quantizer's deny-list matches)."""
+def _float_layers(calibrated: bytes) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({output tensor name: op}, {name: the candidates feeding it}) of the calibrated model's
+    float ops: the candidates to keep in float (names from the float model are the ones the
+    quantizer's deny-list matches)."""
     from shipyard.formats.tflite import ops_by_output
 
-    return ops_by_output(calibrated)
+    ops = ops_by_output(calibrated)
+    return {k: op for k, (op, _) in ops.items()}, {k: [i for i in inputs if i in ops] for k, (_, inputs) in ops.items()}
 
 
 def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
@@ -131,9 +143,10 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
     if req.exclude and req.mode != "static":
         raise UsageError("--exclude works with TFLite --mode static")
     report = QuantizeReport(str(model.path), str(out_path), "tflite", req.mode)
-    guard.stage("converting the float model to TFLite")
-    float_bytes = _convert(_converter(tf, model), "float")
     with tempfile.TemporaryDirectory() as work:
+        make_converter = _converters(tf, model, Path(work))
+        guard.stage("converting the float model to TFLite")
+        float_bytes = _convert(make_converter(), "float")
         float_path = Path(work) / "float.tflite"
         float_path.write_bytes(float_bytes)
         signature = TFLiteFile(float_path).signature()
@@ -148,8 +161,8 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
 
         if req.mode == "static":
             guard.stage("calibrating")
-            calibrated = _calibrate(tf, model, feeds, names)
-            candidates = _float_layers(calibrated)
+            calibrated = _calibrate(tf, make_converter, feeds, names)
+            candidates, producers = _float_layers(calibrated)
             unknown = [e for e in req.exclude if e not in candidates]
             if unknown:
                 raise UsageError(f"--exclude: no quantized TFLite layer named {', '.join(unknown)}",
@@ -167,7 +180,8 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
 
             variants = [{"per_channel": True}, {"per_channel": False}] if req.search else [{"per_channel": True}]
             result = Search(build, evaluate, latency if req.latency_runs else None, variants,
-                            {k: v for k, v in candidates.items() if k not in req.exclude} if req.search else {}).run()
+                            {k: v for k, v in candidates.items() if k not in req.exclude} if req.search else {},
+                            producers=producers).run()
             data = result.chosen.path.read_bytes()
             verification = result.chosen.verification
             report.search = result.to_json() if req.search else None
@@ -177,9 +191,9 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
                                "per_channel": result.chosen.settings["per_channel"], "kept_float": kept}
             if req.layers and not result.sensitivity:  # the search's sensitivities at the outputs say more
                 guard.stage("measuring per-layer quantization error")
-                _, report.layers, _ = _layer_errors(tf, _converter(tf, model), feeds, names, ())
+                _, report.layers, _ = _layer_errors(tf, make_converter(), feeds, names, ())
         else:
-            converter = _converter(tf, model)
+            converter = make_converter()
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             if req.mode == "float16":
                 converter.target_spec.supported_types = [tf.float16]

@@ -268,10 +268,9 @@ class Pipeline:
     def verify(self) -> dict:
         """Every artifact, every output, on the evaluation data: float artifacts exactly, quantized
         ones inside the accuracy budget; a quantized one that misses it leaves the distribution."""
-        from shipyard.compare import Pair
         from shipyard.data import open_source, take
         from shipyard.runtimes import open_runner
-        from shipyard.verify import judge, model_outputs, task_accuracy
+        from shipyard.verify import Pair, judge, model_outputs, task_accuracy
 
         with open_runner(self.reference, threads=self.req.threads) as ref:
             self.ref_sig = ref.signature
