@@ -71,8 +71,15 @@ def example_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def _binds_fixed_ports(page: Path) -> bool:
+    """Pages whose servers listen on the documented ports (8500/8501, Netron's): they run one at
+    a time on one xdist worker, the rest in parallel."""
+    return bool(re.search(r"shipyard (serve|view)|--serve\b", page.read_text()))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.xdist_group("fixed-ports")) if _binds_fixed_ports(p)
+                                  else p for p in PAGES], ids=lambda p: p.name)
 def test_page_examples_run(page, example_folder, tmp_path):
     try:
         docrunner.run_page(page, example_folder, tmp_path / "examples", timeout=600)

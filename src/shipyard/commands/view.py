@@ -30,8 +30,8 @@ def cmd_view(args) -> int:
     except OSError as exc:
         raise UsageError(f"cannot serve on 127.0.0.1:{args.port} ({exc})", hint="pick another --port") from exc
     host, port = address if isinstance(address, tuple) else ("127.0.0.1", args.port)
-    print(f"Netron is serving {path} at http://{host}:{port} (Ctrl-C to stop)", flush=True)
-    try:
+    try:  # Ctrl-C may come as soon as Netron says it serves, before or during our own line
+        print(f"Netron is serving {path} at http://{host}:{port} (Ctrl-C to stop)", flush=True)
         netron.wait()
     except KeyboardInterrupt:
         pass
