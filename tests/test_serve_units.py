@@ -169,3 +169,56 @@ print(sorted(k for k in ("tensorflow", "torch", "keras", "tensorflow_serving", "
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_versions_are_ascii_digits_only(tmp_path, caplog):
+    from shipyard.errors import InputError
+    from shipyard.serve.protocol import parse_version
+    from shipyard.serve.repository import scan
+
+    assert parse_version("12") == 12 and parse_version("") is None
+    for bad in ("²", "١", "１", "①", "1²", "-1", "1 ", "9" * 19):
+        with pytest.raises(InputError, match="version"):
+            parse_version(bad)
+    for name in ("1", "²", "١", "v2", ".staging"):
+        examples.onnx_mlp(tmp_path / "m" / name / "model.onnx")
+    ignored: set[str] = set()
+    with caplog.at_level("WARNING", logger="shipyard.serve"):
+        for _ in range(3):
+            assert list(scan(tmp_path, ignored)["m"].versions) == [1]
+    assert len(caplog.records) == 3  # one line per ignored directory, not one per scan
+    for name in ("v2", "²", "١"):
+        assert sum(f"/m/{name} " in r.getMessage() for r in caplog.records) == 1, name
+
+
+def test_tensor_proto_sizes_are_admitted_before_allocating():
+    from shipyard.errors import InputError
+    from shipyard.model import Signature, TensorSpec
+    from shipyard.serve.codec import Limits, from_tensor_proto
+    from shipyard.serve.errors import TooLargeError
+    from shipyard.serve.protos import tfserving_pb2 as tpb
+
+    def proto(dims, field, values, dtype=1):
+        tp = tpb.PredictRequest().inputs["x"]
+        tp.dtype = dtype
+        for d in dims:
+            tp.tensor_shape.dim.add().size = d
+        getattr(tp, field).extend(values)
+        return tp
+
+    sig = Signature(inputs=(TensorSpec("x", "float32", ("batch", 16)),), outputs=())
+    # TF's rule: fewer values than the shape holds are filled with the last one
+    np.testing.assert_array_equal(from_tensor_proto(proto([2, 16], "float_val", [1.0, 2.0]), "x", Limits(sig, 1 << 20), "x"),
+                                  np.array([1.0] + [2.0] * 31, np.float32).reshape(2, 16))
+    with pytest.raises(InputError, match="holds 16 values, got 17"):
+        from_tensor_proto(proto([1, 16], "float_val", [1.0] * 17), "x", Limits(sig, 1 << 20), "x")
+    with pytest.raises(InputError, match="expected rank 2"):
+        from_tensor_proto(proto([268435456], "double_val", [1.0], dtype=2), "x", Limits(sig, 1 << 20), "x")
+    with pytest.raises(InputError, match="dimension 1 must be 16"):
+        from_tensor_proto(proto([1, 17], "float_val", [1.0]), "x", Limits(sig, 1 << 20), "x")
+    with pytest.raises(TooLargeError, match="above the limit"):
+        from_tensor_proto(proto([1 << 20, 16], "float_val", [1.0]), "x", Limits(sig, 1 << 20), "x")
+    with pytest.raises(InputError, match="unknown input name 'z'"):
+        from_tensor_proto(proto([1, 16], "float_val", [1.0]), "z", Limits(sig, 1 << 20), "z")
+    with pytest.raises(InputError, match="do not fit"):
+        from_tensor_proto(proto([1, 1], "int_val", [300], dtype=4), "x", Limits(), "x")  # 300 in a uint8

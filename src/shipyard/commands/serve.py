@@ -16,7 +16,10 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="engine threads per model version (default: the engine's)")
     p.add_argument("--poll-seconds", type=float, default=2.0, help="repository poll interval (events act at once)")
     p.add_argument("--no-access-log", action="store_true", help="no per-request JSON log lines on stderr")
-    p.add_argument("--ready-file", type=Path, help="write the bound ports here (JSON) once listening")
+    p.add_argument("--ready-file", type=Path,
+                   help="write the bound ports here (JSON) once listening and every model that can load has loaded")
+    p.add_argument("--metrics-open", action="store_true",
+                   help="serve /metrics without the token (for Prometheus); everything else still needs it")
     p.add_argument("--workers", type=int, default=1, help="processes serving the same ports (default 1)")
     p.add_argument("--share-weights", action="store_true",
                    help="TFLite: run the builtin kernels on the memory-mapped file so all workers share one copy "
@@ -41,6 +44,6 @@ def cmd_serve(args) -> int:
         max_request_bytes=int(args.max_request_mb * (1 << 20)), threads=args.threads,
         poll_seconds=args.poll_seconds, access_log=not args.no_access_log, ready_file=args.ready_file,
         workers=args.workers, share_weights=args.share_weights, auth_token_file=args.auth_token_file,
-        worker_fd=args.worker_fd,
+        worker_fd=args.worker_fd, metrics_open=args.metrics_open,
     )
     return serve(opts)

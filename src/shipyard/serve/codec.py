@@ -3,6 +3,12 @@
 Every decoding problem (a wrong datatype, a shape that does not match the data, ragged
 lists, bad base64) becomes an :class:`InputError`, which the protocols answer with 400 /
 INVALID_ARGUMENT.
+
+Sizes come first: a request declares shapes (KServe ``shape``, a TensorProto's
+``tensor_shape``) that can be far larger than the data it carries (TF fills a tensor with its
+last value; 36 bytes can declare 2 GB). Every declared shape goes through :class:`Limits`
+(the model's input names, ranks and fixed dimensions, and ``--max-request-mb`` for the
+decoded tensors) before a single element is allocated.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import numpy as np
 
 from shipyard.errors import InputError
 from shipyard.model import Signature, TensorSpec
+from shipyard.serve.errors import TooLargeError
 
 KSERVE_TYPES = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -45,7 +52,38 @@ def check_shape(shape: Any, what: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+class Limits:
+    """What one request may declare, checked from the declared shape before anything is allocated:
+    input names the model has, its ranks and fixed dimensions, and at most ``max_bytes`` of tensor
+    data over all inputs (elements x item size; one byte per BYTES/string element)."""
+
+    def __init__(self, signature: Signature | None = None, max_bytes: int | None = None):
+        self.signature = signature
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def admit(self, name: Any, shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
+        if self.signature is not None:
+            spec = self.signature.resolve_input(name) if isinstance(name, str) else None
+            if spec is None:
+                raise InputError(f"unknown input name '{name}'",
+                                 hint="the model's inputs are: " + ", ".join(s.describe() for s in self.signature.inputs))
+            if spec.shape is not None:
+                if len(shape) != len(spec.shape):
+                    raise InputError(f"{what}: expected rank {len(spec.shape)} (shape {list(spec.shape)}), "
+                                     f"got rank {len(shape)} (shape {list(shape)})")
+                for axis, (want, got) in enumerate(zip(spec.shape, shape)):
+                    if isinstance(want, int) and want >= 0 and want != got:
+                        raise InputError(f"{what}: dimension {axis} must be {want}, got {got} "
+                                         f"(expected shape {list(spec.shape)}, given {list(shape)})")
+        self.used += math.prod(shape) * (1 if dtype == object else dtype.itemsize)
+        if self.max_bytes is not None and self.used > self.max_bytes:
+            raise TooLargeError(f"{what}: the request's tensors take {self.used} bytes, above the limit of "
+                                f"{self.max_bytes} bytes", hint="raise --max-request-mb, or send smaller batches")
+
+
 def from_values(values: Any, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A tensor from JSON ``data`` (nested or flat lists)."""
     dtype = numpy_dtype(datatype)
     try:
         if dtype == object:
@@ -54,19 +92,40 @@ def from_values(values: Any, datatype: str, shape: tuple[int, ...], what: str) -
                 raise ValueError("BYTES values must be strings")
         else:
             arr = np.asarray(values, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise InputError(f"{what}: data does not fit datatype {datatype} ({exc})") from None
     if arr.size != math.prod(shape):
         raise InputError(f"{what}: shape {list(shape)} needs {math.prod(shape)} values, got {arr.size}")
     return arr.reshape(shape)
 
 
+def from_repeated(values, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A tensor from a protobuf repeated field (KServe gRPC typed contents): the count is
+    checked before converting, and numbers convert without a Python list in between."""
+    dtype = numpy_dtype(datatype)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InputError(f"{what}: shape {list(shape)} needs {count} values, got {len(values)}")
+    try:
+        if dtype == object:
+            arr = np.array(list(values), dtype=object)
+        else:
+            arr = np.fromiter(values, dtype=dtype, count=count)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"{what}: data does not fit datatype {datatype} ({exc})") from None
+    return arr.reshape(shape)
+
+
 def _flatten(values: Any):
-    if isinstance(values, list):
-        for v in values:
-            yield from _flatten(v)
-    else:
-        yield values
+    stack = [iter([values])]  # iterative: nesting depth is the client's choice
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            yield v
+        else:
+            stack.pop()
 
 
 def from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -126,26 +185,36 @@ def _unb64(value: Any) -> Any:
     return value
 
 
-def _array(value: Any, spec: TensorSpec) -> np.ndarray:
-    value = _unb64(value)
+def _array(value: Any, spec: TensorSpec, limits: Limits) -> np.ndarray:
+    what = f"input '{spec.name}'"
     try:
+        value = _unb64(value)
         if spec.dtype == "string":
-            return np.array(value, dtype=object)
+            arr = np.array(value, dtype=object)
+            limits.admit(spec.name, arr.shape, arr.dtype, what)
+            return arr
         arr = np.array(value)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"input '{spec.name}': values do not form a rectangular array ({exc})") from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InputError(f"{what}: values do not form a rectangular array ({exc})") from None
     if arr.dtype == object or arr.dtype.kind in "SU":
         raise InputError(f"input '{spec.name}' takes {spec.dtype} numbers; got strings or binary values")
     if arr.dtype.kind not in "biuf":
         raise InputError(f"input '{spec.name}': values must be numbers")
+    # JSON carries its values (no declared shape to amplify): check what it holds before converting
+    try:
+        target = np.dtype(spec.dtype)
+    except TypeError:  # "unknown", or a type numpy lacks: the engine checks it
+        target = arr.dtype
+    limits.admit(spec.name, arr.shape, target, what)
     try:
         return arr.astype(spec.dtype) if spec.dtype != "unknown" else arr
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"input '{spec.name}': cannot convert to {spec.dtype} ({exc})") from None
 
 
-def decode_tfs_json(body: Any, signature: Signature) -> tuple[dict[str, np.ndarray], bool]:
+def decode_tfs_json(body: Any, signature: Signature, max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """Feeds from a TF Serving predict body; returns (feeds, columnar)."""
+    limits = Limits(signature, max_bytes)
     if not isinstance(body, dict):
         raise InputError("the body must be a JSON object with 'instances' or 'inputs'")
     if ("instances" in body) == ("inputs" in body):
@@ -154,10 +223,10 @@ def decode_tfs_json(body: Any, signature: Signature) -> tuple[dict[str, np.ndarr
     if "inputs" in body:
         data = body["inputs"]
         if isinstance(data, dict):
-            return {k: _array(v, _spec_for(signature, k)) for k, v in data.items()}, True
+            return {k: _array(v, _spec_for(signature, k), limits) for k, v in data.items()}, True
         if len(specs) != 1:
             raise InputError(f"the model has {len(specs)} inputs: 'inputs' must be an object keyed by input name")
-        return {specs[0].name: _array(data, specs[0])}, True
+        return {specs[0].name: _array(data, specs[0], limits)}, True
     rows = body["instances"]
     if not isinstance(rows, list) or not rows:
         raise InputError("'instances' must be a non-empty list")
@@ -165,10 +234,10 @@ def decode_tfs_json(body: Any, signature: Signature) -> tuple[dict[str, np.ndarr
         keys = set(rows[0])
         if any(set(r) != keys for r in rows):
             raise InputError("every instance must name the same inputs")
-        return {k: _array([r[k] for r in rows], _spec_for(signature, k)) for k in keys}, False
+        return {k: _array([r[k] for r in rows], _spec_for(signature, k), limits) for k in keys}, False
     if len(specs) != 1:
         raise InputError(f"the model has {len(specs)} inputs: each instance must be an object keyed by input name")
-    return {specs[0].name: _array(rows, specs[0])}, False
+    return {specs[0].name: _array(rows, specs[0], limits)}, False
 
 
 def _spec_for(signature: Signature, name: str) -> TensorSpec:
@@ -198,30 +267,52 @@ def encode_tfs_json(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str,
 # -- TensorProto (TF Serving gRPC) ----------------------------------------------------------
 
 
-def from_tensor_proto(tp, what: str) -> np.ndarray:
-    from shipyard.formats.tf_protos import dtype_name, shape_of, tensor_to_numpy
+# TensorProto value fields by numpy dtype (half_val holds float16 bit patterns)
+_TP_FIELDS = {"float32": "float_val", "float64": "double_val", "int32": "int_val", "int16": "int_val",
+              "int8": "int_val", "uint8": "int_val", "uint16": "int_val", "int64": "int64_val", "bool": "bool_val",
+              "float16": "half_val", "uint32": "uint32_val", "uint64": "uint64_val"}
+
+
+def from_tensor_proto(tp, what: str, limits: Limits | None = None, name: str | None = None) -> np.ndarray:
+    """A tensor from a TensorProto (TF Serving gRPC). Its declared shape is admitted by
+    ``limits`` first; fewer values than the shape holds are filled with the last one (TF's
+    rule), more are an error."""
+    from shipyard.formats.tf_protos import dtype_name, shape_of
 
     dtype = dtype_name(tp.dtype)
     shape = shape_of(tp.tensor_shape)
     if shape is None or any(d < 0 for d in shape):
         raise InputError(f"{what}: the tensor needs a fully known shape")
-    check_shape(list(shape), what)
-    if dtype == "string":
-        values = list(tp.string_val)
-        if len(values) != math.prod(shape):
-            raise InputError(f"{what}: shape {list(shape)} needs {math.prod(shape)} strings, got {len(values)}")
-        return np.array(values, dtype=object).reshape(shape)
-    try:
-        np.dtype(dtype)
-    except TypeError:
-        raise InputError(f"{what}: dtype {dtype} is not supported") from None
-    if tp.tensor_content and len(tp.tensor_content) != math.prod(shape) * np.dtype(dtype).itemsize:
-        raise InputError(f"{what}: tensor_content has {len(tp.tensor_content)} bytes, shape {list(shape)} "
-                         f"of {dtype} needs {math.prod(shape) * np.dtype(dtype).itemsize}")
-    arr = tensor_to_numpy(tp)
-    if arr is None:
+    shape = check_shape(list(shape), what)
+    count = math.prod(shape)
+    if dtype != "string" and dtype not in _TP_FIELDS:
         raise InputError(f"{what}: dtype {dtype} is not supported")
-    return arr
+    np_dtype = np.dtype(object if dtype == "string" else dtype)
+    if limits is not None:
+        limits.admit(name, shape, np_dtype, what)
+    if dtype == "string":
+        values = tp.string_val
+        if len(values) != count:
+            raise InputError(f"{what}: shape {list(shape)} needs {count} strings, got {len(values)}")
+        return np.array(list(values), dtype=object).reshape(shape)
+    if tp.tensor_content:
+        if len(tp.tensor_content) != count * np_dtype.itemsize:
+            raise InputError(f"{what}: tensor_content has {len(tp.tensor_content)} bytes, shape {list(shape)} "
+                             f"of {dtype} needs {count * np_dtype.itemsize}")
+        return np.frombuffer(tp.tensor_content, dtype=np_dtype.newbyteorder("<")).reshape(shape)
+    field = getattr(tp, _TP_FIELDS[dtype])
+    given = len(field)
+    if given > count:
+        raise InputError(f"{what}: shape {list(shape)} holds {count} values, got {given}")
+    wire = np.dtype(np.uint16) if dtype == "float16" else np_dtype
+    out = np.zeros(count, dtype=wire)
+    if given:
+        try:
+            out[:given] = np.fromiter(field, dtype=wire, count=given)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InputError(f"{what}: values do not fit dtype {dtype} ({exc})") from None
+        out[given:] = out[given - 1]
+    return (out.view(np.float16) if dtype == "float16" else out).reshape(shape)
 
 
 def to_tensor_proto(arr: np.ndarray, tp) -> None:

@@ -24,6 +24,10 @@ class TooLargeError(ShipyardError):
     """A request body above the server's limit."""
 
 
+class ClientGoneError(ShipyardError):
+    """The client went away before its request was read (a client problem: no traceback, no 500)."""
+
+
 class EngineError(ShipyardError):
     """The engine rejected inputs that passed the signature check (a data-dependent problem)."""
 
@@ -37,6 +41,7 @@ STATUS: dict[type, tuple[int, str]] = {
     QueueFullError: (429, "RESOURCE_EXHAUSTED"),
     AuthError: (401, "UNAUTHENTICATED"),
     TooLargeError: (413, "RESOURCE_EXHAUSTED"),
+    ClientGoneError: (499, "CANCELLED"),  # nginx's "client closed request"; nobody reads the answer
 }
 
 

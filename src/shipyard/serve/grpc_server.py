@@ -27,17 +27,49 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
              "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 
 
+class _Undecodable:
+    """What the deserializer hands over for bytes that are not the expected message.
+
+    grpcio (1.x, grpc/_server.py) answers INTERNAL "Exception deserializing request!" both when
+    a request_deserializer raises and when it returns None, before any handler runs; nothing
+    in its API maps a parse failure to another code. So the deserializer never fails: it
+    returns this marker, and the handler turns it into INVALID_ARGUMENT.
+    """
+
+    __slots__ = ("error", "message")
+
+    def __init__(self, message: str, error: str):
+        self.message = message
+        self.error = error
+
+
+def _lenient(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or whatever the protobuf backend raises
+            return _Undecodable(message_class.DESCRIPTOR.full_name, str(exc) or exc.__class__.__name__)
+    return parse
+
+
 class GrpcAPI(protocol.Frontend):
+    """The auth rule is REST's: health (ServerLive, ServerReady) is open, every other method
+    needs the token."""
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _call(self, service: str, model_of, fn):
+    def _call(self, service: str, model_of, fn, public: bool = False):
         def handler(request, context):
             start = time.perf_counter()
             model = ""
             try:
-                model = model_of(request)
-                self._check_auth(context)
+                undecodable = isinstance(request, _Undecodable)
+                if not undecodable:
+                    model = model_of(request)
+                if not public:
+                    self._check_auth(context)
+                if undecodable:
+                    raise InputError(f"cannot decode the request as {request.message} ({request.error})")
                 reply = fn(request)
                 code = "OK"
                 return reply
@@ -56,9 +88,9 @@ class GrpcAPI(protocol.Frontend):
             self.check_bearer(dict(context.invocation_metadata()).get("authorization", ""))
 
     def handlers(self) -> list:
-        def unary(fn, req, resp, model_of=lambda r: ""):
-            return grpc.unary_unary_rpc_method_handler(self._call(fn.__name__, model_of, fn),
-                                                       request_deserializer=req.FromString,
+        def unary(fn, req, resp, model_of=lambda r: "", public=False):
+            return grpc.unary_unary_rpc_method_handler(self._call(fn.__name__, model_of, fn, public),
+                                                       request_deserializer=_lenient(req),
                                                        response_serializer=resp.SerializeToString)
         spec_name = lambda r: r.model_spec.name
         return [
@@ -72,9 +104,10 @@ class GrpcAPI(protocol.Frontend):
                                         tpb.GetModelStatusResponse, spec_name),
             }),
             grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
-                "ServerLive": unary(lambda r: kpb.ServerLiveResponse(live=True), kpb.ServerLiveRequest, kpb.ServerLiveResponse),
+                "ServerLive": unary(lambda r: kpb.ServerLiveResponse(live=True), kpb.ServerLiveRequest,
+                                    kpb.ServerLiveResponse, public=True),
                 "ServerReady": unary(lambda r: kpb.ServerReadyResponse(ready=self.manager.ready()),
-                                     kpb.ServerReadyRequest, kpb.ServerReadyResponse),
+                                     kpb.ServerReadyRequest, kpb.ServerReadyResponse, public=True),
                 "ModelReady": unary(self.model_ready, kpb.ModelReadyRequest, kpb.ModelReadyResponse, lambda r: r.name),
                 "ServerMetadata": unary(lambda r: kpb.ServerMetadataResponse(
                     name=protocol.SERVER_NAME, version=protocol.SERVER_VERSION, extensions=protocol.EXTENSIONS),
@@ -101,7 +134,8 @@ class GrpcAPI(protocol.Frontend):
         if request.model_spec.signature_name not in ("", "serving_default"):
             raise InputError(f"unknown signature '{request.model_spec.signature_name}'",
                              hint="shipyard serves one signature: serving_default")
-        feeds = {k: codec.from_tensor_proto(v, f"input '{k}'") for k, v in request.inputs.items()}
+        limits = self.limits(self.manager.resolve(request.model_spec.name, version, label))
+        feeds = {k: codec.from_tensor_proto(v, f"input '{k}'", limits, k) for k, v in request.inputs.items()}
         servable, future = self.manager.submit(request.model_spec.name, feeds, version, label)
         outputs = protocol.filter_outputs(future.result(), list(request.output_filter) or None)
         reply = tpb.PredictResponse()
@@ -166,20 +200,21 @@ class GrpcAPI(protocol.Frontend):
         return reply
 
     def model_infer(self, request):
-        raw = list(request.raw_input_contents)
+        version = protocol.parse_version(request.model_version)
+        limits = self.limits(self.manager.resolve(request.model_name, version))
+        raw = request.raw_input_contents
         if raw and len(raw) != len(request.inputs):
             raise InputError("raw_input_contents must hold one entry per input")
         feeds = {}
         for i, tensor in enumerate(request.inputs):
             what = f"input '{tensor.name}'"
             shape = codec.check_shape(list(tensor.shape), what)
+            limits.admit(tensor.name, shape, codec.numpy_dtype(tensor.datatype), what)
             if raw:
                 feeds[tensor.name] = codec.from_bytes(raw[i], tensor.datatype, shape, what)
             else:
-                codec.numpy_dtype(tensor.datatype)
-                values = list(getattr(tensor.contents, _CONTENTS.get(tensor.datatype, "fp32_contents")))
-                feeds[tensor.name] = codec.from_values(values, tensor.datatype, shape, what)
-        version = protocol.parse_version(request.model_version)
+                values = getattr(tensor.contents, _CONTENTS.get(tensor.datatype, "fp32_contents"))
+                feeds[tensor.name] = codec.from_repeated(values, tensor.datatype, shape, what)
         servable, future = self.manager.submit(request.model_name, feeds, version)
         wanted = [o.name for o in request.outputs] or None
         outputs = protocol.filter_outputs(future.result(), wanted)

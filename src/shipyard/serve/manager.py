@@ -59,13 +59,14 @@ class Manager:
         self._loaders = ThreadPoolExecutor(max_workers=load_workers, thread_name_prefix="loader")
         self._unloaders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="unloader")
         self._closed = False
+        self._ignored: set[str] = set()  # directories scan() has reported as not a version (logged once)
 
     # -- reconcile ------------------------------------------------------------------------
 
     def sync(self) -> None:
         """Bring loaded versions in line with the repository (called by the watcher)."""
         with self._sync_lock:
-            on_disk = scan(self.repo)
+            on_disk = scan(self.repo, self._ignored)
             with self._lock:
                 if self._closed:
                     return

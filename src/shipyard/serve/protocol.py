@@ -12,6 +12,7 @@ import numpy as np
 
 from shipyard import __version__
 from shipyard.errors import InputError, ShipyardError
+from shipyard.serve import codec
 from shipyard.serve.codec import kserve_datatype
 from shipyard.serve.errors import AuthError
 from shipyard.serve.manager import Manager
@@ -35,6 +36,10 @@ class Frontend:
         self.auth_token = auth_token
         self.max_request_bytes = max_request_bytes
 
+    def limits(self, servable: Servable) -> codec.Limits:
+        """What one request to ``servable`` may declare (checked before decoding anything)."""
+        return codec.Limits(servable.signature, self.max_request_bytes)
+
     def check_bearer(self, authorization: str) -> None:
         """Raise AuthError unless ``authorization`` is ``Bearer <the token>`` (constant-time compare)."""
         if self.auth_token is None:
@@ -48,9 +53,11 @@ class Frontend:
 
 
 def parse_version(text: str | None) -> int | None:
+    """A version number from a URL or message: ASCII decimal digits only (``str.isdigit`` and
+    ``int`` also take '²', '١', '１')."""
     if text in (None, ""):
         return None
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise InputError(f"version must be a non-negative integer, got {text!r}")
     return int(text)
 

@@ -9,6 +9,7 @@ on disk are checked with :func:`valid_model_name` as well.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,19 @@ from typing import Any
 from shipyard.errors import UsageError
 
 CONFIG_FILE = "config.json"
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+_VERSION = re.compile(r"[0-9]{1,18}")  # ASCII decimal only: str.isdigit() and int() also take '²', '١', '１'
+log = logging.getLogger("shipyard.serve")
 
 
 def valid_model_name(name: str) -> bool:
     """A plain name: letters, digits, ``_ . -``; no slashes, no leading dot, never ``..``."""
-    return bool(_NAME.match(name)) and ".." not in name
+    return bool(_NAME.fullmatch(name)) and ".." not in name
+
+
+def valid_version_name(name: str) -> bool:
+    """A version directory: 1 to 18 ASCII decimal digits (fits TF Serving's int64 versions)."""
+    return bool(_VERSION.fullmatch(name))
 
 
 @dataclass(frozen=True)
@@ -156,8 +164,12 @@ def _fingerprint(path: Path) -> tuple:
     return tuple(out)
 
 
-def scan(repo: Path) -> dict[str, ModelOnDisk]:
-    """Everything servable under ``repo`` right now (files may vanish while we look: skip them)."""
+def scan(repo: Path, ignored: set[str] | None = None) -> dict[str, ModelOnDisk]:
+    """Everything servable under ``repo`` right now (files may vanish while we look: skip them).
+
+    A directory inside a model that is not a version number (``²``, ``v2``) is skipped and
+    logged once: ``ignored`` remembers which were reported (the caller keeps it across scans).
+    """
     models: dict[str, ModelOnDisk] = {}
     try:
         model_dirs = sorted(p for p in repo.iterdir() if p.is_dir())
@@ -172,9 +184,14 @@ def scan(repo: Path) -> dict[str, ModelOnDisk]:
             config, error = None, exc.message
         versions: dict[int, VersionOnDisk] = {}
         try:
-            version_dirs = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+            version_dirs = [p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
         except OSError:
             continue
+        for vdir in [p for p in version_dirs if not valid_version_name(p.name)]:
+            version_dirs.remove(vdir)
+            if ignored is not None and str(vdir) not in ignored:
+                ignored.add(str(vdir))
+                log.warning("ignoring %s (not a version: versions are named by 1 to 18 ASCII digits 0-9)", vdir)
         for vdir in version_dirs:
             try:
                 path = model_path(vdir)

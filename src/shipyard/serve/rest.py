@@ -13,13 +13,13 @@ import time
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from shipyard.errors import InputError
 from shipyard.serve import codec, protocol
-from shipyard.serve.errors import NotFoundError, TooLargeError, status_of
+from shipyard.serve.errors import ClientGoneError, NotFoundError, TooLargeError, status_of
 from shipyard.serve.manager import Manager
 from shipyard.serve.metrics import Metrics
 
@@ -43,8 +43,9 @@ class JSON(Response):
 
 class RestAPI(protocol.Frontend):
     def __init__(self, manager: Manager, metrics: Metrics, auth_token: str | None = None,
-                 max_request_bytes: int = 64 << 20):
+                 max_request_bytes: int = 64 << 20, metrics_open: bool = False):
         super().__init__(manager, metrics, auth_token, max_request_bytes)
+        self.metrics_open = metrics_open  # --metrics-open: Prometheus scrapes /metrics without the token
         routes = [
             Route("/v1/models/{rest:path}", self.tfs, methods=["GET", "POST"]),
             Route("/v2/health/live", self.live, methods=["GET"]),
@@ -63,20 +64,24 @@ class RestAPI(protocol.Frontend):
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_request_bytes:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > self.max_request_bytes:
             raise TooLargeError(f"request body of {declared} bytes is above the limit of {self.max_request_bytes}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_request_bytes:
-                raise TooLargeError(f"request body above the limit of {self.max_request_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_request_bytes:
+                    raise TooLargeError(f"request body above the limit of {self.max_request_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ClientGoneError(f"the client disconnected after {size} bytes of the body") from None
         return b"".join(chunks)
 
-    async def _handle(self, request: Request, protocol_name: str, model: str, work) -> Response:
+    async def _handle(self, request: Request, protocol_name: str, model: str, work, public: bool = False) -> Response:
         start = time.perf_counter()
         try:
-            self._check_auth(request)
+            if not public:
+                self._check_auth(request)
             response = await work()
             code = response.status_code
         except Exception as exc:
@@ -98,7 +103,7 @@ class RestAPI(protocol.Frontend):
         body = await self._body(request)
         try:
             return _loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InputError(f"the body is not valid JSON ({exc})") from None
 
     async def _infer(self, name: str, feeds, version: int | None = None, label: str | None = None):
@@ -132,7 +137,7 @@ class RestAPI(protocol.Frontend):
             if request.method == "POST" and verb == "predict" and not tail:
                 body = await self._json(request)
                 servable = self.manager.resolve(name, version, label)
-                feeds, columnar = codec.decode_tfs_json(body, servable.signature)
+                feeds, columnar = codec.decode_tfs_json(body, servable.signature, self.max_request_bytes)
                 pinned = servable.version if (version is not None or label is not None) else None
                 _, outputs = await self._infer(name, feeds, pinned)
                 return JSON(codec.encode_tfs_json(outputs, columnar))
@@ -182,16 +187,17 @@ class RestAPI(protocol.Frontend):
         raw = await self._body(request)
         header_len = request.headers.get(HEADER_LENGTH)
         if header_len is not None:
-            if not header_len.isdigit() or int(header_len) > len(raw):
+            if not (header_len.isascii() and header_len.isdigit()) or int(header_len) > len(raw):
                 raise InputError(f"{HEADER_LENGTH} must be a byte count within the body")
             head, binary = raw[:int(header_len)], memoryview(raw)[int(header_len):]
         else:
             head, binary = raw, memoryview(b"")
         try:
             body = _loads(head)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InputError(f"the inference header is not valid JSON ({exc})") from None
-        feeds, wanted, binary_out = decode_kserve_request(body, binary)
+        limits = self.limits(self.manager.resolve(name, version))
+        feeds, wanted, binary_out = decode_kserve_request(body, binary, limits)
         servable, outputs = await self._infer(name, feeds, version)
         outputs = protocol.filter_outputs(outputs, [w for w, _ in wanted] if wanted else None)
         want_binary = {w: b for w, b in wanted} if wanted else {}
@@ -220,16 +226,20 @@ class RestAPI(protocol.Frontend):
     async def prometheus(self, request: Request) -> Response:
         async def work() -> Response:
             return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
-        return await self._handle(request, "metrics", "", work)
+        return await self._handle(request, "metrics", "", work, public=self.metrics_open)
 
     async def openapi(self, request: Request) -> Response:
         from shipyard.serve.openapi import OPENAPI
 
-        return JSON(OPENAPI)
+        async def work() -> Response:
+            return JSON(OPENAPI)
+        return await self._handle(request, "openapi", "", work)
 
 
-def decode_kserve_request(body: Any, binary: memoryview):
-    """(feeds, [(output name, binary?)], binary-by-default) from a KServe v2 infer request."""
+def decode_kserve_request(body: Any, binary: memoryview, limits: codec.Limits | None = None):
+    """(feeds, [(output name, binary?)], binary-by-default) from a KServe v2 infer request.
+    Each tensor's declared shape passes ``limits`` before its data is decoded."""
+    limits = limits if limits is not None else codec.Limits()
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise InputError("the body must be an object with a non-empty 'inputs' list")
     params = body.get("parameters") or {}
@@ -241,12 +251,13 @@ def decode_kserve_request(body: Any, binary: memoryview):
             raise InputError(f"inputs[{i}] must be an object with a 'name'")
         what = f"input '{tensor['name']}'"
         shape = codec.check_shape(tensor.get("shape"), what)
+        limits.admit(tensor["name"], shape, codec.numpy_dtype(tensor.get("datatype")), what)
         tparams = tensor.get("parameters") or {}
         if not isinstance(tparams, dict):
             raise InputError(f"{what}: 'parameters' must be an object")
         size = tparams.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InputError(f"{what}: binary_data_size {size!r} does not fit the binary data after the header")
             feeds[tensor["name"]] = codec.from_bytes(binary[offset:offset + size], tensor.get("datatype"), shape, what)
             offset += size

@@ -29,11 +29,12 @@ class ServeOptions:
     poll_seconds: float = 2.0
     access_log: bool = True
     grace_seconds: float = 10.0
-    ready_file: Path | None = None   # written (ports as JSON) once both listeners are up
+    ready_file: Path | None = None   # written (ports as JSON) once both listeners are up and the models loaded
     workers: int = 1                 # processes serving the same ports (see serve/workers.py)
     share_weights: bool = False      # TFLite: builtin kernels on the memory-mapped file, one copy for all workers
     auth_token_file: Path | None = None
     worker_fd: int | None = None     # inside a worker: the REST socket the supervisor bound
+    metrics_open: bool = False       # /metrics without the token (Prometheus scrapers)
 
 
 def read_token(path: Path) -> str:
@@ -76,12 +77,12 @@ def serve(opts: ServeOptions) -> int:
         if opts.grpc_port is not None:
             grpc_server, grpc_port = start_grpc(GrpcAPI(manager, metrics, opts.auth_token, opts.max_request_bytes),
                                                 opts.host, opts.grpc_port, reuse_port=opts.worker_fd is not None)
-        rest = RestAPI(manager, metrics, opts.auth_token, opts.max_request_bytes)
+        rest = RestAPI(manager, metrics, opts.auth_token, opts.max_request_bytes, metrics_open=opts.metrics_open)
         where = {"fd": opts.worker_fd} if opts.worker_fd is not None else {"host": opts.host, "port": opts.rest_port}
         config = uvicorn.Config(rest.app, **where, log_level="critical", access_log=False,
                                 timeout_graceful_shutdown=opts.grace_seconds, lifespan="off")
         server = uvicorn.Server(config)
-        threading.Thread(target=_announce, args=(server, opts, grpc_port, watcher.mode), daemon=True).start()
+        threading.Thread(target=_announce, args=(server, manager, opts, grpc_port, watcher.mode), daemon=True).start()
         # uvicorn re-raises the signal that stopped it once it has shut down; with the default
         # actions that would kill the process (SIGTERM) or raise KeyboardInterrupt (Ctrl-C) before
         # the drain below. A stop asked for is a clean exit (0), so both get a no-op handler for
@@ -105,11 +106,13 @@ def serve(opts: ServeOptions) -> int:
     return 0
 
 
-def _announce(server, opts: ServeOptions, grpc_port: int | None, watch_mode: str) -> None:
-    """Log the bound ports (and write --ready-file) once uvicorn listens."""
-    while not server.started and not server.should_exit:
+def _announce(server, manager, opts: ServeOptions, grpc_port: int | None, watch_mode: str) -> None:
+    """Log the bound ports once uvicorn listens and the first loads have finished, then write
+    --ready-file: every version that can load is serving by then (one that fails to load does
+    not hold it back; its error is in the model status)."""
+    while not (server.started and manager.settled()) and not server.should_exit:
         time.sleep(0.02)
-    if not server.started:
+    if not server.started or server.should_exit:
         return
     port = server.servers[0].sockets[0].getsockname()[1]
     info = {"rest_port": port, "grpc_port": grpc_port, "host": opts.host, "watch": watch_mode}

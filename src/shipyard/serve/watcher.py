@@ -52,7 +52,7 @@ class RepositoryWatcher:
                 self._wake.clear()
             try:
                 self._sync()
-            except Exception:  # noqa: BLE001 - the watcher thread must outlive any one bad sync
+            except Exception:  # the watcher thread must outlive any one bad sync
                 log.exception("repository sync failed")
 
     def stop(self) -> None:
@@ -61,4 +61,5 @@ class RepositoryWatcher:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # stop() also runs when start-up failed before start()
+            self._thread.join(timeout=10)

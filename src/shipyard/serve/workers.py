@@ -41,6 +41,8 @@ def _worker_args(opts, fd: int, rest_port: int, grpc_port: int | None, ready: Pa
         args.append("--no-access-log")
     if opts.share_weights:
         args.append("--share-weights")
+    if opts.metrics_open:
+        args.append("--metrics-open")
     return args
 
 
