@@ -71,10 +71,11 @@ class Search:
 
     def __init__(self, build: Build, evaluate: Evaluate, latency: Latency | None, variants: list[dict],
                  candidates: dict[str, str], max_trials: int = 400, max_float_fraction: float = 0.5,
-                 producers: dict[str, list[str]] | None = None):
+                 producers: dict[str, list[str]] | None = None, quantized: Callable[[Path], bool] | None = None):
         self.build, self.evaluate, self.latency = build, evaluate, latency
         self.variants, self.candidates = variants, candidates
         self.producers = producers or {}  # node -> the candidates feeding it (its neighbourhood)
+        self.quantized = quantized        # whether a built model still computes anything in int8
         self.max_trials = max_trials
         # A "quantized" model that keeps most of its nodes in float is the float model, slower:
         # past this share the budget is declared out of reach.
@@ -84,6 +85,9 @@ class Search:
     def _try(self, settings: dict, kept: tuple[str, ...]) -> Trial:
         path = self.build(settings, kept)
         trial = Trial(settings, kept, self.evaluate(path), path)
+        if kept and trial.verification.passed and self.quantized is not None and not self.quantized(path):
+            # every computing node float: that is the float model again, not a quantized one
+            trial.verification.failures.append("inside the budget only with every computing node in float")
         self.trials.append(trial)
         return trial
 
@@ -128,6 +132,8 @@ class Search:
             if groups and (len(group) == 1 or (groups > 1 and len(group) == 1 + len(
                     [p for p in self._ancestors(name, groups - 1) if p not in kept]))):
                 continue  # measured at a smaller depth already
+            if len(kept) + len(group) > self.max_float:
+                continue  # past the float share the search allows itself
             what = "nodes with their inputs" if groups else ("sensitivity at the outputs" if not kept
                                                              else f"node {len(kept) + 1} to keep in float")
             guard.stage(f"measuring {what}: {i + 1}/{len(names)}")

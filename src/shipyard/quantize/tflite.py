@@ -87,6 +87,13 @@ def _quantize_calibrated(calibrated: bytes, per_channel: bool, kept: tuple[str, 
         raise ModelLoadError(f"the TFLite quantizer failed: {str(exc).strip()[:500]}") from exc
 
 
+def _computes_in_int8(path: Path) -> bool:
+    """Whether any op of the model still computes in 8/16-bit integers."""
+    from shipyard.formats.tflite import ops_by_output
+
+    return bool(ops_by_output(path.read_bytes(), ("int8", "uint8", "int16")))
+
+
 def _float_layers(calibrated: bytes) -> tuple[dict[str, str], dict[str, list[str]]]:
     """({output tensor name: op}, {name: the candidates feeding it}) of the calibrated model's
     float ops: the candidates to keep in float (names from the float model are the ones the
@@ -181,7 +188,7 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
             variants = [{"per_channel": True}, {"per_channel": False}] if req.search else [{"per_channel": True}]
             result = Search(build, evaluate, latency if req.latency_runs else None, variants,
                             {k: v for k, v in candidates.items() if k not in req.exclude} if req.search else {},
-                            producers=producers).run()
+                            producers=producers, quantized=_computes_in_int8).run()
             data = result.chosen.path.read_bytes()
             verification = result.chosen.verification
             report.search = result.to_json() if req.search else None
