@@ -135,7 +135,7 @@ def test_records_calibrate_quantization(keras_example, tmp_path):
     _, paths, x, _ = keras_example
     calib = tmp_path / "calib.tfrecord"
     records.write_records(calib, (tf_example.encode({"pixels": img, "label": np.array([i % 10])})
-                                  for i, img in enumerate(np.concatenate([x] * 4))), compressed=True)
+                                  for i, img in enumerate(np.concatenate([x] * 6))), compressed=True)
     report = quantize_model(paths["onnx"], tmp_path / "q.onnx",
                             Request("static", str(calib), latency_runs=0, layers=False, mapping={"pixels": "image:0"}))
     assert report.calibration and "TFRecord" in str(report.calibration)

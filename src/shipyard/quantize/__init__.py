@@ -120,16 +120,19 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
     import shutil
 
     from shipyard.atomic import atomic_path
-    from shipyard.formats.onnx import load_proto
+    from shipyard.formats.onnx import load_model_proto
     from shipyard.quantize import onnx_quant as oq
     from shipyard.quantize.search import Search
     from shipyard.timing import latency_ms
     from shipyard.verify import judge, model_outputs
 
-    proto = load_proto(model.path, external_data=True)
+    proto = load_model_proto(model, external_data=True)
     oq.check_not_quantized(proto, model.path)
     oq.check_exclude(proto, req.exclude)
     report = QuantizeReport(str(model.path), str(out_path), "onnx", req.mode)
+    if model.encrypted:
+        report.warnings.append(f"the quantized model {out_path} is NOT encrypted; encrypt it: shipyard protect "
+                               "encrypt ... --key-file KEY (or delete it)")
     source = _source(req, report)
     with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
         guard.stage("running the float model on the evaluation data")
@@ -174,12 +177,12 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
             variants = [v.__dict__ for v in (oq.variants(opts) if req.search else [opts])]
             candidates, producers = oq.quantizable_nodes(prepared, opts) if req.search else ({}, {})
             search = Search(build, evaluate, latency if req.latency_runs else None, variants, candidates,
-                            producers=producers)
+                            producers=producers, quantized=lambda p: oq.quantized_op_count(p, compute=True) > 0)
             result = search.run()
             chosen = result.chosen
             report.search = result.to_json() if req.search else None
             report.settings = _static_settings(oq.StaticOptions(**chosen.settings), chosen.kept_float)
-            if not oq.quantized_op_count(chosen.path):
+            if not oq.quantized_op_count(result.trials[0].path):  # the fully quantized first try
                 raise UnsupportedError(f"{model.path}: onnxruntime's quantizer quantized no node of this model (it does "
                                        f"not enter If/Loop subgraphs, where this model keeps its computation)",
                                        hint="nothing was written; --mode weights or float16 handle subgraphs")

@@ -40,13 +40,25 @@ def check_not_quantized(proto, path) -> None:
                          hint="quantize the float model it came from")
 
 
-def quantized_op_count(path: Path) -> int:
-    """Quantized nodes in the model, subgraphs included: 0 when the quantizer changed nothing."""
+def quantized_op_count(path: Path, compute: bool = False) -> int:
+    """Quantized nodes in the model, subgraphs included: 0 when the quantizer changed nothing.
+    ``compute``: only what computes in integers — QLinear*/*Integer/QGemm nodes, or in the QDQ
+    form a DequantizeLinear of an int8 weight — not the Quantize/DequantizeLinear pairs that a
+    model whose every computing node stayed float may still carry."""
     import onnx
 
     def count(graph) -> int:
-        return sum((n.op_type in QUANTIZED_OPS) + sum(count(a.g) for a in n.attribute if a.type == a.GRAPH)
-                   + sum(count(g) for a in n.attribute if a.type == a.GRAPHS for g in a.graphs) for n in graph.node)
+        weights = {i.name for i in graph.initializer}
+        total = 0
+        for n in graph.node:
+            if compute:
+                total += (n.op_type.startswith("QLinear") or n.op_type in QUANTIZED_OPS - {"QuantizeLinear", "DequantizeLinear"}
+                          or (n.op_type == "DequantizeLinear" and bool(n.input) and n.input[0] in weights))
+            else:
+                total += n.op_type in QUANTIZED_OPS
+            total += sum(count(a.g) for a in n.attribute if a.type == a.GRAPH)
+            total += sum(count(g) for a in n.attribute if a.type == a.GRAPHS for g in a.graphs)
+        return total
 
     return count(onnx.load(str(path), load_external_data=False).graph)
 
