@@ -12,24 +12,71 @@ from pathlib import Path
 from shipyard.errors import OutputPathError
 
 
-def check_output_path(out: Path, *inputs: Path) -> Path:
-    """Refuse outputs that would overwrite or land inside an input model."""
+def check_output_path(out: Path, *inputs: Path | str | None, parents: bool = False) -> Path:
+    """Refuse outputs that would overwrite, replace or land inside an input.
+
+    Every command that writes checks its output here. Paths are compared resolved (``..``,
+    symlinks) and by identity (device and inode: hard links, bind mounts), against each input
+    file or directory and, for a directory input, every file inside it; an output that is an
+    existing directory holding an input is refused too (replacing it would delete the input).
+    The key file ($SHIPYARD_MODEL_KEY_FILE) is always an input. ``parents``: the output's
+    directory may be created by the writer (it need not exist yet).
+    """
     out = Path(out).absolute()
-    for src in inputs:
-        src = Path(src).absolute()
-        if out == src or src in out.parents:
-            raise OutputPathError(f"{out}: the output would overwrite or go inside the input model {src}")
-    if not out.parent.exists():
-        raise OutputPathError(f"{out}: the directory {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise OutputPathError(f"{out}: the directory {out.parent} is not writable")
+    key = os.environ.get("SHIPYARD_MODEL_KEY_FILE")
+    sources = [(Path(src), "input model" if i == 0 else "input") for i, src in enumerate(inputs) if src]
+    if key:
+        sources.append((Path(key), "key file"))
+    out_real = out.resolve()
+    out_chain = [out_real, *out_real.parents]  # the output and the directories it lands in
+    out_ids = {ident for ident in map(_identity, out_chain) if ident is not None}
+    out_id = _identity(out_real)
+    for src, label in sources:
+        src_real = Path(src).absolute().resolve()
+        src_id = _identity(src_real)
+        inside = src_real in out_chain or (src_id is not None and src_id in out_ids)
+        if inside:
+            what = "overwrite" if src_real == out_real or src_id == out_id else "go inside"
+            raise OutputPathError(f"{out}: the output would {what} the {label} {src}")
+        holds = out_real in src_real.parents or (
+            out_id is not None and out_id in {_identity(p) for p in src_real.parents})
+        if holds:
+            raise OutputPathError(f"{out}: the output would replace a directory that holds the {label} {src}")
+        if out_id is not None and src_real.is_dir() and not out_real.is_dir() and out_id in _file_ids(src_real):
+            raise OutputPathError(f"{out}: the output is a link to a file of the {label} {src}")
+    if not parents:
+        if not out.parent.is_dir():
+            raise OutputPathError(f"{out}: the directory {out.parent} does not exist")
+        if not os.access(out.parent, os.W_OK):
+            raise OutputPathError(f"{out}: the directory {out.parent} is not writable")
     return out
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names (following links), None if it does not exist."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _file_ids(directory: Path) -> set[tuple[int, int]]:
+    ids = set()
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            ident = _identity(Path(root) / name)
+            if ident is not None:
+                ids.add(ident)
+    return ids
 
 
 @contextlib.contextmanager
 def atomic_path(out: Path, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``out``; it replaces ``out`` only if the block succeeds."""
     out = Path(out)
+    if out.is_dir() and not directory:
+        raise OutputPathError(f"{out}: is a directory; give a file name for the output")
     prefix = f".{out.name}.tmp-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent)) if directory else None
     if tmp is None:

@@ -27,10 +27,11 @@ def _progress(text: str) -> None:
 
 def run_demo(out_dir: Path, as_json: bool = False, epochs: int = 25, serve: bool = True) -> int:
     from shipyard import examples
+    from shipyard.atomic import check_output_path
     from shipyard.ship.pipeline import Pipeline, ShipRequest
     from shipyard.ship.render import render_manifest, rows
 
-    out_dir = Path(out_dir).absolute()
+    out_dir = check_output_path(out_dir, parents=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     examples.quiet_keras_home(out_dir / ".keras")
     _progress(f"training a CNN on the digits dataset ({epochs} epochs)")

@@ -8,8 +8,8 @@ import numpy as np
 from shipyard.errors import InputError, UnsupportedError
 from shipyard.model import Signature, TensorSpec, tensor_name
 
-
 _LABEL_KEYS = ("labels", "label", "y")
+MAX_GENERATED_ELEMENTS = 2**28  # 1 GiB of float32: a declared shape above this is a damaged or a huge model
 
 
 def random_array(spec: TensorSpec, rng: np.random.Generator, batch: int = 1, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -22,6 +22,13 @@ def random_array(spec: TensorSpec, rng: np.random.Generator, batch: int = 1, sha
         dims = list(spec.shape)
         shape = tuple(
             d if isinstance(d, int) and d >= 0 else (batch if i == 0 else 1) for i, d in enumerate(dims)
+        )
+    count = int(np.prod([max(int(d), 0) for d in shape], dtype=object)) if shape else 1
+    if count > MAX_GENERATED_ELEMENTS:
+        raise InputError(
+            f"input '{spec.name}' has shape {list(shape)} ({count:.3g} elements): too large to generate random "
+            f"values for (the limit is {MAX_GENERATED_ELEMENTS:,} elements)",
+            hint=f"give a smaller shape: --shape {spec.name}=D0,D1,.. (or --input {spec.name}=FILE.npy)",
         )
     dtype = np.dtype("float32") if spec.dtype in ("unknown",) else None
     if spec.dtype == "string":

@@ -56,6 +56,11 @@ def run_guarded(work: Callable[[], int]) -> int:
                 print(exc.code, file=sys.stderr)
         except KeyboardInterrupt:
             code = 130
+        except BaseException:  # noqa: BLE001 - SHIPYARD_DEBUG=1 re-raises: show it before os._exit
+            import traceback
+
+            traceback.print_exc()
+            code = 1
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

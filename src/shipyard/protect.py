@@ -128,15 +128,24 @@ def _tar(files: dict[str, Path]) -> bytes:
 
 def model_files(src: Path, fmt: str) -> dict[str, Path] | None:
     """The files of a multi-file model ({name relative to the model: path}), None for one file."""
-    if fmt == "tfjs":
-        import json
+    if fmt == "tfjs":  # model.json and the weight files it names, checked to be inside the folder
+        from shipyard.formats import tfjs
+        from shipyard.model import Model
 
         base = src if src.is_dir() else src.parent
-        doc = json.loads((base / "model.json").read_text(encoding="utf-8"))
-        names = ["model.json"] + [p for g in doc.get("weightsManifest", []) for p in g.get("paths", [])]
-        return {n: base / n for n in names}
+        path, doc = tfjs.model_json(Model("tfjs", src))
+        files = {"model.json": path}
+        files.update((n, tfjs.weight_file(base, n)) for names, _ in tfjs.manifest(doc, path) for n in names)
+        return files
     if src.is_dir():
-        return {str(p.relative_to(src)): p for p in src.rglob("*") if p.is_file()}
+        files = {}
+        root = src.resolve()
+        for p in src.rglob("*"):
+            if p.is_symlink() and not p.resolve().is_relative_to(root):
+                raise UsageError(f"{p}: a link out of the model's folder (to {p.resolve()}); refusing to encrypt it")
+            if p.is_file():
+                files[str(p.relative_to(src))] = p
+        return files
     return None
 
 
@@ -176,7 +185,12 @@ def decrypted(path: Path, key: bytes | None = None) -> tuple[Header, bytes]:
     return _decrypted(str(path), st.st_mtime_ns, st.st_size, key or read_key())
 
 
-def untar(payload: bytes) -> dict[str, bytes]:
+def untar(payload: bytes, path: Path | str = "the encrypted model") -> dict[str, bytes]:
     """Files of an encrypted directory, in memory: {relative path: bytes}."""
-    with tarfile.open(fileobj=io.BytesIO(payload), mode="r") as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    from shipyard.errors import ModelFormatError
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r") as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ModelFormatError(f"{path}: the decrypted model folder is not a readable tar archive ({exc})") from exc

@@ -128,10 +128,10 @@ def build_index(path: Path) -> list[tuple[int, int]]:
 
 
 def write_index(path: Path) -> Path:
-    from shipyard.atomic import atomic_path
+    from shipyard.atomic import atomic_path, check_output_path
 
+    out = check_output_path(index_path(path), path)
     entries = build_index(path)
-    out = index_path(path)
     with atomic_path(out) as tmp:
         tmp.write_text("".join(f"{o} {n}\n" for o, n in entries))
     return out

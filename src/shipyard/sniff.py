@@ -108,7 +108,7 @@ def _sniff_zip(path: Path) -> Model:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # ValueError: a name that is not UTF-8
         raise ModelFormatError(
             f"{path}: a damaged or truncated zip archive ({exc})",
             hint="TorchScript archives and .keras files are zip archives; re-export the model",

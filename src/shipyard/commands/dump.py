@@ -37,7 +37,7 @@ def cmd_dump(args) -> int:
 
     if not args.list and args.output is None:
         raise UsageError("say where to write the tensors: -o dump.npz (or --list to list them)")
-    out = check_output_path(args.output, Path(args.model)) if args.output else None
+    out = check_output_path(args.output, Path(args.model), *(i.rpartition("=")[2] for i in args.inputs)) if args.output else None
     with open_source(args.model, args.backend, args.threads) as source:
         if args.list:
             tensors = source.tensors()

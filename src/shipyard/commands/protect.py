@@ -51,20 +51,28 @@ def cmd_encrypt(args) -> int:
 
 def cmd_decrypt(args) -> int:
     import io
-    import os
     import tarfile
 
     from shipyard.atomic import atomic_path, check_output_path
-    from shipyard.errors import UsageError
+    from shipyard.errors import ModelFormatError, UsageError
     from shipyard.protect import KIND_DIR, decrypt_bytes, read_key
 
     path = Path(args.model)
     out = check_output_path(args.output, path)
-    header, plain = decrypt_bytes(path.read_bytes(), read_key(args.key_file_path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror})") from exc
+    header, plain = decrypt_bytes(data, read_key(args.key_file_path))
     if header.kind == KIND_DIR:
-        with atomic_path(out, directory=True) as tmp, tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+        try:
+            tar = tarfile.open(fileobj=io.BytesIO(plain))  # noqa: SIM115 - closed by the with below
+            members = tar.getmembers()
+        except (tarfile.TarError, EOFError) as exc:
+            raise ModelFormatError(f"{path}: the decrypted model folder is not a readable tar archive ({exc})") from exc
+        with atomic_path(out, directory=True) as tmp, tar:
             os.chmod(tmp, 0o700)  # plaintext: for its owner only, like a decrypted file
-            for member in tar.getmembers():
+            for member in members:
                 if not member.isfile() or member.name.startswith(("/", "..")) or "/../" in member.name:
                     raise UsageError(f"{path}: the archive holds an unsafe entry '{member.name}'")
             tar.extractall(tmp, filter="data")

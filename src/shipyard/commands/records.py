@@ -121,7 +121,7 @@ def cmd_write(args) -> int:
     from shipyard.errors import InputError
     from shipyard.records import write_records
 
-    out = check_output_path(args.output)
+    out = check_output_path(args.output, args.from_npz, args.images)
     if args.from_npz:
         try:
             arrays = dict(np.load(args.from_npz, allow_pickle=False))

@@ -34,7 +34,7 @@ def cmd_run(args) -> int:
     from shipyard.report.text import array_stats, render_outputs
     from shipyard.runtimes import open_runner
 
-    out_path = check_output_path(args.output, Path(args.model)) if args.output else None
+    out_path = check_output_path(args.output, Path(args.model), *(i.rpartition("=")[2] for i in args.input)) if args.output else None
     with open_runner(args.model, backend=args.backend, threads=args.threads) as runner:
         if args.input:
             feeds = load_feeds(args.input, runner.signature, parse_mapping(args.map))
@@ -44,10 +44,10 @@ def cmd_run(args) -> int:
         outputs = runner.run(feeds)
         latency = (time.perf_counter() - start) * 1e3
     stats = {name: array_stats(v) for name, v in outputs.items()}
+    _warn_not_finite(outputs)
     if out_path is not None:
-        with atomic_path(out_path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **outputs)
+        with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **outputs)
     if args.json:
         print(json.dumps({"backend": runner.backend, "latency_ms": latency, "outputs": stats,
                           "output_file": str(out_path) if out_path else None}, indent=2))
@@ -56,3 +56,18 @@ def cmd_run(args) -> int:
         if out_path:
             print(f"outputs written to {out_path}")
     return 0
+
+
+def _warn_not_finite(outputs: dict) -> None:
+    """One stderr line per output holding NaN or Inf (a damaged model or an overflow)."""
+    import sys
+
+    import numpy as np
+
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "fc":
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if bad:
+                print(f"shipyard: warning: output '{name}' holds {bad} NaN/Inf value(s) of {value.size}",
+                      file=sys.stderr)

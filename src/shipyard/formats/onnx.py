@@ -35,21 +35,67 @@ def load_proto(path: Path, external_data: bool = False):
         raise ModelFormatError(f"{path}: external weight data cannot be read ({exc})") from exc
     if not proto.HasField("graph") or not proto.graph.node:
         raise ModelFormatError(f"{path}: an ONNX file with no graph nodes (truncated or empty model)")
+    check_text(proto, path)
     return proto
 
 
-def load_model_proto(model: Model):
-    """The ModelProto of a model file, decrypting in memory when it is encrypted."""
+def check_text(proto, path) -> None:
+    """ONNX is proto2: a string field holding invalid UTF-8 parses as ``bytes``, which breaks
+    every reader after it. Refuse the model, naming the first such field."""
+    def bad(value) -> bool:
+        return not isinstance(value, str)
+
+    def check_graph(graph, where: str) -> None:
+        for kind in ("input", "output", "value_info", "initializer"):
+            for item in getattr(graph, kind):
+                if bad(item.name):
+                    raise ModelFormatError(f"{path}: corrupt ONNX file: a {kind} name in {where} is not valid UTF-8 "
+                                           f"({item.name[:40]!r})")
+        for node in graph.node:
+            for field in ("op_type", "domain", "name"):
+                if bad(getattr(node, field)):
+                    raise ModelFormatError(f"{path}: corrupt ONNX file: a node's {field} in {where} is not valid "
+                                           f"UTF-8 ({getattr(node, field)[:40]!r})")
+            for name in (*node.input, *node.output):
+                if bad(name):
+                    raise ModelFormatError(f"{path}: corrupt ONNX file: node '{node.name}' in {where} names a "
+                                           f"tensor that is not valid UTF-8 ({name[:40]!r})")
+            for attr in node.attribute:
+                if bad(attr.name):
+                    raise ModelFormatError(f"{path}: corrupt ONNX file: an attribute name of node '{node.name}' is "
+                                           "not valid UTF-8")
+                if attr.HasField("g"):
+                    check_graph(attr.g, f"a subgraph of '{node.name}'")
+                for sub in attr.graphs:
+                    check_graph(sub, f"a subgraph of '{node.name}'")
+
+    check_graph(proto.graph, "the graph")
+    for item in (*proto.opset_import, *proto.metadata_props):
+        for field in ("domain", "key", "value", "producer_name"):
+            if hasattr(item, field) and bad(getattr(item, field)):
+                raise ModelFormatError(f"{path}: corrupt ONNX file: an opset or metadata entry is not valid UTF-8")
+    for field in ("producer_name", "producer_version", "domain", "doc_string"):
+        if bad(getattr(proto, field)):
+            raise ModelFormatError(f"{path}: corrupt ONNX file: the model's {field} is not valid UTF-8")
+
+
+def load_model_proto(model: Model, external_data: bool = False):
+    """The ModelProto of a model file, decrypting in memory when it is encrypted (an encrypted
+    model is one file: it has no external data)."""
     data = model.in_memory()
     if data is None:
-        return load_proto(model.path)
+        return load_proto(model.path, external_data=external_data)
     import onnx
     from google.protobuf.message import DecodeError
 
     try:
-        return onnx.load_model_from_string(data)
+        proto = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelFormatError(f"{model.path}: the decrypted ONNX model does not parse ({exc})") from exc
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise ModelFormatError(f"{model.path}: the decrypted ONNX model has no graph nodes")
+    check_text(proto, model.path)
+    return proto
 
 
 def np_dtype_name(elem_type: int) -> str:

@@ -28,7 +28,7 @@ def serving_meta(model: Model):
     if model.encrypted:
         from shipyard.protect import untar
 
-        files = untar(model.read_bytes())
+        files = untar(model.read_bytes(), model.path)
         return _serving(tf_protos.parse_saved_model(model.path, files.get("saved_model.pb")))
     return _serving(tf_protos.parse_saved_model(model.path))
 
@@ -243,6 +243,7 @@ def load_signature(model: Model, key: str | None = None) -> LoadedSignature:
         )
     meta = serving_meta(model)
     key = pick_signature_key(meta, key)
+    check_variables(Path(model.path))
     first = "its object graph records optimizer slot variables" if _has_optimizer_slots(meta) else None
     if first is None:
         try:
@@ -295,9 +296,9 @@ def _table_block(data: bytes, offset: int, size: int) -> list[tuple[bytes, bytes
     return entries
 
 
-def _bundle_entry(value: bytes) -> tuple[int, tuple[int, ...] | None, bool]:
+def _bundle_entry(value: bytes, extent: dict | None = None) -> tuple[int, tuple[int, ...] | None, bool]:
     """(dtype enum, shape, partitioned) from a BundleEntryProto (decoded by hand: TensorBoard
-    ships no tensor_bundle.proto)."""
+    ships no tensor_bundle.proto); ``extent`` receives its shard_id, offset and size."""
     from tensorboard.compat.proto import tensor_shape_pb2
 
     dtype, shape, sliced, pos = 0, (), False, 0
@@ -308,6 +309,8 @@ def _bundle_entry(value: bytes) -> tuple[int, tuple[int, ...] | None, bool]:
             number, pos = _read_varint(value, pos)
             if field == 1:
                 dtype = number
+            elif extent is not None and field in (3, 4, 5):
+                extent[("shard", "offset", "size")[field - 3]] = number
         elif wire == 2:
             length, pos = _read_varint(value, pos)
             if field == 2:
@@ -324,7 +327,37 @@ def _bundle_entry(value: bytes) -> tuple[int, tuple[int, ...] | None, bool]:
     return dtype, shape, sliced
 
 
-def read_variables_index(data: bytes) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+def check_variables(directory: Path) -> None:
+    """Before TensorFlow restores a SavedModel's variables: ``variables.index`` is a regular
+    file that parses, and every variable's bytes lie inside an existing data shard."""
+    index = directory / VARIABLES_INDEX
+    if not (directory / "variables").exists():
+        return
+    if not index.is_file():
+        raise ModelFormatError(f"{index}: missing or not a regular file (the SavedModel's variable index)")
+    data = index.read_bytes()
+    extents: list[tuple[str, dict]] = []
+    try:
+        read_variables_index(data, extents)
+    except (ValueError, IndexError, struct.error) as exc:
+        raise ModelFormatError(f"{index}: truncated or corrupt ({exc})") from exc
+    shards = {}
+    for path in (directory / "variables").glob("variables.data-*-of-*"):
+        try:
+            shards[int(path.name.split("-")[1])] = path.stat().st_size if path.is_file() else -1
+        except (ValueError, IndexError):
+            continue
+    for key, extent in extents:
+        shard, end = extent.get("shard", 0), extent.get("offset", 0) + extent.get("size", 0)
+        if end and shards.get(shard, -1) < end:
+            have = shards.get(shard)
+            raise ModelFormatError(
+                f"{directory}: variable '{key}' needs bytes up to {end} of data shard {shard}, which "
+                + ("is missing" if have is None or have < 0 else f"has {have} bytes (truncated)"),
+                hint="the SavedModel's variables are incomplete; copy or export it again")
+
+
+def read_variables_index(data: bytes, extents: list | None = None) -> dict[str, tuple[str, tuple[int, ...] | None]]:
     """{checkpoint key: (dtype, shape)} of a tensor bundle's ``.index`` file, without TensorFlow.
 
     The index is a LevelDB-format table: a 48-byte footer points to the index block, whose
@@ -346,8 +379,11 @@ def read_variables_index(data: bytes) -> dict[str, tuple[str, tuple[int, ...] | 
         for key, value in _table_block(data, offset, size):
             if not key or key.startswith(b"\x00"):
                 continue
-            dtype, shape, _sliced = _bundle_entry(value)
+            extent: dict = {}
+            dtype, shape, _sliced = _bundle_entry(value, extent)
             out[key.decode("utf-8", "replace")] = (tf_protos.dtype_name(dtype), shape)
+            if extents is not None:
+                extents.append((key.decode("utf-8", "replace"), extent))
     return out
 
 
@@ -404,8 +440,10 @@ def _index_bytes(model: Model) -> bytes | None:
     if model.encrypted:
         from shipyard.protect import untar
 
-        return untar(model.read_bytes()).get(VARIABLES_INDEX)
+        return untar(model.read_bytes(), model.path).get(VARIABLES_INDEX)
     path = Path(model.path) / VARIABLES_INDEX
+    if path.exists() and not path.is_file():
+        raise ModelFormatError(f"{path}: not a regular file (the SavedModel's variable index)")
     return path.read_bytes() if path.is_file() else None
 
 

@@ -30,6 +30,11 @@ def _op_names() -> dict[int, str]:
     return {v: k for k, v in vars(ops).items() if not k.startswith("_") and isinstance(v, int)}
 
 
+def _text(raw: bytes | None) -> str:
+    """A flatbuffer string (checked to be UTF-8 by the verifier); '' when absent."""
+    return raw.decode("utf-8") if raw else ""
+
+
 class TFLiteFile:
     """A parsed ``.tflite`` file kept open (memory-mapped) while it is looked at."""
 
@@ -45,6 +50,9 @@ class TFLiteFile:
                     self.buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
                 except ValueError as exc:
                     raise ModelFormatError(f"{path}: the file is empty") from exc
+        from shipyard.formats.tflite_verify import verify
+
+        verify(self.buf, path)  # offsets, lengths, strings and indices checked before any is used
         try:
             self.model = tflite.Model.GetRootAsModel(self.buf, 0)
             self.version = self.model.Version()
@@ -88,7 +96,7 @@ class TFLiteFile:
         sig = t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else None
         shape = sig if sig is not None and not isinstance(sig, int) else t.ShapeAsNumpy()
         dims = tuple(int(d) for d in shape) if not isinstance(shape, int) else ()
-        return TensorSpec(t.Name().decode(), _DTYPES.get(t.Type(), f"type{t.Type()}"), dims)
+        return TensorSpec(_text(t.Name()) or f"tensor{index}", _DTYPES.get(t.Type(), f"type{t.Type()}"), dims)
 
     def shape(self, subgraph, index: int) -> tuple[int, ...] | None:
         if index < 0:
@@ -103,7 +111,7 @@ class TFLiteFile:
         return Signature(inputs, outputs)
 
     def signature_keys(self) -> list[str]:
-        return [self.model.SignatureDefs(i).SignatureKey().decode() for i in range(self.model.SignatureDefsLength())]
+        return [_text(self.model.SignatureDefs(i).SignatureKey()) for i in range(self.model.SignatureDefsLength())]
 
     def close(self) -> None:
         if isinstance(self.buf, mmap.mmap):
@@ -124,8 +132,8 @@ def ops_by_output(data: bytes, dtypes: tuple[str, ...] = ("float32",)) -> dict[s
             continue
         t = g.Tensors(int(op.Outputs(0)))
         if _DTYPES.get(t.Type()) in dtypes:
-            inputs = [g.Tensors(int(j)).Name().decode() for j in op.InputsAsNumpy() if j >= 0] if op.InputsLength() else []
-            out[t.Name().decode()] = (name, inputs)
+            inputs = [_text(g.Tensors(int(j)).Name()) for j in op.InputsAsNumpy() if j >= 0] if op.InputsLength() else []
+            out[_text(t.Name())] = (name, inputs)
     return out
 
 
@@ -162,7 +170,7 @@ def summarize(model: Model) -> Summary:
     metadata = {}
     for i in range(f.model.MetadataLength()):
         m = f.model.Metadata(i)
-        metadata[m.Name().decode()] = f"buffer {m.Buffer()}"
+        metadata[_text(m.Name())] = f"buffer {m.Buffer()}"
     description = f.model.Description()
     return Summary(
         format="tflite",
@@ -175,7 +183,7 @@ def summarize(model: Model) -> Summary:
         param_bytes=param_bytes,
         flops=tally.total,
         flops_by_op=tally.sorted_by_op(),
-        producer=description.decode() if description else None,
+        producer=_text(description) or None,
         version=f"schema {f.version}",
         metadata=metadata,
         details={
@@ -235,6 +243,9 @@ def _op_flops(f: TFLiteFile, g, op, name: str) -> int | None:
         return None
     act = F.numel(out) if name in _FUSED_ACT_OPTIONS and _fused_activation(op, name) else 0
     has_bias = len(ins) > 2 and ins[2] is not None
+    if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV") and (len(ins) < 2 or ins[1] is None
+                                                                      or len(ins[1]) != 4):
+        return None  # no 4-D weights: not countable
     if name == "CONV_2D" and len(ins) > 1 and ins[1]:
         w = ins[1]  # [Cout, kh, kw, Cin/groups]
         return F.conv(out, w[1:3], w[3], has_bias) + act
@@ -251,6 +262,8 @@ def _op_flops(f: TFLiteFile, g, op, name: str) -> int | None:
         import tflite
 
         table = op.BuiltinOptions()
+        if table is None:
+            return None
         opts = tflite.Pool2DOptions()
         opts.Init(table.Bytes, table.Pos)
         return F.pool(out, (opts.FilterHeight(), opts.FilterWidth()))

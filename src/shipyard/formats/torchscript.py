@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from functools import lru_cache
 
 from shipyard.deps import require
-from shipyard.errors import ModelLoadError
+from shipyard.errors import ModelFormatError, ModelLoadError
 from shipyard.model import Model, Signature, TensorSpec
 from shipyard.summary import Summary, add_param, histogram
 
@@ -23,11 +24,28 @@ def load(model: Model, device: str = "cpu"):
     torch = require("torch", "Loading a TorchScript model")
     data = model.in_memory()
     source = io.BytesIO(data) if data is not None else str(model.path)
+    check_archive(io.BytesIO(data) if data is not None else model.path, model.path)
     try:
         return torch.jit.load(source, map_location=device).eval()
     except (RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(f"{model.path}: torch.jit.load failed ({detail})") from exc
+
+
+def check_archive(source, path) -> None:
+    """A TorchScript file is a zip archive with a CRC-32 per member; torch.jit.load does not
+    check them, so flipped bytes in the weights would load and compute garbage. Check every
+    member's CRC (and the archive's structure) first."""
+    try:
+        with zipfile.ZipFile(source) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, OSError) as exc:
+        raise ModelFormatError(f"{path}: truncated or corrupt TorchScript file (not a readable zip archive: {exc})",
+                               hint="save the model again; if it was copied, compare its size with the original") from exc
+    if bad is not None:
+        raise ModelFormatError(f"{path}: corrupt TorchScript file: archive member '{bad}' fails its CRC check "
+                               "(its bytes changed after the model was saved)",
+                               hint="save the model again; if it was copied, compare its size with the original")
 
 
 _SCALAR_ARGS = {"int": "int64", "float": "float32", "bool": "bool"}

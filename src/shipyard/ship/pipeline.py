@@ -109,9 +109,10 @@ class Pipeline:
     def _prepare_out(self) -> None:
         if self.out.exists() and any(self.out.iterdir()) and not (self.out / "manifest.json").is_file():
             raise UsageError(f"{self.out}: a non-empty directory that is not a shipyard distribution; refusing to write into it")
-        src = self.source.path.absolute()
-        if self.out.absolute() == src or src in self.out.absolute().parents:
-            raise UsageError(f"{self.out}: the distribution would go inside the input model")
+        from shipyard.atomic import check_output_path
+
+        data = [Path(p) for p in (self.req.calibration, self.req.inputs, self.req.checkpoint) if p]
+        check_output_path(self.out, self.source.path, *data, parents=True)
         if self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True)
