@@ -374,3 +374,43 @@ def test_fuzzed_models_end_cleanly(fmt, fuzz, keras_paths, torch_example, tmp_pa
         test = example(ops=ops, pick=pick)(test)
     settings(max_examples=FUZZ_CASES, deadline=None, derandomize=True, database=None,
              suppress_health_check=list(HealthCheck))(test)()
+
+
+def test_the_worker_child_dies_with_the_cli(tmp_path):
+    """SIGKILL of the CLI's own PID: its forked worker (here a server) must not live on."""
+    import signal
+    import socket
+    import time
+
+    from shipyard import examples
+
+    examples.onnx_mlp(tmp_path / "models" / "mlp" / "1" / "model.onnx")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))",
+                             "serve", str(tmp_path / "models"), "--rest-port", str(port), "--grpc-port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the server did not start")
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert children, "the CLI runs its work in a forked child"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() and
+                                                  "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]
+                                                  for c in children):
+            time.sleep(0.1)
+        alive = [c for c in children if Path(f"/proc/{c}").exists() and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]]
+        assert not alive, f"worker {alive} outlived the CLI"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

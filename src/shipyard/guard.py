@@ -42,8 +42,10 @@ def run_guarded(work: Callable[[], int]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child
+        _die_with(parent)
         os.close(read_end)
         global _channel
         _channel = write_end
@@ -77,6 +79,22 @@ def run_guarded(work: Callable[[], int]) -> int:
     if os.WIFSIGNALED(status):
         return _report_crash(os.WTERMSIG(status), messages)
     return os.WEXITSTATUS(status)
+
+
+def _die_with(parent: int) -> None:
+    """Let the kernel kill the child when the CLI process dies (SIGKILL of its PID included):
+    an orphaned child would go on and write its output seconds after the user stopped it."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _collect(fd: int, pid: int) -> list[tuple[str, str]]:
