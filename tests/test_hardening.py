@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, cli_inprocess
+from conftest import assert_clean_error, cli_inprocess, run_cli
 from shipyard.protect import generate_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -414,3 +414,17 @@ def test_the_worker_child_dies_with_the_cli(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_inspecting_a_keras_model_with_huge_inputs_does_not_build_it(tmp_path):
+    """A Keras file declaring [None, 1e5, 1e5, 3] crashed TensorFlow natively during inspect
+    (contained, exit 3): what the file says is read without building the model."""
+    import keras
+
+    inp = keras.Input((100000, 100000, 3), name="image")
+    keras.Model(inp, keras.layers.Conv2D(4, 3)(inp)).save(tmp_path / "huge.keras")
+    proc = run_cli("inspect", tmp_path / "huge.keras", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["inputs"][0]["shape"] == [-1, 100000, 100000, 3] and doc["params"] == 3 * 3 * 3 * 4 + 4
+    assert "not built" in doc["details"]["not_built"]

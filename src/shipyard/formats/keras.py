@@ -62,7 +62,92 @@ def signature(model: Model) -> Signature:
     return signature_of(load(model))
 
 
+# Inputs declaring more elements per sample than this are not built to be inspected: building
+# (and tracing for FLOPs) a [None, 1e5, 1e5, 3] input has crashed TensorFlow natively.
+MAX_BUILD_ELEMENTS = 2**28
+
+
+def _config_and_weights(model: Model):
+    """(model config dict, h5py.File of the weights) read from the file without Keras."""
+    import io
+    import json
+    import zipfile
+
+    import h5py
+
+    data = model.in_memory()
+    source = io.BytesIO(data) if data is not None else str(model.path)
+    try:
+        if zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as archive:
+                config = json.loads(archive.read("config.json"))
+                weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+            return config, weights
+        h5 = h5py.File(source, "r")
+        raw = h5.attrs.get("model_config")
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else None
+        return config, h5.get("model_weights", h5)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelLoadError(f"{model.path}: not a readable Keras file ({exc})") from exc
+
+
+def _declared_inputs(config: dict | None) -> list[TensorSpec]:
+    """The InputLayers of a model config (Keras 3 ``batch_shape``, Keras 2 ``batch_input_shape``)."""
+    specs = []
+    layers = ((config or {}).get("config") or {}).get("layers") or []
+    for layer in layers if isinstance(layers, list) else []:
+        if not isinstance(layer, dict) or layer.get("class_name") != "InputLayer":
+            continue
+        c = layer.get("config") or {}
+        shape = c.get("batch_shape") or c.get("batch_input_shape")
+        if isinstance(shape, list):
+            dtype = c.get("dtype")
+            dtype = dtype if isinstance(dtype, str) else (dtype or {}).get("config", {}).get("name", "float32")
+            specs.append(TensorSpec(str(c.get("name", "input")), dtype,
+                                    tuple(-1 if d is None else int(d) for d in shape)))
+    return specs
+
+
+def _too_large_to_build(specs: list[TensorSpec]) -> bool:
+    import math
+
+    return any(math.prod(d for d in (s.shape or ()) if d > 0) > MAX_BUILD_ELEMENTS for s in specs)
+
+
+def _summary_from_config(model: Model, config: dict, weights, inputs: list[TensorSpec]) -> Summary:
+    """What the file says, without building the model: inputs, layers, parameters by dtype."""
+    import h5py
+
+    param_bytes: dict[str, int] = {}
+    params = 0
+
+    def visit(_name, item):
+        nonlocal params
+        if isinstance(item, h5py.Dataset):
+            params += int(item.size)
+            add_param(param_bytes, item.dtype.name, int(item.size * item.dtype.itemsize))
+
+    weights.visititems(visit)
+    layers = [layer for layer in (config.get("config") or {}).get("layers") or [] if isinstance(layer, dict)]
+    shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in inputs)
+    return Summary(
+        format="keras", path=str(model.path), size_bytes=model.path.stat().st_size, inputs=inputs, outputs=[],
+        ops=histogram(str(layer.get("class_name")) for layer in layers), params=params, param_bytes=param_bytes,
+        flops=None, flops_by_op={}, producer="Keras (read from the file, not built)",
+        version="legacy HDF5" if model.path.suffix in (".h5", ".hdf5") else "Keras v3 archive",
+        details={"not_built": f"the inputs declare more than {MAX_BUILD_ELEMENTS} elements per sample ({shapes}): "
+                              "the model was read, not built, so outputs and FLOPs are not known"},
+    )
+
+
 def summarize(model: Model) -> Summary:
+    config, weights = _config_and_weights(model)
+    try:
+        declared = _declared_inputs(config)
+        if config is not None and _too_large_to_build(declared):
+            return _summary_from_config(model, config, weights, declared)
+    finally:
+        weights.file.close()
     keras_model = load(model)
     sig = signature_of(keras_model)
     param_bytes: dict[str, int] = {}
