@@ -428,3 +428,27 @@ def test_inspecting_a_keras_model_with_huge_inputs_does_not_build_it(tmp_path):
     doc = json.loads(proc.stdout)
     assert doc["inputs"][0]["shape"] == [-1, 100000, 100000, 3] and doc["params"] == 3 * 3 * 3 * 4 + 4
     assert "not built" in doc["details"]["not_built"]
+
+
+def test_a_killed_run_leaves_nothing_the_next_run_does_not_clean(keras_paths, tmp_path, capsys):
+    """SIGKILL gives no chance to clean up: a killed writer's temporary next to the output and
+    its scratch directory (a full copy of the input, for quantize) are removed by the next run;
+    a live process's are left alone."""
+    import tempfile
+
+    dead = 2**22 + 7  # above Linux's pid_max: no such process
+    out = tmp_path / "model_w8.onnx"
+    stale_out = tmp_path / f".{out.name}.tmp-{dead}-abc"
+    stale_out.write_bytes(b"half")
+    live_out = tmp_path / f".{out.name}.tmp-{os.getpid()}-xyz"
+    live_out.write_bytes(b"in progress")
+    root = Path(tempfile.gettempdir()) / f"shipyard-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    stale_scratch = root / f"run-{dead}-abc"
+    (stale_scratch / "lifted.onnx").parent.mkdir(exist_ok=True)
+    (stale_scratch / "lifted.onnx").write_bytes(b"copy of the input")
+    proc = cli_inprocess(capsys, "quantize", keras_paths["onnx"], "--mode", "weights", "--runs", "0", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and not stale_out.exists() and not stale_scratch.exists()
+    assert live_out.exists()
+    assert not list(root.glob(f"run-{os.getpid()}-*"))  # this run's own scratch is gone too

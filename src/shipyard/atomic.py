@@ -77,7 +77,9 @@ def atomic_path(out: Path, directory: bool = False) -> Iterator[Path]:
     out = Path(out)
     if out.is_dir() and not directory:
         raise OutputPathError(f"{out}: is a directory; give a file name for the output")
-    prefix = f".{out.name}.tmp-"
+    _remove_stale(out.parent, f".{out.name}.tmp-")
+    # the writer's PID in the name: a later run can tell a dead writer's leftovers from a live one's
+    prefix = f".{out.name}.tmp-{os.getpid()}-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent)) if directory else None
     if tmp is None:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=out.parent)
@@ -97,6 +99,51 @@ def atomic_path(out: Path, directory: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_stale(folder: Path, prefix: str) -> None:
+    """Remove ``prefix<pid>-*`` entries of ``folder`` left by a process that no longer runs
+    (a SIGKILL gives no chance to clean up; the next run does)."""
+    try:
+        entries = [e for e in folder.iterdir() if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if not (pid.isascii() and pid.isdigit()) or _alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def run_scratch() -> Iterator[Path]:
+    """One scratch directory per run for every temporary file (``tempfile`` points there while
+    the command runs), removed at the end; those of runs that were killed are removed by the
+    next run. Without it a killed quantize left a full copy of its input in TMPDIR."""
+    root = Path(tempfile.gettempdir()) / f"shipyard-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    _remove_stale(root, "run-")
+    scratch = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root))
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(scratch)
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -44,8 +44,11 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.key_file_path is not None:
         os.environ["SHIPYARD_MODEL_KEY_FILE"] = str(args.key_file_path)
+    from shipyard.atomic import run_scratch
+
     try:
-        return args.func(args)
+        with run_scratch():
+            return args.func(args)
     except ShipyardError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
         return exc.exit_code
