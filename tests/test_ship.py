@@ -97,12 +97,12 @@ def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path
     dist = tmp_path / "dist"
     args = ("ship", work / "digits.keras", "-o", dist, "--targets", "onnx", "--quantize", "static",
             "--calibration", work / "calib.npz", "--inputs", work / "test.npz", "--runs", "3",
-            "--accuracy-budget", "cosine=0.9999999,top1=100%,drop=0")
+            "--accuracy-budget", "cosine=1,top1=100%,drop=0")
     proc = run_cli(*args)
     assert_clean_error(proc, "missed the accuracy budget and were not shipped: onnx-int8", code=1)
     manifest = json.loads((dist / "manifest.json").read_text())
     assert [a["name"] for a in manifest["rejected"]] == ["onnx-int8"]
-    assert manifest["rejected"][0]["failures"] and manifest["budget"]["min_cosine"] == 0.9999999
+    assert manifest["rejected"][0]["failures"] and manifest["budget"]["min_cosine"] == 1.0
     assert {a["name"] for a in manifest["artifacts"]} == {"graphdef", "onnx"}
     assert not list(dist.glob("*int8*")) and not list((dist / "serving").glob("*int8*"))
     assert "NOT SHIPPED" in proc.stdout

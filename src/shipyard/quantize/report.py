@@ -48,7 +48,11 @@ def render(r: QuantizeReport) -> str:
         lines.append(f"  latency      {r.latency_before_ms:.3f} ms -> {r.latency_after_ms:.3f} ms "
                      f"(speed-up {r.latency_before_ms / r.latency_after_ms:.2f}x, median, batch 1)")
     for d in r.outputs:
-        agree = f", top-1 agreement {d['argmax_agreement']:.3f}" if d.get("argmax_agreement") is not None else ""
+        agree = ""
+        if d.get("argmax_agreement") is not None:
+            agree = f", top-1 agreement {d['argmax_agreement']:.3f}"
+            if d.get("top1_agreement") is not None and d["top1_agreement"] != d["argmax_agreement"]:
+                agree += f" ({d['top1_agreement']:.3f} with near-ties forgiven)"
         lines.append(f"  error        {d['name']}: max abs {d['max_abs']:.4g}, mean abs {d['mean_abs']:.4g}, "
                      f"cosine {d['cosine']:.5f}{agree}")
     if r.accuracy:
