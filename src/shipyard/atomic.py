@@ -144,6 +144,8 @@ def run_scratch() -> Iterator[Path]:
     finally:
         tempfile.tempdir = previous
         shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # leave no trace when no other run is using it
 
 
 def _umask() -> int:
