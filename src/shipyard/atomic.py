@@ -134,9 +134,17 @@ def run_scratch() -> Iterator[Path]:
     the command runs), removed at the end; those of runs that were killed are removed by the
     next run. Without it a killed quantize left a full copy of its input in TMPDIR."""
     root = Path(tempfile.gettempdir()) / f"shipyard-{os.getuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    _remove_stale(root, "run-")
-    scratch = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root))
+    for attempt in range(5):  # another run may remove the (empty) root between mkdir and mkdtemp
+        root.mkdir(mode=0o700, exist_ok=True)
+        if attempt == 0:
+            _remove_stale(root, "run-")
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root))
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix=f"shipyard-run-{os.getpid()}-"))
     previous = tempfile.tempdir
     tempfile.tempdir = str(scratch)
     try:
