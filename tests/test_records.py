@@ -156,3 +156,10 @@ def test_records_are_inputs_of_compare_and_bench(keras_paths, tmp_path):
     assert first["batch"] == 3  # the three records are one batch
     assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", path, "--map", "pixels"),
                        "expected FEATURE=INPUT")
+
+
+def test_a_missing_file_is_a_clean_error(tmp_path, capsys):
+    from conftest import cli_inprocess
+
+    for sub in ("count", "head", "index"):
+        assert_clean_error(cli_inprocess(capsys, "records", sub, tmp_path / "missing.tfrecord"), "no such TFRecord file")

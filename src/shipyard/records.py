@@ -32,15 +32,20 @@ def masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def _require_file(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: no such TFRecord file")
+    return path
+
+
 def is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
+    with open(_require_file(path), "rb") as fh:
         return fh.read(2) == _GZIP_MAGIC
 
 
 def _open(path: Path, compressed: bool | None = None) -> BinaryIO:
-    path = Path(path)
-    if not path.is_file():
-        raise RecordError(f"{path}: no such TFRecord file")
+    path = _require_file(path)
     if compressed is None:
         compressed = is_gzip(path)
     return gzip.open(path, "rb") if compressed else open(path, "rb")
@@ -150,6 +155,7 @@ def read_index(path: Path) -> list[tuple[int, int]] | None:
 
 def count(path: Path) -> tuple[int, str]:
     """(number of records, how it was counted): from the index without a scan, else a header walk."""
+    _require_file(path)
     entries = read_index(path)
     if entries is not None:
         return len(entries), "index"
