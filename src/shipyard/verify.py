@@ -469,22 +469,15 @@ def task_accuracy(labels: np.ndarray, ref: Mapping[str, np.ndarray], got: Mappin
 
 def verify(reference: Model | str | tuple[Signature, RunFn], candidate: Model | str, feeds: Feeds,
            criterion: Criterion, labels: np.ndarray | None = None, backend: str | None = None,
-           threads: int | None = None, reference_outputs: Mapping[str, np.ndarray] | None = None,
-           outputs: list[str] | None = None) -> Verification:
+           threads: int | None = None, outputs: list[str] | None = None) -> Verification:
     """Run reference and candidate on the same feeds and judge every output.
 
     ``reference`` is a model, or (signature, run function) for a source that is not a file
-    (a live TF1 session, a PyTorch module). ``reference_outputs`` skips re-running it.
+    (a live TF1 session, a PyTorch module).
     """
     if isinstance(reference, tuple):
         ref_sig, ref_run = reference
-        ref = dict(reference_outputs) if reference_outputs is not None else collect(ref_run, feeds)
-    elif reference_outputs is not None:
-        from shipyard.runtimes import open_runner
-
-        with open_runner(reference, threads=threads) as runner:
-            ref_sig = runner.signature
-        ref = dict(reference_outputs)
+        ref = collect(ref_run, feeds)
     else:
         ref_sig, ref = model_outputs(reference, feeds, threads=threads)
     _, got = model_outputs(candidate, feeds, reference=ref_sig, backend=backend, threads=threads)

@@ -212,8 +212,6 @@ def _static_settings(o, kept: tuple[str, ...]) -> dict:
     why = ("QOperator u8/s8 (QLinearConv) is the form onnxruntime runs fastest on x86 CPUs; "
            "QDQ s8/s8 runs no faster than float there" if o.quant_format == "qoperator"
            else "QDQ keeps the float graph visible to other runtimes (TensorRT, QNN)")
-    from shipyard.quantize.onnx_quant import KEEP_FLOAT_OPS  # noqa: F401 -- documented in the module
-
     return {"format": "QOperator" if o.quant_format == "qoperator" else "QDQ", "activations": o.activation_type,
             "weights": o.weight_type, "per_channel": o.per_channel, "calibration_method": o.calibrate_method,
             "kept_float": list(o.exclude) + list(kept), "why": why}
