@@ -452,3 +452,32 @@ def test_a_killed_run_leaves_nothing_the_next_run_does_not_clean(keras_paths, tm
     assert out.is_file() and not stale_out.exists() and not stale_scratch.exists()
     assert live_out.exists()
     assert not list(root.glob(f"run-{os.getpid()}-*"))  # this run's own scratch is gone too
+
+
+@pytest.mark.parametrize("sent_to", ["pid", "group"])
+def test_sigint_stops_a_run_whether_sent_to_the_pid_or_the_group(keras_paths, tmp_path, sent_to):
+    """`kill -INT PID` reaches only the CLI's parent process, which used to ignore it (the run
+    finished and exited 0); a sender that signals the whole group reaches parent and child at
+    once, and the child must not read that as two interrupts. Either way: exit 130, one line,
+    nothing written."""
+    import signal
+    import time
+
+    out = tmp_path / "out.tflite"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))",
+                             "convert", str(keras_paths["keras"]), "--to", "tflite", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(3.0)  # TensorFlow is importing or converting; the conversion takes longer than this
+        assert proc.poll() is None, proc.communicate()
+        if sent_to == "pid":
+            os.kill(proc.pid, signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, (proc.returncode, stderr)
+    assert stderr.strip().splitlines() == ["shipyard: interrupted"], stderr
+    assert list(tmp_path.iterdir()) == [], "nothing written next to the output"

@@ -10,8 +10,10 @@ is left behind.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +51,7 @@ def run_guarded(work: Callable[[], int]) -> int:
         os.close(read_end)
         global _channel
         _channel = write_end
+        signal.signal(signal.SIGINT, interrupt_handler)
         code = 1
         try:
             code = work()
@@ -71,10 +74,15 @@ def run_guarded(work: Callable[[], int]) -> int:
     # A service manager stops the CLI with SIGTERM to this (parent) process: pass it on, so the
     # child (e.g. `shipyard serve`) can finish its work gracefully instead of being orphaned.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(pid, signal.SIGTERM))
+    # SIGINT is blocked here and read with its sender (see _forward_interrupts).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         messages = _collect(read_end, pid)
         _, status = _wait(pid)
     finally:
+        while signal.sigtimedwait({signal.SIGINT}, 0) is not None:
+            pass  # the child has ended: an interrupt still pending here was meant for it
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.signal(signal.SIGTERM, previous)
     if os.WIFSIGNALED(status):
         return _report_crash(os.WTERMSIG(status), messages)
@@ -97,13 +105,58 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+_INTERRUPT_REPEAT_S = 1.0
+_last_interrupt = -_INTERRUPT_REPEAT_S
+
+
+def repeated_interrupt() -> bool:
+    """Note a SIGINT; True when it is the same interrupt arriving a second time.
+
+    A sender that signals the whole process group reaches the worker child directly and again
+    through the parent, which forwards what is sent to its PID (see _forward_interrupts). A
+    copy within a second is not a second request; acting on it twice would cut the clean-up
+    of the first short (uvicorn reads it as "force quit")."""
+    global _last_interrupt
+    now = time.monotonic()
+    repeated = now - _last_interrupt < _INTERRUPT_REPEAT_S
+    if not repeated:
+        _last_interrupt = now
+    return repeated
+
+
+def interrupt_handler(signum: int, frame: object) -> None:
+    """The worker child's SIGINT handler: KeyboardInterrupt, once per interrupt."""
+    if not repeated_interrupt():
+        raise KeyboardInterrupt
+
+
+def _forward_interrupts(pid: int) -> None:
+    """Pass on a SIGINT that a process sent to the CLI's PID alone (``kill -INT PID``, a
+    supervisor): only the parent gets it, and ignoring it would let the run finish and exit 0.
+    A terminal's Ctrl-C (sent by the kernel, si_pid 0) already reached the child through the
+    process group, so it is not forwarded."""
+    while True:
+        info = signal.sigtimedwait({signal.SIGINT}, 0)
+        if info is None:
+            return
+        if info.si_code <= 0 and info.si_pid != 0:  # SI_USER, SI_QUEUE, SI_TKILL: a process sent it
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                return
+
+
 def _collect(fd: int, pid: int) -> list[tuple[str, str]]:
     chunks = []
     while True:
+        _forward_interrupts(pid)
+        readable, _, _ = select.select([fd], [], [], 0.05)
+        if not readable:
+            continue
         try:
             data = os.read(fd, 65536)
         except KeyboardInterrupt:
-            continue  # the child got the same SIGINT; wait for it to finish
+            continue  # a SIGINT that arrived before it was blocked: the child has it too
         if not data:
             break
         chunks.append(data)

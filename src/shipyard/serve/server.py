@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipyard.errors import UsageError
+from shipyard.guard import interrupt_handler, repeated_interrupt
 
 
 @dataclass
@@ -81,7 +82,7 @@ def serve(opts: ServeOptions) -> int:
         where = {"fd": opts.worker_fd} if opts.worker_fd is not None else {"host": opts.host, "port": opts.rest_port}
         config = uvicorn.Config(rest.app, **where, log_level="critical", access_log=False,
                                 timeout_graceful_shutdown=opts.grace_seconds, lifespan="off")
-        server = uvicorn.Server(config)
+        server = _server_class(uvicorn)(config)
         threading.Thread(target=_announce, args=(server, manager, opts, grpc_port, watcher.mode), daemon=True).start()
         # uvicorn re-raises the signal that stopped it once it has shut down; with the default
         # actions that would kill the process (SIGTERM) or raise KeyboardInterrupt (Ctrl-C) before
@@ -94,7 +95,7 @@ def serve(opts: ServeOptions) -> int:
         except SystemExit:
             pass  # uvicorn exits when it cannot bind; reported below as a one-line error
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, interrupt_handler)
     finally:
         if grpc_server is not None:
             grpc_server.stop(opts.grace_seconds).wait()
@@ -121,3 +122,17 @@ def _announce(server, manager, opts: ServeOptions, grpc_port: int | None, watch_
         tmp = opts.ready_file.with_name(opts.ready_file.name + ".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(opts.ready_file)
+
+
+def _server_class(uvicorn):
+    """uvicorn's Server, except that an interrupt arriving twice (see
+    :func:`shipyard.guard.repeated_interrupt`) is taken once: uvicorn would read the copy as
+    "press Ctrl-C again to force quit" and drop the requests in flight."""
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if sig == signal.SIGINT and repeated_interrupt():
+                return
+            super().handle_exit(sig, frame)
+
+    return Server
