@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from shipyard.errors import UnsupportedError, UsageError
 from shipyard.formats import tf_protos
+from shipyard.passes.context import Context
 from shipyard.passes.registry import Params
 
 # DataType enum values (tensorflow/core/framework/types.proto)
@@ -24,15 +24,6 @@ _TYPE_NAMES = {"float": 1, "float32": 1, "double": 2, "float64": 2, "int32": 3, 
 # Ops whose result differs between two identical-looking nodes (never merged).
 _STATEFUL = {"Placeholder", "PlaceholderV2", "PlaceholderWithDefault", "VariableV2", "Variable", "VarHandleOp",
              "RandomUniform", "RandomStandardNormal", "TruncatedNormal", "RandomUniformInt", "Assign", "NoOp"}
-
-
-@dataclass
-class Context:
-    """The graph's inputs and outputs (node names) as detected or given by the user."""
-
-    inputs: list[str]
-    outputs: list[str]
-    notes: list[str] = field(default_factory=list)
 
 
 def node_of(ref: str) -> str:

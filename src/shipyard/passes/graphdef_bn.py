@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from shipyard.formats import tf_protos
-from shipyard.passes.graphdef import Context, _keep, _set_tensor, node_of
+from shipyard.passes.context import Context
+from shipyard.passes.graphdef import _keep, _set_tensor, node_of
 from shipyard.passes.registry import Params
 
 _WEIGHTED = {"Conv2D", "DepthwiseConv2dNative", "MatMul"}

@@ -12,7 +12,7 @@ from pathlib import Path
 from shipyard import guard
 from shipyard.errors import UnsupportedError, UsageError
 from shipyard.model import Model, open_model, tensor_name
-from shipyard.passes.graphdef import Context
+from shipyard.passes.context import Context
 from shipyard.passes.registry import GRAPHDEF, ONNX, Params, check_step
 from shipyard.passes.spec import parse_spec
 
@@ -93,11 +93,18 @@ def transform_model(path: str | Path, spec: str, out: str | Path, inputs: list[s
     graph = _load(model)
     ctx = _context(model, graph, inputs, outputs)
     result = TransformResult(str(model.path), str(out_path), model.format, before=_stats(model))
-    for step, t in zip(steps, transforms):
-        guard.stage(f"applying {step}")
-        start = time.perf_counter()
-        graph = t.function(model.format)(graph, Params(step), ctx)
-        result.steps.append({"transform": str(step), "seconds": round(time.perf_counter() - start, 3)})
+    if model.format == ONNX:  # onnx-ir passes on one IR model: one conversion each way
+        from shipyard.passes.onnx_passes import run_passes
+
+        passes = [(str(step), t.function(ONNX)(Params(step), ctx)) for step, t in zip(steps, transforms)]
+        graph, seconds = run_passes(graph, passes)
+        result.steps = [{"transform": label, "seconds": round(seconds.get(label, 0.0), 3)} for label, _ in passes]
+    else:
+        for step, t in zip(steps, transforms):
+            guard.stage(f"applying {step}")
+            start = time.perf_counter()
+            graph = t.function(model.format)(graph, Params(step), ctx)
+            result.steps.append({"transform": str(step), "seconds": round(time.perf_counter() - start, 3)})
     result.notes = ctx.notes
     lossy = any(t.lossy for t in transforms)
     with atomic_path(out_path) as tmp:

@@ -78,14 +78,11 @@ def prepare(proto, workdir: Path, optimize: bool = True) -> Path:
     import onnx
     from onnxruntime.quantization import quant_pre_process
 
-    from shipyard.passes.graphdef import Context
-    from shipyard.passes.onnx_passes import lift_constants
-    from shipyard.passes.registry import Params
-    from shipyard.passes.spec import Step
+    from shipyard.passes.onnx_passes import lift_constants_proto
 
     lifted = proto
     if any(n.op_type == "Constant" for n in proto.graph.node):
-        lifted = lift_constants(proto, Params(Step("lift_constants")), Context([], []))
+        lifted = lift_constants_proto(proto)
         del lifted.graph.value_info[:]  # shape inference recomputes them for the new initializers
     src = workdir / "lifted.onnx"
     onnx.save(lifted, str(src))

@@ -69,11 +69,17 @@ def quantize_weights(proto, minimum_size: int = 1024, exclude: set[str] | None =
     return count
 
 
-def quantize_weights_transform(proto, params, ctx):
-    """The ``quantize_weights(minimum_size=N)`` transform for ONNX (Constant nodes are lifted first)."""
-    from shipyard.passes.onnx_passes import lift_constants
+def quantize_weights_transform(params, ctx):
+    """The ``quantize_weights(minimum_size=N)`` transform for ONNX, as a pass over the protobuf
+    (Constant nodes are lifted first)."""
+    from shipyard.passes.onnx_passes import ProtoPass, lift_constants_proto
 
-    proto = lift_constants(proto, params, ctx)
-    n = quantize_weights(proto, params.int("minimum_size", 1024))
-    ctx.notes.append(f"quantize_weights: {n} initializers stored as int8")
-    return proto
+    minimum_size = params.int("minimum_size", 1024)
+
+    def rewrite(proto):
+        proto = lift_constants_proto(proto)
+        n = quantize_weights(proto, minimum_size)
+        ctx.notes.append(f"quantize_weights: {n} initializers stored as int8")
+        return proto
+
+    return ProtoPass(rewrite)
