@@ -66,9 +66,9 @@ def test_graphdef_and_tflite_dumps_equal_keras_layers(keras_paths, keras_example
 def test_keras_dump_and_listing(keras_paths, keras_example, x_file, tmp_path):
     import keras
 
-    from shipyard.dump import open_source
+    from shipyard.runtimes import open_runner
 
-    with open_source(keras_paths["keras"]) as source:
+    with open_runner(keras_paths["keras"], intermediates=True) as source:
         listed = [t.name for t in source.tensors()]
     assert listed[:3] == ["conv1", "bn1", "relu1"] and listed[-1] == "probs"
     assert listed == [layer.name for layer in keras_example[0].layers if not isinstance(layer, keras.layers.InputLayer)]

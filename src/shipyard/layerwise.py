@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shipyard.compare import Tolerance, model_feeds
-from shipyard.dump import TensorInfo, open_source, real_values
+from shipyard.dump import real_values
 from shipyard.errors import UnsupportedError
 from shipyard.model import tensor_name
+from shipyard.runtimes.base import TensorInfo
 from shipyard.verify import OutputDiff, Pair, adapt_feeds, diff, name_key
 
 
@@ -159,7 +160,10 @@ def localize(ref_path: str | Path, other_path: str | Path, backends: list | None
     atol = atol or Tolerance(1e-4)
     rtol = rtol or Tolerance(1e-3)
     chunk = max(1, chunk)
-    with open_source(ref_path, backends[0], threads) as a, open_source(other_path, backends[1], threads) as b:
+    from shipyard.runtimes import open_runner
+
+    with open_runner(ref_path, backends[0], threads, intermediates=True) as a, \
+            open_runner(other_path, backends[1], threads, intermediates=True) as b:
         feeds_a = model_feeds(a.signature, inputs, seed, batch, shapes, mapping)
         feeds_b = adapt_feeds(feeds_a, a.signature, b.signature)
         pairs = match_tensors(a.tensors(), b.tensors())

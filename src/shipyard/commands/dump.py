@@ -30,7 +30,7 @@ def cmd_dump(args) -> int:
 
     from shipyard.atomic import atomic_path, check_output_path
     from shipyard.compare import model_feeds
-    from shipyard.dump import dump_tensors, npz_entries, open_source, real_values
+    from shipyard.dump import dump_tensors, npz_entries, real_values
     from shipyard.errors import UsageError
     from shipyard.feeds import parse_mapping, parse_shapes
     from shipyard.report.text import array_stats
@@ -38,7 +38,9 @@ def cmd_dump(args) -> int:
     if not args.list and args.output is None:
         raise UsageError("say where to write the tensors: -o dump.npz (or --list to list them)")
     out = check_output_path(args.output, Path(args.model), *(i.rpartition("=")[2] for i in args.inputs)) if args.output else None
-    with open_source(args.model, args.backend, args.threads) as source:
+    from shipyard.runtimes import open_runner
+
+    with open_runner(args.model, args.backend, args.threads, intermediates=True) as source:
         if args.list:
             tensors = source.tensors()
             if args.json:

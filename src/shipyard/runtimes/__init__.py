@@ -43,8 +43,11 @@ def backend_name(name: str) -> str:
     return canonical
 
 
-def open_runner(path_or_model: str | Path | Model, backend: str | None = None, threads: int | None = None, **options):
-    """A ready-to-run :class:`~shipyard.runtimes.base.Runner` (use it as a context manager)."""
+def open_runner(path_or_model: str | Path | Model, backend: str | None = None, threads: int | None = None,
+                intermediates: bool = False, **options):
+    """A ready-to-run :class:`~shipyard.runtimes.base.Runner` (use it as a context manager).
+    ``intermediates=True``: set up so that ``tensors()``/``fetch()`` return intermediate tensors
+    (LiteRT then runs without delegates, which fuse tensors away)."""
     from shipyard.inspect import as_model
 
     model = as_model(path_or_model)
@@ -56,6 +59,12 @@ def open_runner(path_or_model: str | Path | Model, backend: str | None = None, t
             hint=f"{model.format} runs on: {runs_on}; convert it first with 'shipyard convert'",
         )
     module_name, class_name = BACKENDS[name]
-    guard.stage(f"loading {model.display} with {name}")
+    guard.stage(f"loading {model.display} with {name}" + (" to expose intermediate tensors" if intermediates else ""))
     cls = getattr(importlib.import_module(module_name), class_name)
+    if intermediates:
+        from shipyard.runtimes.base import no_intermediates
+
+        if model.format not in getattr(cls, "intermediate_formats", ()):
+            raise no_intermediates(model.format, name)
+        options["intermediates"] = True
     return cls(model, threads=threads, **options)

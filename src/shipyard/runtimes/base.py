@@ -1,6 +1,9 @@
 """The Runner interface every engine implements, and the feed validation they share.
 
 A runner is a context manager with a ``signature`` and ``run(feeds) -> {name: ndarray}``.
+Opened with ``intermediates=True`` (engines that can), it also lists its intermediate tensors
+in execution order (``tensors()``) and returns any subset of them (``fetch``), each engine in
+its own way; ``dump`` and ``compare --layerwise`` are thin users of that.
 Feeds are checked against the signature before they reach a native engine, so a wrong
 name, dtype, rank or static dimension gets a message naming the input and both values. Real
 (float) values fed to an int8/uint8 input whose quantization the runner reports are quantized
@@ -9,13 +12,23 @@ with its scale and zero point.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from shipyard.errors import InputError, ModelRunError, ShipyardError
-from shipyard.model import Model, Signature, TensorSpec, dequantize
+from shipyard.errors import InputError, ModelRunError, ShipyardError, UnsupportedError
+from shipyard.model import Model, Quantization, Signature, TensorSpec, dequantize, tensor_name
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """An intermediate tensor an engine can return."""
+
+    name: str
+    op: str       # the producing op's type
+    node: str     # the producing node/layer name
 
 
 @runtime_checkable
@@ -25,6 +38,14 @@ class Runner(Protocol):
     signature: Signature
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def tensors(self) -> list[TensorInfo]: ...
+
+    def fetch(self, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]: ...
+
+    def quantization(self, name: str) -> Quantization | None: ...
+
+    def resolve(self, names: list[str]) -> list[str]: ...
 
     def close(self) -> None: ...
 
@@ -37,6 +58,8 @@ class BaseRunner(ABC):
     """Shared plumbing: context management and validated feeds; engines implement ``_run``."""
 
     backend = "base"
+    # The formats whose intermediate tensors this engine can return (open it with intermediates=True).
+    intermediate_formats: frozenset[str] = frozenset()
 
     def __init__(self, model: Model, signature: Signature, threads: int | None = None):
         self.model = model
@@ -54,18 +77,64 @@ class BaseRunner(ABC):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = validate_feeds(self.signature, feeds)
+        outputs = self._engine(lambda: self._run(checked))
+        return {name: np.asarray(value) for name, value in outputs.items()}
+
+    def _engine(self, call: Callable[[], dict]) -> dict:
+        """Call into the engine; its own exception types become a ModelRunError naming the model."""
         try:
-            outputs = self._run(checked)
+            return call()
         except ShipyardError:
             raise
         except Exception as exc:  # engines raise their own unrelated types (Fail, InvalidArgument, ValueError...)
             first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
             raise ModelRunError(f"{self.backend} failed while running {self.model.path}: {first}") from exc
-        return {name: np.asarray(value) for name, value in outputs.items()}
+
+    # -- intermediate tensors (engines listed in intermediate_formats override the first two) --
+
+    def tensors(self) -> list[TensorInfo]:
+        """Every intermediate tensor this engine can return, in execution order."""
+        raise no_intermediates(self.model.format, self.backend)
+
+    def _fetch(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        raise no_intermediates(self.model.format, self.backend)
+
+    def fetch(self, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """Run the model once and return the named intermediate tensors, as the engine holds them
+        (int8 for a quantized tensor: see :meth:`quantization`)."""
+        checked = validate_feeds(self.signature, feeds)
+        return self._engine(lambda: self._fetch(checked, names))
+
+    def quantization(self, name: str) -> Quantization | None:
+        """The scale and zero point of an int8/uint8 tensor, as the engine reports them (None: a
+        float tensor, or an engine that reports none). Base: the signature's inputs and outputs."""
+        for spec in (*self.signature.inputs, *self.signature.outputs):
+            if tensor_name(spec.name) == tensor_name(name):
+                return spec.quantization
+        return None
+
+    def resolve(self, names: list[str]) -> list[str]:
+        """User-given tensor names (with or without ``:0``) -> this engine's own names."""
+        known = {tensor_name(t.name): t.name for t in self.tensors()}
+        known.update({tensor_name(s.name): s.name for s in self.signature.outputs})
+        missing = [n for n in names if tensor_name(n) not in known]
+        if missing:
+            sample = ", ".join(t.name for t in self.tensors()[:8])
+            raise InputError(f"no tensor named {', '.join(missing)} in the model",
+                             hint=f"tensors include: {sample} ... (see 'shipyard dump MODEL --list')")
+        return [known[tensor_name(n)] for n in names]
 
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the engine on feeds already validated and keyed by the signature's names."""
+
+
+def no_intermediates(fmt: str, backend: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"intermediate tensors of a {fmt} model on {backend} cannot be exposed",
+        hint="convert it to ONNX, TFLite or a frozen GraphDef first (a SavedModel runs its "
+             "signature as one function call)",
+    )
 
 
 def validate_feeds(signature: Signature, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,14 +7,19 @@ from shipyard.deps import native_output_silenced, require
 from shipyard.errors import ModelLoadError
 from shipyard.formats.tflite import TFLiteFile
 from shipyard.model import Model, Quantization, Signature
-from shipyard.runtimes.base import BaseRunner
+from shipyard.runtimes.base import BaseRunner, TensorInfo
 
 
 class LiteRTRunner(BaseRunner):
     backend = "litert"
+    intermediate_formats = frozenset({"tflite"})
 
     def __init__(self, model: Model, threads: int | None = None, model_bytes: bytes | None = None,
-                 preserve_all_tensors: bool = False, xnnpack: bool = True):
+                 preserve_all_tensors: bool = False, xnnpack: bool = True, intermediates: bool = False):
+        if intermediates:
+            # Delegates (XNNPACK) fuse whole subgraphs and hide their intermediates: the builtin
+            # kernels, with every tensor kept alive instead of the arena reusing its buffer.
+            preserve_all_tensors, xnnpack = True, False
         # Parse (and bounds-check) the flatbuffer first: LiteRT trusts offsets and can crash on a bad file.
         model_bytes = model_bytes if model_bytes is not None else model.in_memory()
         parsed = TFLiteFile(model.path, model_bytes)
@@ -45,9 +50,38 @@ class LiteRTRunner(BaseRunner):
         super().__init__(model, _with_quantization(signature, self._inputs, self._outputs), threads)
 
     def _create(self, interp_mod, model: Model, model_bytes: bytes | None, preserve: bool, kwargs: dict) -> None:
+        import warnings
+
         source = {"model_content": model_bytes} if model_bytes is not None else {"model_path": str(model.path)}
-        self.interpreter = interp_mod.Interpreter(**source, experimental_preserve_all_tensors=preserve, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": that is its use here
+            self.interpreter = interp_mod.Interpreter(**source, experimental_preserve_all_tensors=preserve, **kwargs)
         self.interpreter.allocate_tensors()
+
+    # -- intermediates (opened with intermediates=True: every tensor preserved) ---------------
+
+    def _details(self) -> tuple[dict[str, int], dict[str, Quantization], list[TensorInfo]]:
+        if not hasattr(self, "_tensor_details"):
+            details = self.interpreter.get_tensor_details()
+            names = {d["index"]: d["name"] for d in details}
+            index = {d["name"]: d["index"] for d in details}
+            quant = {d["name"]: q for d in details
+                     if np.dtype(d["dtype"]).kind in "iu" and (q := tflite_quantization(d)) is not None}
+            tensors = [TensorInfo(names[i], op["op_name"], op["op_name"] + f"#{op['index']}")
+                       for op in self.interpreter._get_ops_details() for i in op["outputs"] if i in names]
+            self._tensor_details = (index, quant, tensors)
+        return self._tensor_details
+
+    def tensors(self) -> list[TensorInfo]:
+        return self._details()[2]
+
+    def quantization(self, name):
+        return self._details()[1].get(name) or super().quantization(name)
+
+    def _fetch(self, feeds, names):
+        self._run(feeds)
+        index = self._details()[0]
+        return {n: np.array(self.interpreter.get_tensor(index[n])) for n in names}
 
     def _run(self, feeds):
         interp = self.interpreter

@@ -4,7 +4,7 @@ from __future__ import annotations
 from shipyard.deps import require
 from shipyard.errors import ModelLoadError
 from shipyard.model import Model, Quantization, Signature, TensorSpec
-from shipyard.runtimes.base import BaseRunner
+from shipyard.runtimes.base import BaseRunner, TensorInfo
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -22,9 +22,10 @@ def _spec(arg) -> TensorSpec:
 
 class OnnxRuntimeRunner(BaseRunner):
     backend = "onnxruntime"
+    intermediate_formats = frozenset({"onnx"})
 
     def __init__(self, model: Model, threads: int | None = None, providers: list[str] | None = None,
-                 session_options=None, model_bytes: bytes | None = None):
+                 session_options=None, model_bytes: bytes | None = None, intermediates: bool = False):
         ort = require("onnxruntime", "Running an ONNX model")
         ort.set_default_logger_severity(4)  # errors reach the user as exceptions, not as red log lines
         opts = session_options or ort.SessionOptions()
@@ -44,10 +45,54 @@ class OnnxRuntimeRunner(BaseRunner):
             sig = _with_quantization(sig, model, model_bytes)
         super().__init__(model, sig, threads)
         self._output_names = [o.name for o in sig.outputs]
+        self._ort, self._options, self._providers = ort, opts, providers or ["CPUExecutionProvider"]
+        self._proto = None
+        if intermediates:
+            from shipyard.formats.onnx import load_proto
+
+            self._proto = load_proto(model.path, external_data=True)
+        self._probe: tuple[tuple[str, ...], object] | None = None
+        self._quant: dict[str, Quantization] | None = None
 
     def _run(self, feeds):
         values = self.session.run(self._output_names, feeds)
         return dict(zip(self._output_names, values))
+
+    # -- intermediates: the chosen tensors become extra graph outputs of a second session -------
+
+    def tensors(self) -> list[TensorInfo]:
+        # ONNX requires graph nodes to be stored in topological order.
+        return [TensorInfo(out, node.op_type, node.name or out)
+                for node in self._proto.graph.node for out in node.output if out]
+
+    def quantization(self, name):
+        if self._quant is None:
+            self._quant = onnx_quantization(self._proto.graph)
+        return self._quant.get(name) or super().quantization(name)
+
+    def _fetch(self, feeds, names):
+        """One session per chunk of names, built when the chunk changes: a session exposing every
+        tensor at once would keep them all alive, and chunks are what bound the memory of
+        ``compare --layerwise`` on a large model."""
+        import onnx
+
+        from shipyard import guard
+
+        key = tuple(names)
+        if self._probe is None or self._probe[0] != key:
+            self._probe = None  # release the previous chunk's session first
+            graph = self._proto.graph
+            base = len(graph.output)
+            present = {o.name for o in graph.output}
+            graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present)
+            try:
+                session = self._ort.InferenceSession(self._proto.SerializeToString(), sess_options=self._options,
+                                                     providers=self._providers)
+            finally:
+                del graph.output[base:]
+            self._probe = (key, session)
+        guard.stage(f"running {self.model.display} with {len(names)} extra outputs")
+        return dict(zip(names, self._probe[1].run(list(names), feeds)))
 
 
 _QUANT_DTYPES = ("int8", "uint8", "int16", "uint16")

@@ -8,12 +8,17 @@ from shipyard.deps import require
 from shipyard.errors import ModelLoadError, UnsupportedError
 from shipyard.formats import tf_graph
 from shipyard.model import Model, tensor_name
-from shipyard.runtimes.base import BaseRunner
+from shipyard.runtimes.base import BaseRunner, TensorInfo
 
 
 def tf_name(name: str) -> str:
     """TF tensor name: ``x`` -> ``x:0``; ``x:1`` stays."""
     return name if ":" in name else f"{name}:0"
+
+
+# Ops that hold no activation worth listing as an intermediate tensor.
+_NOT_INTERMEDIATE = {"Const", "Placeholder", "NoOp", "VarHandleOp", "ReadVariableOp", "VariableV2", "Assign",
+                     "AssignVariableOp", "SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename", "StringJoin"}
 
 
 def _set_threads(tf, threads: int | None) -> None:
@@ -28,13 +33,17 @@ def _set_threads(tf, threads: int | None) -> None:
 
 class TensorFlowRunner(BaseRunner):
     backend = "tensorflow"
+    # Graphs fetch any tensor by name in their v1 Session; a functional or Sequential Keras model
+    # is re-wired to return layer outputs. A SavedModel runs its signature as one function call.
+    intermediate_formats = frozenset({"tf-graphdef", "tf-checkpoint", "tfjs", "keras"})
 
     def __init__(self, model: Model, threads: int | None = None, signature_key: str | None = None,
-                 outputs: list[str] | None = None):
+                 outputs: list[str] | None = None, intermediates: bool = False):
         self.tf = tf = require("tensorflow", f"Running a {model.format} model")
         _set_threads(tf, threads)
         self._session = None
         self._call = None
+        self._keras = None
         loader = {
             "tf-graphdef": self._load_graph,
             "tf-checkpoint": self._load_checkpoint,
@@ -116,7 +125,7 @@ class TensorFlowRunner(BaseRunner):
     def _load_keras(self, model: Model, _threads, _key):
         from shipyard.formats import keras as keras_format
 
-        keras_model = keras_format.load(model)
+        keras_model = self._keras = keras_format.load(model)
         sig = keras_format.signature_of(keras_model)
         names = [s.name for s in sig.outputs]
         fn = self.tf.function(lambda *xs: keras_model(list(xs) if len(xs) > 1 else xs[0], training=False))
@@ -142,6 +151,40 @@ class TensorFlowRunner(BaseRunner):
 
             raise InputError(f"TensorFlow could not run the graph: {exc.message.splitlines()[0][:300]}") from exc
         return {o.name: v for o, v in zip(self.signature.outputs, values)}
+
+    # -- intermediates ---------------------------------------------------------------
+
+    def tensors(self) -> list[TensorInfo]:
+        if self._keras is not None:
+            return [TensorInfo(layer.name, layer.__class__.__name__, layer.name) for layer in self._layers()]
+        graph = self._session.graph
+        return [TensorInfo(t.name, op.type, op.name) for op in graph.get_operations()
+                if op.type not in _NOT_INTERMEDIATE for t in op.outputs
+                if t.dtype.is_numpy_compatible and t.dtype != "resource"]
+
+    def _layers(self) -> list:
+        layers = [layer for layer in self._keras.layers if layer.__class__.__name__ != "InputLayer"]
+        try:
+            for layer in layers:
+                layer.output  # noqa: B018 - subclassed models have no symbolic layer outputs
+        except (AttributeError, ValueError) as exc:
+            raise UnsupportedError(f"{self.model.path}: only functional and Sequential Keras models expose layer outputs") from exc
+        return layers
+
+    def _fetch(self, feeds, names):
+        from shipyard import guard
+
+        guard.stage(f"fetching {len(names)} tensors with TensorFlow")
+        if self._keras is not None:
+            import keras
+
+            outputs = {layer.name: layer.output for layer in self._layers()}
+            sub = keras.Model(self._keras.inputs, [outputs[n] for n in names])
+            values = sub([feeds[s.name] for s in self.signature.inputs], training=False)
+            values = values if isinstance(values, (list, tuple)) else [values]
+            return {n: np.asarray(v) for n, v in zip(names, values)}
+        values = self._session.run([tf_name(n) for n in names], {tf_name(k): v for k, v in feeds.items()})
+        return dict(zip(names, values))
 
     def close(self) -> None:
         if self._session is not None:
