@@ -92,6 +92,21 @@ def test_session_classic_workflow(tf1_graph, tmp_path):
     assert list(np.load(tmp_path / "fetched.npz").keys()) == ["0:loss"]
 
 
+def test_session_fetches_a_variables_values_not_its_handle(tf1_graph, tmp_path):
+    """``--fetch dense1/kernel`` (a resource variable) gives its values after restore, equal to
+    what the checkpoint holds, not the resource handle TensorFlow returns for the op's output."""
+    import tensorflow as tf
+
+    out = tmp_path / "w.npz"
+    proc = run_cli("session", tf1_graph["graph"], "--restore", tf1_graph["checkpoint"], "--fetch", "dense1/kernel",
+                   "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    step = json.loads(proc.stdout)["steps"][1]
+    assert step["dtype"] == "float32" and step["shape"] == [8, 16], step
+    saved = tf.train.load_checkpoint(str(tf1_graph["checkpoint"])).get_tensor("dense1/kernel")
+    np.testing.assert_array_equal(np.load(out)["0:dense1/kernel"], saved)
+
+
 def test_session_bad_input(tf1_graph, keras_paths, tmp_path):
     assert_clean_error(run_cli("session", tf1_graph["graph"], "--init", "--run", "trian"), "did you mean 'train'")
     assert_clean_error(run_cli("session", keras_paths["pb"], "--save", tmp_path / "m.ckpt"), "no saver ops")

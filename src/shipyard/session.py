@@ -147,11 +147,25 @@ class GraphSession:
             raise InputError(f"running '{name}' failed: {exc.message.splitlines()[0][:300]}") from exc
         return StepResult("run", f"{name} x{times}", time.perf_counter() - start)
 
+    def _value_of(self, tensor: str):
+        """The tensor to fetch for a name: a resource variable's handle (``VarHandleOp``) is read
+        with a ReadVariableOp added to the in-memory graph, so ``--fetch w1`` gives the variable's
+        values, not the handle (a ``void`` scalar)."""
+        t = self.graph.get_tensor_by_name(tensor if ":" in tensor else f"{tensor}:0")
+        if t.dtype != self.tf.resource:
+            return t
+        if t.op.type != "VarHandleOp":
+            raise InputError(f"'{tensor}' is a resource handle ({t.op.type}), not a value",
+                             hint="fetch the variable (its VarHandleOp) or a tensor computed from it")
+        with self.graph.as_default():
+            return self.tf.raw_ops.ReadVariableOp(resource=t, dtype=t.op.get_attr("dtype"),
+                                                  name=f"{t.op.name}/shipyard_read")
+
     def fetch(self, tensor: str, feeds: dict[str, np.ndarray]) -> StepResult:
         self._op(tensor)
         start = time.perf_counter()
         try:
-            value = self.session.run(tensor if ":" in tensor else f"{tensor}:0", self._feed(feeds))
+            value = self.session.run(self._value_of(tensor), self._feed(feeds))
         except self.tf.errors.OpError as exc:
             raise InputError(f"fetching '{tensor}' failed: {exc.message.splitlines()[0][:300]}") from exc
         value = np.asarray(value)
