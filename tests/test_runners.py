@@ -83,3 +83,36 @@ def test_dynamic_batch_on_litert(keras_example):
         three = runner.run({runner.signature.inputs[0].name: x})
     np.testing.assert_allclose(next(iter(one.values())), ref[:1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(next(iter(three.values())), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_run_chooses_a_savedmodel_signature(tmp_path, capsys, keras_paths):
+    """`run --signature KEY` runs that signature of a SavedModel with two; an unknown key lists
+    the real ones; the option on another format is a usage error."""
+    import json
+
+    import tensorflow as tf
+    from conftest import assert_clean_error, cli_inprocess
+
+    class Two(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def double(self, x):
+            return {"y": x * 2.0}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def plus_one(self, x):
+            return {"y": x + 1.0}
+
+    module = Two()
+    path = tmp_path / "two"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.double, "plus_one": module.plus_one})
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "x.npy", x)
+    for key, expected in ((None, x * 2), ("plus_one", x + 1)):
+        out = tmp_path / f"{key}.npz"
+        args = ["run", path, "--input", f"x={tmp_path / 'x.npy'}", "-o", out, "--json"]
+        proc = cli_inprocess(capsys, *args, *(["--signature", key] if key else []))
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(out)["y"], expected)
+        assert json.loads(proc.stdout)["outputs"]["y"]["shape"] == [2, 3]
+    assert_clean_error(cli_inprocess(capsys, "run", path, "--signature", "minus"), "no signature 'minus'", "plus_one")
+    assert_clean_error(cli_inprocess(capsys, "run", keras_paths["onnx"], "--signature", "plus_one"), "--signature")

@@ -18,6 +18,7 @@ def register(sub) -> None:
                    help="shape for a generated input whose shape is dynamic or unknown")
     p.add_argument("--batch", type=int, default=1, help="size of a dynamic batch dimension for generated inputs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--signature", help="SavedModel signature key to run (default: serving_default)")
     p.add_argument("--backend", help="onnxruntime, litert, tensorflow or torch (default: the format's own)")
     p.add_argument("--threads", type=int, help="intra-op threads for the engine")
     p.add_argument("-o", "--output", type=Path, help="write the outputs to this .npz file")
@@ -35,7 +36,17 @@ def cmd_run(args) -> int:
     from shipyard.runtimes import open_runner
 
     out_path = check_output_path(args.output, Path(args.model), *(i.rpartition("=")[2] for i in args.input)) if args.output else None
-    with open_runner(args.model, backend=args.backend, threads=args.threads) as runner:
+    options = {}
+    if args.signature is not None:
+        from shipyard.errors import UsageError
+        from shipyard.inspect import as_model
+
+        model = as_model(args.model)
+        if model.format != "tf-savedmodel" or args.backend not in (None, "tensorflow", "tf"):
+            raise UsageError(f"--signature chooses a SavedModel signature; {args.model} is a {model.format} model"
+                             + (f" run on {args.backend}" if args.backend else ""))
+        options["signature_key"] = args.signature
+    with open_runner(args.model, backend=args.backend, threads=args.threads, **options) as runner:
         if args.input:
             feeds = load_feeds(args.input, runner.signature, parse_mapping(args.map))
         else:
