@@ -44,7 +44,7 @@ def pick_signature_key(meta, key: str | None = None) -> str:
     keys = [k for k in meta.signature_def if not k.startswith("__")]
     if key is not None:
         if key not in meta.signature_def:
-            raise ModelFormatError(f"the SavedModel has no signature '{key}'", hint=f"signatures: {', '.join(keys) or 'none'}")
+            raise ModelFormatError(f"the SavedModel has no signature '{key}'", hint=f"signatures: {', '.join(sorted(keys)) or 'none'}")
         return key
     if DEFAULT_SIGNATURE in meta.signature_def:
         return DEFAULT_SIGNATURE
