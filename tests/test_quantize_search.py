@@ -123,3 +123,42 @@ def test_tflite_search_keeps_the_concatenation_in_float(tmp_path, capsys):
     assert "CONCATENATION" in {row["op"] for row in kept}
     # the search stops short of keeping most of the model in float
     assert len(kept) <= len(report["search"]["sensitivity"]) // 2
+
+
+def test_many_small_helpers_are_found_together_in_few_trials(tmp_path):
+    """A score head whose error shrinks a little with each of ten nodes kept in float, and meets
+    the budget only with several of them: greedy rounds that re-measure every node each time spend
+    a round per kept node; keeping the most sensitive together, with a binary search on how many,
+    finds a passing set in a few trials, and pruning then drops what is not needed."""
+    from shipyard.quantize.search import Search
+    from shipyard.verify import Budget, judge
+
+    rng = np.random.default_rng(0)
+    reference = {"scores": rng.standard_normal((64, 10)).astype(np.float32)}
+    noise = rng.standard_normal((64, 10)).astype(np.float32)
+    helpers = [f"n{i}" for i in range(10)]
+    candidates = {**{n: "Conv" for n in helpers}, **{f"idle{i}": "Relu" for i in range(20)}}
+
+    def build(settings, kept):
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.bin"
+        path.write_text(",".join(kept))
+        return path
+
+    def evaluate(path):
+        kept = set(filter(None, path.read_text().split(",")))
+        scale = 0.25 * (1.0 - 0.1 * len(kept & set(helpers)))  # each helper removes a tenth of the error
+        return judge(reference, {"scores": reference["scores"] + scale * noise}, Budget(min_agreement=0.0))
+
+    def passes_with(k):
+        path = tmp_path / f"k{k}.txt"
+        path.write_text(",".join(helpers[:k]))
+        return evaluate(path).passed
+
+    needed = next(k for k in range(len(helpers) + 1) if passes_with(k))
+    assert needed >= 3  # the case this is about: no single node is enough
+    result = Search(build, evaluate, None, [{"per_channel": False}], candidates).run()
+    assert result.chosen.verification.passed
+    kept = set(result.chosen.kept_float)
+    assert kept <= set(helpers) and len(kept) == needed, kept
+    # one trial for the settings, one per candidate to rank them, ~log2(10) + pruning after that
+    assert len(result.trials) <= 1 + len(candidates) + 4 + needed, len(result.trials)
