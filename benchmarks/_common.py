@@ -5,10 +5,10 @@ from pathlib import Path
 
 
 def keras_to_onnx(model, path: Path, batch: int | None = None) -> Path:
-    """Keras -> frozen GraphDef (shipyard.convert.tf_freeze) -> ONNX (tf2onnx, opset 17)."""
+    """Keras -> frozen GraphDef (shipyard.formats.tf_freeze) -> ONNX (tf2onnx, opset 17)."""
     import tf2onnx
 
-    from shipyard.convert.tf_freeze import freeze_concrete_function, keras_concrete_function
+    from shipyard.formats.tf_freeze import freeze_concrete_function, keras_concrete_function
 
     concrete = keras_concrete_function(model, batch)
     graph_def = freeze_concrete_function(concrete)

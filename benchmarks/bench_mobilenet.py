@@ -31,7 +31,7 @@ def build(directory: Path) -> dict[str, Path]:
     import tensorflow as tf
     import tf2onnx
 
-    from shipyard.convert.tf_freeze import freeze_concrete_function, keras_concrete_function
+    from shipyard.formats.tf_freeze import freeze_concrete_function, keras_concrete_function
 
     model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
     paths = {"keras": directory / "mobilenet_v2.keras", "tflite": directory / "mobilenet_v2.tflite",

@@ -71,7 +71,7 @@ def _graph_with(tmp_path, name, fn, specs):
     """Freeze a tf.function with the given input specs into a .pb."""
     import tensorflow as tf
 
-    from shipyard.convert.tf_freeze import freeze_concrete_function
+    from shipyard.formats.tf_freeze import freeze_concrete_function
 
     gd = freeze_concrete_function(tf.function(fn).get_concrete_function(*specs))
     path = tmp_path / name

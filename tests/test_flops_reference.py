@@ -20,7 +20,7 @@ def macs(summary) -> float:
 
 
 def _frozen(model, path):
-    from shipyard.convert.tf_freeze import freeze_concrete_function, keras_concrete_function
+    from shipyard.formats.tf_freeze import freeze_concrete_function, keras_concrete_function
 
     graph_def = freeze_concrete_function(keras_concrete_function(model, batch=1))
     path.write_bytes(graph_def.SerializeToString())

@@ -114,10 +114,9 @@ def _graph_def_bytes(model: Model) -> bytes:
         if graph_def is not None:
             return graph_def.SerializeToString()
     if model.format == "keras":
-        from shipyard.convert.tf_freeze import freeze_concrete_function, keras_concrete_function
-        from shipyard.formats import keras as keras_format
+        from shipyard.formats import keras
 
-        return freeze_concrete_function(keras_concrete_function(keras_format.load(model))).SerializeToString()
+        return keras.frozen_graph_def(model, named=False).SerializeToString()
     raise _wrong_format(model, "tf", "TensorFlow")
 
 

@@ -23,18 +23,21 @@ from shipyard.model import Model, tensor_name
 def frozen_graph_of(src: Model, opts: ConvertOptions):
     """The frozen GraphDef (TensorBoard proto) of any TensorFlow source, in memory."""
     from shipyard.convert import freeze
+    from shipyard.formats.tf_freeze import prune_for_inference
 
     if src.format == "tf-graphdef":
         graph_def, _ = tf_graph.load(src)
-        return freeze.prune_for_inference(graph_def, opts.outputs) if opts.outputs else graph_def
+        return prune_for_inference(graph_def, opts.outputs) if opts.outputs else graph_def
     if src.format == "keras":
-        return freeze.freeze_keras(src)
+        from shipyard.formats import keras
+
+        return keras.frozen_graph_def(src)
     if src.format == "tf-savedmodel":
-        from shipyard.formats.tf_saved import pick_signature_key, serving_meta
+        from shipyard.formats import tf_saved
 
         # Recorded for the rest of the chain: a TFLite target carries the signature under its key.
-        opts.signature_key = pick_signature_key(serving_meta(src), opts.signature_key)
-        return freeze.freeze_saved_model(src, opts.signature_key)
+        opts.signature_key = tf_saved.pick_signature_key(tf_saved.serving_meta(src), opts.signature_key)
+        return tf_saved.frozen_graph_def(src, opts.signature_key)
     if src.format == "tf-checkpoint":
         return freeze.freeze_checkpoint(src, opts.outputs)
     raise UsageError(f"{src.format} is not a TensorFlow graph format")
@@ -90,7 +93,7 @@ def _non_onnx_ops(proto) -> dict[str, list[str]]:
 
 def output_names(graph_def, opts: ConvertOptions) -> list[str]:
     """The requested outputs (checked, with suggestions for typos) or the detected ones."""
-    from shipyard.convert.freeze import check_outputs
+    from shipyard.formats.tf_freeze import check_outputs
 
     if opts.outputs:
         check_outputs(graph_def, opts.outputs)
@@ -273,8 +276,8 @@ def _converts_with_tf_ops(tf, converter) -> bool:
 
 
 def graphdef_to_tfjs(src: Model, out: Path, opts: ConvertOptions) -> Model:
-    from shipyard.convert.freeze import prune_for_inference
     from shipyard.convert.tfjs_writer import write_graph_model
+    from shipyard.formats.tf_freeze import prune_for_inference
 
     graph_def, _ = tf_graph.load(src)
     write_graph_model(prune_for_inference(graph_def, output_names(graph_def, opts)), out)

@@ -159,9 +159,9 @@ def summarize(model: Model) -> Summary:
     }
     flops, by_op = None, {}
     try:
-        from shipyard.formats.tf_flops import frozen_flops
+        from shipyard.formats.tf_freeze import frozen_flops
 
-        tally = frozen_flops(model, keras_model=keras_model)
+        tally = frozen_flops(frozen_graph_def(model, batch=1, keras_model=keras_model, named=False))
         flops, by_op = tally.total, tally.sorted_by_op()
         details["flops_uncounted_ops"] = tally.uncounted
     except ShipyardError as exc:
@@ -182,3 +182,17 @@ def summarize(model: Model) -> Summary:
         version="legacy HDF5" if model.path.suffix in (".h5", ".hdf5") else "Keras v3 archive",
         details=details,
     )
+
+
+def frozen_graph_def(model: Model, batch: int | None = None, keras_model=None, named: bool = True):
+    """The model's inference function as a frozen GraphDef (TensorBoard proto), its inputs named
+    after the model's and (``named``) its output nodes after the model's output names."""
+    from shipyard.formats import tf_freeze
+
+    keras_model = keras_model if keras_model is not None else load(model)
+    concrete = tf_freeze.keras_concrete_function(keras_model, batch=batch)
+    graph_def = tf_freeze.to_tb(tf_freeze.freeze_concrete_function(concrete))
+    if not named:
+        return graph_def
+    names = [s.name for s in signature_of(keras_model).outputs]
+    return tf_freeze.name_outputs(graph_def, tf_freeze.output_names(concrete, names))

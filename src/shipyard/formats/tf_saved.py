@@ -113,7 +113,7 @@ class LoadedSignature:
         leaves the variables of a function the TF1 loader pruned as variables. Its library
         functions get names of their own (see ``_rename_functions``).
         """
-        from shipyard.convert.tf_freeze import freeze_concrete_function
+        from shipyard.formats.tf_freeze import freeze_concrete_function
 
         if self.loader != "TF1 loader":
             concrete = self.concrete(batch)
@@ -154,7 +154,7 @@ def _name_signature(graph_def, inputs: dict[str, str], outputs: dict[str, tuple[
     """A session-frozen signature graph with an Identity named after each output key, its
     placeholders renamed to the input keys, pruned to those outputs, functions renamed.
     ``outputs``: {key: (tensor name, dtype enum)}."""
-    from shipyard.convert.freeze import name_outputs, prune_for_inference
+    from shipyard.formats.tf_freeze import name_outputs, prune_for_inference
 
     graph_def = tf_protos.GraphDef.FromString(graph_def.SerializeToString())
     existing = {n.name for n in graph_def.node}
@@ -528,11 +528,11 @@ def summarize(model: Model) -> Summary:
     })
     flops, by_op = None, {}
     try:
-        from shipyard.formats.tf_flops import frozen_flops
+        from shipyard.formats.tf_freeze import frozen_flops
 
         if model.encrypted:
             raise UnsupportedError("TensorFlow cannot load an encrypted SavedModel from memory to count its FLOPs")
-        tally = frozen_flops(model)
+        tally = frozen_flops(load_signature(model).frozen_graph_def(batch=1)[1])
         flops, by_op = tally.total, tally.sorted_by_op()
         details["flops_uncounted_ops"] = tally.uncounted
     except ShipyardError as exc:
@@ -552,3 +552,13 @@ def summarize(model: Model) -> Summary:
         version=f"graph version {meta.graph_def.versions.producer}",
         details=details,
     )
+
+
+def frozen_graph_def(model: Model, signature_key: str | None = None, batch: int | None = None):
+    """The frozen GraphDef (TensorBoard proto) of one signature: its placeholders and outputs
+    are named after the signature's input and output keys."""
+    from shipyard.formats import tf_freeze
+
+    concrete, graph_def = load_signature(model, signature_key).frozen_graph_def(batch)
+    graph_def = tf_freeze.to_tb(graph_def)
+    return tf_freeze.name_outputs(graph_def, tf_freeze.output_names(concrete, [])) if concrete is not None else graph_def

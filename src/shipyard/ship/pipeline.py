@@ -140,7 +140,8 @@ class Pipeline:
 
     def freeze(self) -> dict | None:
         """TensorFlow sources become one frozen GraphDef (the float reference of every target)."""
-        from shipyard.convert.freeze import LiveGraph, check_outputs, prune_for_inference
+        from shipyard.convert.freeze import LiveGraph
+        from shipyard.formats.tf_freeze import check_outputs, prune_for_inference
 
         fmt = self.source.format
         if fmt not in ("tf-graphdef", "tf-checkpoint", "keras", "tf-savedmodel"):
@@ -381,7 +382,7 @@ def _has_variables(model: Model) -> bool:
 def _inference_outputs(graph_def, notes: list[str]) -> list[str]:
     """Detected outputs minus training ones: an output that needs a placeholder none of the
     other outputs needs (a loss needs the labels) is not shipped."""
-    from shipyard.convert.freeze import prune_for_inference
+    from shipyard.formats.tf_freeze import prune_for_inference
     from shipyard.formats.tf_graph import detect_io
 
     _, outputs = detect_io(graph_def)
