@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess, run_cli
 from shipyard.guard import run_guarded
 
 
@@ -88,3 +88,26 @@ def test_native_crash_is_contained(tmp_path, capfd):
 def test_guard_passes_exit_codes_through():
     assert run_guarded(lambda: 0) == 0
     assert run_guarded(lambda: 2) == 2
+
+
+def test_engine_errors_keep_their_cause(tmp_path, capsys, tf1_graph):
+    """The engine's cause reaches the user, not only its first line: TorchScript's
+    "The following operation failed ..." is followed by the RuntimeError that says why, and
+    TensorFlow's "Graph execution error:" by the node and what it missed. No stack frames."""
+    import torch
+
+    class Reshape(torch.nn.Module):
+        def forward(self, x):
+            return x.view(-1, 512) * 2.0
+
+    path = tmp_path / "reshape.pt"
+    torch.jit.script(Reshape()).save(str(path))
+    proc = cli_inprocess(capsys, "run", path, "--shape", "x=1,300")
+    assert proc.returncode != 0
+    assert "failed in the TorchScript interpreter" in proc.stderr, proc.stderr
+    assert "shape '[-1, 512]' is invalid for input of size 300" in proc.stderr, proc.stderr
+    assert 'File "' not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+    proc = cli_inprocess(capsys, "session", tf1_graph["graph"], "--init", "--run", "train:2")
+    assert proc.returncode == 2
+    assert "running 'train' failed" in proc.stderr and "placeholder tensor 'x'" in proc.stderr, proc.stderr

@@ -69,3 +69,37 @@ class NativeCrashError(ShipyardError):
 
 class ConversionError(ShipyardError):
     """A converter failed on a model it should handle."""
+
+
+def engine_message(exc: BaseException, max_lines: int = 12, max_chars: int = 1500) -> str:
+    """What an engine (TensorFlow, torch, onnxruntime, LiteRT, a converter) said, whole but
+    without its stack frames: the user needs the cause ("size of tensor a (512) must match ...
+    at dimension 1"), which often comes after the first line ("The following operation failed
+    in the TorchScript interpreter."), not the frames that lead to it.
+
+    Frames are dropped: ``File "..."`` lines with the source lines indented under them, and the
+    ``Traceback ... (most recent call last)`` lines that introduce them. TensorFlow's
+    ``OpError.message`` is used (it leaves out where the op was created in Python). Continuation
+    lines are indented so the CLI prints them under ``shipyard:``."""
+    text = getattr(exc, "message", None) if not isinstance(exc, ShipyardError) else exc.message
+    text = (text if isinstance(text, str) and text.strip() else str(exc)).strip()
+    kept: list[str] = []
+    in_frames = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith('File "') or "(most recent call last)" in stripped:
+            in_frames = True
+            continue
+        if in_frames and line[:1] in (" ", "\t"):
+            continue  # the source line (and its ^^^ marker) under a frame
+        in_frames = False
+        if stripped not in kept:  # engines repeat the cause at several levels
+            kept.append(stripped)
+    if not kept:
+        return type(exc).__name__
+    if len(kept) > max_lines:
+        kept = kept[:max_lines - 1] + [f"... ({len(kept) - max_lines + 1} more lines)"]
+    message = "\n  ".join(kept)
+    return message if len(message) <= max_chars else message[:max_chars - 3] + "..."

@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from shipyard.deps import require
-from shipyard.errors import InputError, ModelLoadError, UsageError
+from shipyard.errors import InputError, ModelLoadError, UsageError, engine_message
 from shipyard.formats import tf_graph, tf_protos
 from shipyard.model import Model, tensor_name
-
 
 # What optimizer.minimize() returns: a grouping NoOp, or the global-step increment.
 _TRAIN_OP_TYPES = {"NoOp", "AssignAdd", "AssignAddVariableOp"}
@@ -86,7 +85,7 @@ class GraphSession:
             with self.graph.as_default():
                 tf.import_graph_def(tf.compat.v1.GraphDef.FromString(graph_def.SerializeToString()), name="")
         except (ValueError, tf.errors.OpError) as exc:
-            raise ModelLoadError(f"{path}: TensorFlow cannot import the graph ({str(exc).splitlines()[0][:300]})") from exc
+            raise ModelLoadError(f"{path}: TensorFlow cannot import the graph: {engine_message(exc)}") from exc
         self.session = tf.compat.v1.Session(graph=self.graph)
         self.fetched: dict[str, np.ndarray] = {}
 
@@ -119,7 +118,7 @@ class GraphSession:
         try:
             self.session.run(saver["restore_op"], {saver["filename_tensor"]: str(prefix)})
         except self.tf.errors.OpError as exc:
-            raise ModelLoadError(f"the checkpoint {prefix} does not match the graph: {exc.message.splitlines()[0][:300]}") from exc
+            raise ModelLoadError(f"the checkpoint {prefix} does not match the graph: {engine_message(exc)}") from exc
         return StepResult("restore", str(prefix), time.perf_counter() - start)
 
     def init(self) -> StepResult:
@@ -144,7 +143,7 @@ class GraphSession:
             for _ in range(times):
                 self.session.run(name, feed)
         except self.tf.errors.OpError as exc:
-            raise InputError(f"running '{name}' failed: {exc.message.splitlines()[0][:300]}") from exc
+            raise InputError(f"running '{name}' failed: {engine_message(exc)}") from exc
         return StepResult("run", f"{name} x{times}", time.perf_counter() - start)
 
     def _value_of(self, tensor: str):
@@ -167,7 +166,7 @@ class GraphSession:
         try:
             value = self.session.run(self._value_of(tensor), self._feed(feeds))
         except self.tf.errors.OpError as exc:
-            raise InputError(f"fetching '{tensor}' failed: {exc.message.splitlines()[0][:300]}") from exc
+            raise InputError(f"fetching '{tensor}' failed: {engine_message(exc)}") from exc
         value = np.asarray(value)
         self.fetched[f"{len(self.fetched)}:{tensor}"] = value
         from shipyard.report.text import array_stats

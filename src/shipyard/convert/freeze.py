@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from shipyard.deps import require
-from shipyard.errors import ModelLoadError, UsageError
+from shipyard.errors import ModelLoadError, UsageError, engine_message
 from shipyard.formats import tf_graph, tf_protos
 from shipyard.formats.tf_freeze import check_outputs, prune_for_inference, to_tb
 from shipyard.model import Model, Signature, tensor_name
@@ -38,7 +38,7 @@ class LiveGraph:
                     self._restore_without_meta(checkpoint)
         except (ValueError, tf.errors.OpError) as exc:
             self.close()
-            first = getattr(exc, "message", str(exc)).strip().splitlines()[0][:300]
+            first = engine_message(exc)
             raise ModelLoadError(f"the checkpoint {checkpoint} does not match the graph: {first}") from exc
         self.graph_def = to_tb(self.graph.as_graph_def())
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from shipyard.atomic import atomic_path
 from shipyard.convert.options import ConvertOptions
 from shipyard.deps import all_output_silenced, require
-from shipyard.errors import ConversionError, UnsupportedError, UsageError
+from shipyard.errors import ConversionError, UnsupportedError, UsageError, engine_message
 from shipyard.formats import tf_graph
 from shipyard.model import Model, tensor_name
 
@@ -67,7 +67,7 @@ def graphdef_to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
                 output_names=[_tf_name(o) for o in outputs], opset=opts.opset,
             )
     except (ValueError, KeyError, RuntimeError, tf.errors.OpError) as exc:
-        raise ConversionError(f"tf2onnx could not convert {src.path}: {str(exc).splitlines()[0][:300]}") from exc
+        raise ConversionError(f"tf2onnx could not convert {src.path}: {engine_message(exc)}") from exc
     missing = _non_onnx_ops(proto)
     if missing:
         listing = "; ".join(f"{op} (nodes: {', '.join(nodes[:3])})" for op, nodes in missing.items())
@@ -199,7 +199,7 @@ def graphdef_to_tflite(src: Model, out: Path, opts: ConvertOptions) -> Model:
                 f"TFLite has no builtin kernel for: {', '.join(ops)}{where}",
                 hint="re-run with --allow-tf-ops to use select TensorFlow ops (needs the Flex delegate at run time)",
             ) from exc
-        raise ConversionError(f"the TFLite converter failed: {text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__}") from exc
+        raise ConversionError(f"the TFLite converter failed: {engine_message(exc)}") from exc
     inputs = [s.name for s in tf_graph.signature_of(graph_def).inputs]
     flatbuffer = keep_tflite_names(flatbuffer, opts.signature_key or DEFAULT_SIGNATURE, inputs, outputs)
     with atomic_path(out) as tmp:
@@ -326,7 +326,7 @@ def tflite_to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
         with contextlib.redirect_stdout(io.StringIO()):
             proto, _ = tf2onnx.convert.from_tflite(str(src.path), opset=opts.opset)
     except (ValueError, KeyError, RuntimeError, AssertionError) as exc:
-        raise ConversionError(f"tf2onnx could not convert {src.path}: {str(exc).splitlines()[0][:300]}") from exc
+        raise ConversionError(f"tf2onnx could not convert {src.path}: {engine_message(exc)}") from exc
     missing = _non_onnx_ops(proto)
     if missing:
         raise UnsupportedError("ONNX has no operator for: " + ", ".join(missing))

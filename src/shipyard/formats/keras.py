@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from shipyard.deps import require
-from shipyard.errors import ModelLoadError, ShipyardError
+from shipyard.errors import ModelLoadError, ShipyardError, engine_message
 from shipyard.model import Model, Signature, TensorSpec
 from shipyard.summary import Summary, add_param, histogram
 
@@ -19,7 +19,7 @@ def load(model: Model):
             return _load_from_memory(keras, data)
         return keras.saving.load_model(str(model.path), compile=False)
     except Exception as exc:  # Keras raises many unrelated types (KeyError, OSError, ValueError...) for bad files
-        detail = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+        detail = engine_message(exc)
         hint = None
         if model.path.suffix == ".h5" and "model_config" in str(exc).lower() or "No model config" in str(exc):
             hint = "this HDF5 file holds weights only; save the whole model with model.save()"

@@ -8,7 +8,7 @@ import zlib
 from functools import lru_cache
 
 from shipyard.deps import require
-from shipyard.errors import ModelFormatError, ModelLoadError
+from shipyard.errors import ModelFormatError, ModelLoadError, engine_message
 from shipyard.model import Model, Signature, TensorSpec
 from shipyard.summary import Summary, add_param, histogram
 
@@ -28,7 +28,7 @@ def load(model: Model, device: str = "cpu"):
     try:
         return torch.jit.load(source, map_location=device).eval()
     except (RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        detail = engine_message(exc)
         raise ModelLoadError(f"{model.path}: torch.jit.load failed ({detail})") from exc
 
 

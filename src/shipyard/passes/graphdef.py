@@ -12,7 +12,7 @@ from collections import deque
 
 import numpy as np
 
-from shipyard.errors import UnsupportedError, UsageError
+from shipyard.errors import UnsupportedError, UsageError, engine_message
 from shipyard.formats import tf_protos
 from shipyard.passes.context import Context
 from shipyard.passes.registry import Params
@@ -349,7 +349,7 @@ def fold_constants(graph_def, params: Params, ctx: Context):
         with graph.as_default():
             tf.import_graph_def(tf_gd, name="")
     except (ValueError, tf.errors.OpError) as exc:
-        raise UnsupportedError(f"fold_constants: TensorFlow cannot import the graph ({str(exc).splitlines()[0][:200]})") from exc
+        raise UnsupportedError(f"fold_constants: TensorFlow cannot import the graph: {engine_message(exc)}") from exc
     meta = tf.compat.v1.train.export_meta_graph(graph_def=tf_gd, graph=graph)
     fetch = meta.collection_def["train_op"]
     fetch.node_list.value.extend(ctx.outputs)
@@ -363,9 +363,9 @@ def fold_constants(graph_def, params: Params, ctx: Context):
         optimized = tf_optimizer.OptimizeGraph(config, meta)
     except Exception as exc:  # grappler raises a bare errors.* or RuntimeError
         if ignore_errors:
-            ctx.notes.append(f"fold_constants: skipped ({str(exc).splitlines()[0][:120]})")
+            ctx.notes.append(f"fold_constants: skipped ({engine_message(exc, max_lines=1, max_chars=160)})")
             return graph_def
-        raise UnsupportedError(f"fold_constants failed: {str(exc).splitlines()[0][:200]}",
+        raise UnsupportedError(f"fold_constants failed: {engine_message(exc)}",
                                hint="use fold_constants(ignore_errors=true) to keep going") from exc
     out = tf_protos.GraphDef.FromString(optimized.SerializeToString())
     _restore_io_nodes(out, graph_def, ctx)

@@ -26,7 +26,7 @@ from onnx_ir.passes.common import (
 )
 
 from shipyard.deps import require
-from shipyard.errors import UnsupportedError, UsageError
+from shipyard.errors import UnsupportedError, UsageError, engine_message
 from shipyard.passes.context import Context
 from shipyard.passes.registry import Params
 
@@ -320,7 +320,7 @@ def _fix_inputs(model: ir.Model, wanted: dict[str, tuple[int, ...]]) -> bool:
         ShapeInferencePass(strict_mode=True)(model)
     except Exception as exc:  # onnx's InferenceError, raised through onnx-ir's pass machinery
         cause = exc.__cause__ or exc
-        raise UsageError(f"fix_shapes: the shapes do not fit the model ({str(cause).splitlines()[0][:200]})") from exc
+        raise UsageError(f"fix_shapes: the shapes do not fit the model ({engine_message(cause)})") from exc
     return True
 
 

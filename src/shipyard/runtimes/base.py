@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from shipyard.errors import InputError, ModelRunError, ShipyardError, UnsupportedError
+from shipyard.errors import InputError, ModelRunError, ShipyardError, UnsupportedError, engine_message
 from shipyard.model import Model, Quantization, Signature, TensorSpec, dequantize, tensor_name
 
 
@@ -87,8 +87,7 @@ class BaseRunner(ABC):
         except ShipyardError:
             raise
         except Exception as exc:  # engines raise their own unrelated types (Fail, InvalidArgument, ValueError...)
-            first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
-            raise ModelRunError(f"{self.backend} failed while running {self.model.path}: {first}") from exc
+            raise ModelRunError(f"{self.backend} failed while running {self.model.path}: {engine_message(exc)}") from exc
 
     # -- intermediate tensors (engines listed in intermediate_formats override the first two) --
 

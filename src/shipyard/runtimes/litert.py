@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from shipyard.deps import native_output_silenced, require
-from shipyard.errors import ModelLoadError
+from shipyard.errors import ModelLoadError, engine_message
 from shipyard.formats.tflite import TFLiteFile
 from shipyard.model import Model, Quantization, Signature
 from shipyard.runtimes.base import BaseRunner, TensorInfo
@@ -35,7 +35,7 @@ class LiteRTRunner(BaseRunner):
                     kwargs["experimental_op_resolver_type"] = interp_mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
                 self._create(interp_mod, model, model_bytes, preserve_all_tensors, kwargs)
         except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0][:300]
+            first = engine_message(exc)
             hint = "ops from TensorFlow (Flex) need the select-TF-ops runtime" if "Flex" in str(exc) or "custom op" in str(exc).lower() else None
             raise ModelLoadError(f"{model.path}: LiteRT cannot load the model ({first})", hint=hint) from exc
         self._inputs = self.interpreter.get_input_details()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from shipyard.deps import require
-from shipyard.errors import ModelLoadError
+from shipyard.errors import ModelLoadError, engine_message
 from shipyard.model import Model, Quantization, Signature, TensorSpec
 from shipyard.runtimes.base import BaseRunner, TensorInfo
 
@@ -38,8 +38,7 @@ class OnnxRuntimeRunner(BaseRunner):
         try:
             self.session = ort.InferenceSession(source, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types, all unrelated
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
-            raise ModelLoadError(f"{model.path}: onnxruntime cannot load the model ({first})") from exc
+            raise ModelLoadError(f"{model.path}: onnxruntime cannot load the model: {engine_message(exc)}") from exc
         sig = Signature(tuple(_spec(i) for i in self.session.get_inputs()), tuple(_spec(o) for o in self.session.get_outputs()))
         if any(s.dtype in _QUANT_DTYPES for s in (*sig.inputs, *sig.outputs)):
             sig = _with_quantization(sig, model, model_bytes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shipyard.deps import require
-from shipyard.errors import ModelLoadError, UnsupportedError
+from shipyard.errors import ModelLoadError, UnsupportedError, engine_message
 from shipyard.formats import tf_graph
 from shipyard.model import Model, tensor_name
 from shipyard.runtimes.base import BaseRunner, TensorInfo
@@ -74,7 +74,7 @@ class TensorFlowRunner(BaseRunner):
             with graph.as_default():
                 tf.import_graph_def(gd, name="")
         except (ValueError, tf.errors.OpError, TypeError) as exc:
-            raise ModelLoadError(f"{model.path}: TensorFlow cannot import the graph ({str(exc).splitlines()[0][:300]})") from exc
+            raise ModelLoadError(f"{model.path}: TensorFlow cannot import the graph: {engine_message(exc)}") from exc
         self._session = tf.compat.v1.Session(graph=graph, config=self._session_config(threads))
         return graph
 
@@ -100,7 +100,7 @@ class TensorFlowRunner(BaseRunner):
                 saver = tf.compat.v1.train.import_meta_graph(str(model.extras["meta"]), clear_devices=True)
                 saver.restore(self._session, str(model.path))
         except (ValueError, tf.errors.OpError) as exc:
-            raise ModelLoadError(f"{model.path}: the checkpoint does not restore into its graph ({str(exc).splitlines()[0][:300]})") from exc
+            raise ModelLoadError(f"{model.path}: the checkpoint does not restore into its graph: {engine_message(exc)}") from exc
         return tf_graph.signature_of(graph_def)
 
     def _load_tfjs(self, model: Model, threads, _key):
@@ -149,7 +149,7 @@ class TensorFlowRunner(BaseRunner):
         except self.tf.errors.OpError as exc:
             from shipyard.errors import InputError
 
-            raise InputError(f"TensorFlow could not run the graph: {exc.message.splitlines()[0][:300]}") from exc
+            raise InputError(f"TensorFlow could not run the graph: {engine_message(exc)}") from exc
         return {o.name: v for o, v in zip(self.signature.outputs, values)}
 
     # -- intermediates ---------------------------------------------------------------
