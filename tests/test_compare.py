@@ -124,6 +124,9 @@ def test_bad_inputs_give_clean_errors(keras_paths, tmp_path):
                        "does not exist")
     assert_clean_error(run_cli("compare", keras_paths["onnx"]), "at least two")
     assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--atol", "x:y"), "--atol")
+    # a tolerance for an output the model does not have is an error, not the default tolerance in silence
+    assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--atol", "Identty:0.01"),
+                       "no output 'Identty'", "did you mean 'Identity'")
 
 
 def test_torchscript_against_its_onnx_export(torch_example):

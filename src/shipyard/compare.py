@@ -43,6 +43,19 @@ class Tolerance:
     def get(self, name: str) -> float:
         return self.per_output.get(tensor_name(name), self.default)
 
+    def check(self, names: list[str], flag: str) -> None:
+        """Every OUTPUT named in a per-output tolerance must be one of ``names``: a misspelt one
+        would otherwise leave that output on the default tolerance without a word."""
+        import difflib
+
+        known = {tensor_name(n) for n in names}
+        for name in self.per_output:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=3)
+                raise UsageError(f"{flag} {name}:...: the reference has no output '{name}'"
+                                 + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""),
+                                 hint="its outputs: " + ", ".join(sorted(known)[:12]))
+
 
 # -- running models side by side -------------------------------------------------------
 
@@ -121,6 +134,8 @@ def compare_models(models: list[str | Path], backends: list[str | None] | None =
         feeds = model_feeds(ref_sig, inputs, seed, batch, shapes, mapping)
         ref_out = dequantize_outputs(ref_sig, ref_runner.run(feeds))  # int8 outputs as real values
         ref_backend = ref_runner.backend
+    atol.check(list(ref_out), "--atol")
+    rtol.check(list(ref_out), "--rtol")
     candidates = []
     for path, backend in zip(models[1:], backends[1:]):
         with open_runner(path, backend=backend, threads=threads) as runner:

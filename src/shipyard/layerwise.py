@@ -167,6 +167,9 @@ def localize(ref_path: str | Path, other_path: str | Path, backends: list | None
         feeds_a = model_feeds(a.signature, inputs, seed, batch, shapes, mapping)
         feeds_b = adapt_feeds(feeds_a, a.signature, b.signature)
         pairs = match_tensors(a.tensors(), b.tensors())
+        known = [t.name for t in a.tensors()] + [s.name for s in a.signature.outputs]
+        atol.check(known, "--atol")
+        rtol.check(known, "--rtol")
         result = Localization(str(ref_path), str(other_path), len(pairs))
         for start in range(0, len(pairs), chunk):
             part = pairs[start:start + chunk]
