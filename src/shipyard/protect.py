@@ -63,11 +63,12 @@ def generate_key(path: Path) -> Path:
     return path
 
 
-def read_key(path: Path | None = None) -> bytes:
-    """The key from ``path`` or from $SHIPYARD_MODEL_KEY_FILE: 32 raw bytes, hex or base64."""
+def read_key(path: Path | None = None, purpose: str = "this model is encrypted: give its key") -> bytes:
+    """The key from ``path`` or from $SHIPYARD_MODEL_KEY_FILE: 32 raw bytes, hex or base64.
+    ``purpose``: what to say when there is none (reading an encrypted model, or encrypting one)."""
     path = path or (Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else None)
     if path is None:
-        raise UsageError("this model is encrypted: give its key", hint=f"--key-file KEY or ${KEY_ENV}=KEY")
+        raise UsageError(purpose, hint=f"--key-file KEY or ${KEY_ENV}=KEY (make one with: shipyard keygen KEY)")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

@@ -41,7 +41,7 @@ def cmd_encrypt(args) -> int:
     if model.format == "tf-checkpoint":
         raise UnsupportedError("a checkpoint is several files; freeze it (shipyard freeze) and encrypt the frozen graph")
     out = check_output_path(args.output, model.path)
-    data = encrypt_model(model.path, model.format, read_key(args.key_file_path))
+    data = encrypt_model(model.path, model.format, read_key(args.key_file_path, "encrypting needs a key"))
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     doc = {"model": str(model.path), "format": model.format, "output": str(out), "bytes": len(data), "algorithm": "AES-256-GCM"}
