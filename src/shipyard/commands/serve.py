@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--share-weights", action="store_true",
                    help="TFLite: run the builtin kernels on the memory-mapped file so all workers share one copy "
                         "of the weights (XNNPACK, the default, is faster but copies them per process)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="serve on Ray Serve (KServe v2 REST): a local Ray without ADDRESS, or the cluster at HOST:PORT")
+    p.add_argument("--replicas", type=int, help="--ray: replicas per model (REPO/<model>/ray.json may autoscale)")
     p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
     p.add_argument("--json", action="store_true", help="log lines are JSON already; accepted for symmetry")
     p.set_defaults(func=cmd_serve)
@@ -37,6 +40,12 @@ def cmd_serve(args) -> int:
         raise UsageError("--workers must be at least 1")
     if args.max_request_mb <= 0:
         raise UsageError("--max-request-mb must be positive")
+    if args.ray is not None:  # Ray Serve replicas: serve/ray_serve.py
+        from shipyard.serve.ray_serve import serve_ray
+
+        return serve_ray(args.repo, args.ray or None, args.replicas, args.host, args.rest_port,
+                         read_token(args.auth_token_file) if args.auth_token_file else None,
+                         int(args.max_request_mb * (1 << 20)), args.threads, args.poll_seconds, args.ready_file)
     opts = ServeOptions(
         repo=args.repo, host=args.host, rest_port=args.rest_port,
         grpc_port=None if args.grpc_port < 0 else args.grpc_port,

@@ -29,7 +29,8 @@ class FeedSource(Protocol):
 def open_source(path: str | Path | None, count: int = 32, seed: int = 0, image_options: dict | None = None,
                 mapping: dict[str, str] | None = None) -> FeedSource:
     """A source for ``path``: a folder of images, a .npy/.npz file, a TFRecord file of
-    tf.train.Examples (``mapping`` renames features to inputs), or random data when None."""
+    tf.train.Examples or a Parquet file (``mapping`` renames features/columns to inputs), or
+    random data when None."""
     if path is None:
         from shipyard.data.random import RandomSource
 
@@ -45,13 +46,19 @@ def open_source(path: str | Path | None, count: int = 32, seed: int = 0, image_o
         from shipyard.data.arrays import ArraySource
 
         return ArraySource(path)
+    from shipyard.data.parquet import looks_like_parquet
+
+    if looks_like_parquet(path):
+        from shipyard.data.parquet import ParquetSource
+
+        return ParquetSource(path, mapping)
     from shipyard.records import looks_like_tfrecord
 
     if looks_like_tfrecord(path):
         from shipyard.data.tfrecord import RecordSource
 
         return RecordSource(path, mapping)
-    raise InputError(f"{path}: calibration data must be a .npy/.npz file, a TFRecord file or a folder of images")
+    raise InputError(f"{path}: calibration data must be a .npy/.npz file, a TFRecord or Parquet file or a folder of images")
 
 
 def take(source: FeedSource, signature: Signature, limit: int | None = None) -> list[dict[str, np.ndarray]]:

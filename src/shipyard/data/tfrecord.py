@@ -3,7 +3,6 @@
 ``label``/``labels``/``y``/``image/class/label`` feature gives the labels."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,26 @@ class RecordSource(ArraySource):
         from shipyard import records, tf_example
 
         columns: dict[str, list[np.ndarray]] = {}
+        first_missing: dict[str, int] = {}  # feature -> the first record without it
+        count = 0
         for i, data in enumerate(records.iter_records(path)):
             if limit is not None and i >= limit:
                 break
             for name, value in tf_example.decode(data).items():
                 if isinstance(value, list):  # bytes features (encoded images, names) are not tensors
                     continue
-                columns.setdefault((mapping or {}).get(name, name), []).append(value)
+                key = (mapping or {}).get(name, name)
+                if len(columns.setdefault(key, [])) < i:
+                    first_missing.setdefault(key, len(columns[key]))
+                columns[key].append(value)
+            count = i + 1
         if not columns:
             raise InputError(f"{path}: no numeric tf.train.Example features in the file (or no records)")
+        for key, values in columns.items():  # a feature absent from some records would shift every sample after it
+            if len(values) < count:
+                where = first_missing.get(key, len(values))
+                raise InputError(f"{path}: feature '{key}' is missing from {count - len(values)} of {count} records "
+                                 f"(first: record {where})")
         sizes = {k: {v.size for v in vs} for k, vs in columns.items()}
         ragged = [k for k, s in sizes.items() if len(s) > 1]
         if ragged:
@@ -42,7 +52,7 @@ class RecordSource(ArraySource):
         super().__init__(path, arrays)
         self.description = f"{path} (TFRecord)"
 
-    def feeds(self, signature: Signature) -> Iterator[dict[str, np.ndarray]]:
+    def _columns(self, signature: Signature) -> dict[str, np.ndarray]:
         matched = match_keys(list(self.arrays), signature)
         for key, name in matched.items():  # flat Example values -> the input's per-sample shape
             spec = signature.input(name)
@@ -54,4 +64,4 @@ class RecordSource(ArraySource):
                 except ValueError as exc:
                     raise InputError(f"{self.path}: feature '{key}' ({self.arrays[key].shape[1:]} values per record) "
                                      f"does not fit input '{name}' {list(spec.shape)}") from exc
-        yield from super().feeds(signature)
+        return super()._columns(signature)
