@@ -4,6 +4,7 @@ task on real or exactly labelled inputs, and take every conversion shipyard offe
 format, verified on those inputs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from shipyard.convert.options import ConvertOptions
 from shipyard.inspect import inspect_model
 from shipyard.model import tensor_name
 from shipyard.runtimes import open_runner
+from shipyard.verify import relayout, restore_layout
 
 # What `shipyard inspect` must report for each file (measured once, checked every run).
 EXPECTED = {
@@ -48,10 +50,19 @@ def offered_targets(fmt: str) -> list[str]:
     return sorted(planner.reachable_from(fmt) | same)
 
 
+def through_onnx2tf(fmt: str, target: str) -> bool:
+    return any(e.tool == "onnx2tf" for e in planner.plan(fmt, target))
+
+
+# Chains through onnx2tf take 10-60 s each: in the default run every ONNX model goes to TFLite
+# (the onnx2tf edge itself); the longer chains (TFLite/TorchScript -> ONNX -> TF, ONNX ->
+# SavedModel/TF.js) run with SHIPYARD_CORPUS_FULL=1.
+FULL = bool(os.environ.get("SHIPYARD_CORPUS_FULL"))
 CONVERSIONS = [
     pytest.param(m, t, id=f"{m.id}->{t}",
                  marks=[pytest.mark.xfail(strict=True, reason=m.known_failures[t])] if t in m.known_failures else [])
     for m in MODELS for t in offered_targets(m.format)
+    if FULL or not through_onnx2tf(m.format, t) or (m.format, t) == ("onnx", "tflite")
 ]
 
 
@@ -199,12 +210,14 @@ def test_convert(model: RealModel, target: str, tmp_path):
     v = result.verification
     assert v is not None and v.passed and result.artifact.format == target
     assert all(d.nonfinite == 0 for d in v.outputs)
-    if all(d.argmax_agreement is not None for d in v.outputs):
-        assert min(d.argmax_agreement for d in v.outputs) >= 0.99
+    if all(d.top1_agreement is not None for d in v.outputs):  # ties in saturated maps forgiven
+        assert min(d.top1_agreement for d in v.outputs) >= 0.99
     if model.check:
         with open_runner(result.artifact) as runner:
             got = runner.run(artifact_feeds(feeds, runner.signature.inputs))
-        model.check({src: got[dst] for src, dst in pairs(v)})
+        shapes = {d.name: d.shape_ref for d in v.outputs}  # NHWC outputs (onnx2tf) back in the source's layout
+        model.check({src: restore_layout(np.empty(shapes[src]), got[dst]) if src in shapes else got[dst]
+                     for src, dst in pairs(v)})
 
 
 def pairs(v) -> list[tuple[str, str]]:
@@ -220,6 +233,7 @@ def artifact_feeds(feeds: dict[str, np.ndarray], specs) -> dict[str, np.ndarray]
         values = [by_name[tensor_name(s.name)] for s in specs]
     else:
         values = [v for v in feeds.values() if v.ndim][:len(specs)]
+    values = [relayout(np.asarray(v), s.shape) for s, v in zip(specs, values)]  # NCHW -> NHWC (onnx2tf)
     return {s.name: np.asarray(v).astype(s.dtype) if s.dtype != "unknown" else v for s, v in zip(specs, values)}
 
 

@@ -91,12 +91,16 @@ def test_json_that_is_not_tfjs(tmp_path):
     _fail(p, "not a TF.js model.json")
 
 
-def test_torch_state_dict_is_explained(tmp_path):
+def test_torch_state_dict_is_a_checkpoint_that_cannot_run(tmp_path):
     import torch
+
+    from shipyard.runtimes import open_runner
 
     p = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(3)}, p)
-    _fail(p, "torch.save")
+    assert open_model(p).format == "torch-checkpoint"
+    with pytest.raises(ShipyardError, match="weights, not a program"):
+        open_runner(p)
 
 
 @pytest.mark.parametrize("name", ["onnx", "tflite", "pb", "keras", "h5", "pbtxt"])

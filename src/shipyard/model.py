@@ -20,6 +20,8 @@ FORMATS = (
     "keras",
     "torchscript",
     "tfjs",
+    "torch-checkpoint",  # torch.save state_dict / checkpoint, .safetensors: weights, no program
+    "torch-export",      # torch.export.save (.pt2): an ATen graph with its weights
 )
 
 

@@ -11,6 +11,8 @@ import zipfile
 from pathlib import Path
 
 from shipyard.errors import ModelFormatError
+from shipyard.formats.torch_checkpoint import LEGACY_MAGIC, is_safetensors
+from shipyard.formats.torch_export import is_export_archive
 from shipyard.model import FORMATS, Model
 
 _HEAD = 512
@@ -63,6 +65,8 @@ def _sniff_file(path: Path, head: bytes, tail: bytes, size: int) -> Model:
             return ckpt
     if _looks_like_onnx(head):
         return Model("onnx", path)
+    if head.startswith(LEGACY_MAGIC) or is_safetensors(head, size):
+        return Model("torch-checkpoint", path)
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
         return _sniff_json(path)
@@ -118,12 +122,10 @@ def _sniff_zip(path: Path) -> Model:
         return Model("keras", path)
     if any("/code/" in n for n in names) and "data.pkl" in base:
         return Model("torchscript", path)
+    if is_export_archive(names):
+        return Model("torch-export", path)
     if "data.pkl" in base:
-        raise ModelFormatError(
-            f"{path}: a PyTorch checkpoint saved with torch.save (pickled tensors, no program)",
-            hint="shipyard needs a program: export with torch.jit.trace/script and save, or give the "
-            "module as package.module:factory to 'shipyard convert'",
-        )
+        return Model("torch-checkpoint", path)  # torch.save: pickled tensors, no program
     raise ModelFormatError(
         f"{path}: a zip archive that is neither a Keras .keras file nor a TorchScript archive "
         f"(it holds {len(names)} entries, e.g. {', '.join(names[:3]) or 'none'})",

@@ -2,7 +2,8 @@
 
 One pairing rule (:func:`pair_names`: names with and without ``:0`` and
 converter prefixes first, then position, and an error naming any tensor left over), one feed
-adapter (:func:`adapt_feeds`), every output checked, and two criteria:
+adapter (:func:`adapt_feeds`: reshapes, dtype casts and channel moves such as NCHW -> NHWC,
+undone on the outputs by :func:`restore_layout`), every output checked, and two criteria:
 
 - :class:`Exact` for float paths (freeze, convert, float transforms): ``|a-b| <= atol + rtol*|a|``.
 - :class:`Budget` for lossy paths (quantize, lossy transforms, quantized ship artifacts):
@@ -363,9 +364,45 @@ class VerificationError(ShipyardError):
 # -- feeds and outputs -------------------------------------------------------------------
 
 
+def layout_permutations(ndim: int) -> list[tuple[int, ...]]:
+    """Axis orders a converter legitimately applies to a tensor of rank ``ndim``: channels moved
+    last (NCHW -> NHWC, what onnx2tf does to image inputs and outputs) and moved first."""
+    if ndim < 3:
+        return []
+    return [(0, *range(2, ndim), 1), (0, ndim - 1, *range(1, ndim - 1))]
+
+
+def _fits(shape: tuple[int, ...], spec_shape) -> bool:
+    return len(shape) == len(spec_shape) and all(
+        not (isinstance(d, int) and d >= 0) or d == s for s, d in zip(shape, spec_shape))
+
+
+def relayout(value: np.ndarray, spec_shape) -> np.ndarray:
+    """``value`` transposed to the candidate's layout when only a channel move makes it fit
+    (the shape as given is preferred: a tensor that fits as it is is never transposed)."""
+    if spec_shape is None or len(spec_shape) != value.ndim or _fits(value.shape, spec_shape):
+        return value
+    for perm in layout_permutations(value.ndim):
+        if _fits(tuple(value.shape[i] for i in perm), spec_shape):
+            return value.transpose(perm)
+    return value
+
+
+def restore_layout(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """A candidate's output back in the reference's layout when it differs by a channel move."""
+    if ref.shape == other.shape or ref.ndim != other.ndim:
+        return other
+    for perm in layout_permutations(ref.ndim):
+        if tuple(ref.shape[i] for i in perm) == other.shape:
+            return other.transpose(np.argsort(perm))
+    return other
+
+
 def adapt_value(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Fit one input to the candidate's spec: a reshape of the same size (scalar -> [1]) and a
-    dtype cast (bool -> int) are what converters legitimately change."""
+    """Fit one input to the candidate's spec: a reshape of the same size (scalar -> [1]), a
+    channel move (NCHW -> NHWC) and a dtype cast (bool -> int) are what converters legitimately
+    change."""
+    value = relayout(value, spec.shape)
     if spec.shape is not None and len(spec.shape) != value.ndim:
         target = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in spec.shape)
         if target.count(-1) <= 1:
@@ -429,6 +466,7 @@ def judge(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], criterio
     failures: list[str] = []
     for p in pairs:
         a, b = np.asarray(ref[p.ref]), np.asarray(got[p.other])
+        b = restore_layout(a, b)
         if a.dtype.kind not in "fiub" or b.dtype.kind not in "fiub":
             if not np.array_equal(a, b):
                 failures.append(f"{p.ref}: {a.dtype} values differ")

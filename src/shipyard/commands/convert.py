@@ -14,6 +14,12 @@ def register(sub) -> None:
     p.add_argument("--signature", help="SavedModel signature key (default: serving_default)")
     p.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D0,D1,..",
                    help="input shape for PyTorch sources (repeat for several inputs)")
+    p.add_argument("--weights", type=Path, metavar="STATE_DICT",
+                   help="package.module:factory sources: load this state_dict / checkpoint (.pth, .pt, .bin, "
+                        ".safetensors; read with weights_only=True) into the module first")
+    p.add_argument("--dynamic", action="append", default=[], metavar="NAME:AXES",
+                   help="PyTorch sources: keep these input axes dynamic in the ONNX export besides the batch "
+                        "(e.g. x:2,3); verified on a second input shape")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--allow-tf-ops", action="store_true", help="TFLite: allow select TensorFlow ops (Flex)")
     p.add_argument("--inputs", action="append", default=[], metavar="NAME=FILE.npy|FILE.npz",
@@ -30,6 +36,20 @@ def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
     named = [i if "=" in i else (f"input={i}" if len(items) == 1 else f"input_{n}={i}") for n, i in enumerate(items)]
     return parse_shapes(named)
+
+
+def _dynamic(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """``NAME:AXES`` (``x:2,3``; ``2,3`` for the only input, kept under the name "") -> {name: axes}."""
+    from shipyard.errors import UsageError
+
+    out: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, axes = item.rpartition(":")
+        try:
+            out[name if sep else ""] = tuple(int(a) for a in axes.split(",") if a.strip())
+        except ValueError as exc:
+            raise UsageError(f"--dynamic {item!r}: expected NAME:AXES such as x:2,3") from exc
+    return out
 
 
 def _any_signature(items: list[str]):
@@ -50,7 +70,8 @@ def cmd_convert(args) -> int:
     opts = ConvertOptions(
         opset=args.opset, allow_tf_ops=args.allow_tf_ops,
         outputs=[o.strip() for o in args.outputs.split(",")] if args.outputs else None,
-        signature_key=args.signature, input_shape=_input_shapes(args.input_shape),
+        signature_key=args.signature, input_shape=_input_shapes(args.input_shape), dynamic=_dynamic(args.dynamic),
+        weights=args.weights,
     )
     feeds = None
     if args.inputs:

@@ -11,7 +11,7 @@ from shipyard.atomic import check_output_path
 from shipyard.convert import planner
 from shipyard.convert.options import ConvertOptions
 from shipyard.convert.torch_edges import is_factory
-from shipyard.errors import ModelLoadError, OutputPathError, ShipyardError
+from shipyard.errors import ModelLoadError, OutputPathError, ShipyardError, UsageError
 from shipyard.feeds import random_feeds
 from shipyard.model import Model, Signature, TensorSpec, open_model
 from shipyard.verify import Exact, Verification, VerificationError, verify
@@ -62,7 +62,7 @@ def _source_runner(src: Model, opts: ConvertOptions):
 
         from shipyard.convert.torch_edges import load_factory
 
-        module = load_factory(str(src.path))
+        module = load_factory(str(src.path), opts.weights)
         sig = Signature(tuple(TensorSpec(n, "float32", s) for n, s in opts.input_shape.items()),
                         (TensorSpec("output", "float32", None),))
 
@@ -88,6 +88,11 @@ def convert_model(source: str, to: str, out: Path, opts: ConvertOptions | None =
                   feeds: dict[str, np.ndarray] | None = None, atol: float = 1e-4, rtol: float = 1e-3) -> ConvertResult:
     opts = opts or ConvertOptions()
     src = source_model(source)
+    if src.format == "torch-checkpoint":
+        raise UsageError(f"{src.path}: a checkpoint holds weights, not a program; give the module that uses them",
+                         hint=f"shipyard convert package.module:factory --weights {src.path} --to {to} ...")
+    if opts.weights is not None and src.format != "torch-module":
+        raise UsageError("--weights goes with a package.module:factory source")
     dst = planner.target_format(to)
     edges = planner.plan(src.format, dst)
     out = _check_out(Path(out), src, dst)
@@ -101,6 +106,8 @@ def convert_model(source: str, to: str, out: Path, opts: ConvertOptions | None =
             if feeds is None:
                 feeds = random_feeds(sig, seed=0, batch=2)
             verification = verify((sig, run), artifact, [feeds], Exact(atol, rtol), outputs=_chosen(src, opts))
+            if src.format in TORCH_SOURCES and dst == "onnx" and verification.passed:
+                _verify_second_shape(verification, (sig, run), artifact, feeds, opts, Exact(atol, rtol))
         except ModelLoadError as exc:
             if not (opts.allow_tf_ops and dst == "tflite" and "Flex" in str(exc)):
                 raise
@@ -116,6 +123,43 @@ def convert_model(source: str, to: str, out: Path, opts: ConvertOptions | None =
                                 hint="the artifact is kept to be examined: compare it with 'shipyard compare', "
                                      "or pass --no-verify to skip the check")
     return result
+
+
+TORCH_SOURCES = ("torchscript", "torch-module")
+
+
+def second_shape_feeds(feeds: dict[str, np.ndarray], opts: ConvertOptions) -> dict[str, np.ndarray]:
+    """Feeds of another shape along every axis the export declared dynamic: batch + 1, and twice
+    the size on the axes named with ``--dynamic`` (doubling keeps sizes divisible by strides)."""
+    rng = np.random.default_rng(1)
+    tensors = [k for k, v in feeds.items() if np.ndim(v)]
+    only = next(iter(opts.dynamic.values())) if len(opts.dynamic) == 1 and len(tensors) == 1 else ()
+    out = {}
+    for name, value in feeds.items():
+        value = np.asarray(value)
+        if value.ndim == 0:
+            out[name] = value
+            continue
+        axes = {a % value.ndim for a in opts.dynamic.get(name, only)}
+        shape = tuple(d + 1 if i == 0 else (2 * d if i in axes else d) for i, d in enumerate(value.shape))
+        out[name] = (rng.standard_normal(shape).astype(value.dtype) if value.dtype.kind == "f"
+                     else np.resize(value, shape))
+    return out
+
+
+def _verify_second_shape(verification: Verification, reference, artifact: Model, feeds, opts: ConvertOptions,
+                         criterion: Exact) -> None:
+    """Prove the dynamic axes: run source and artifact again on inputs of another shape."""
+    second = second_shape_feeds(feeds, opts)
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in second.items() if np.ndim(v))
+    try:
+        again = verify(reference, artifact, [second], criterion)
+    except ShipyardError as exc:
+        verification.failures.append(f"on a second input shape ({shapes}): {exc.message}")
+        return
+    worst = max((d.max_abs for d in again.outputs), default=0.0)
+    opts.note(f"verified on a second input shape too: {shapes} (max abs {worst:.3g})")
+    verification.failures += [f"on a second input shape ({shapes}): {f}" for f in again.failures]
 
 
 def _chosen(src: Model, opts: ConvertOptions) -> list[str] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -11,6 +12,8 @@ class ConvertOptions:
     outputs: list[str] | None = None          # output tensor names (GraphDef sources)
     signature_key: str | None = None          # SavedModel signature
     input_shape: dict[str, tuple[int, ...]] = field(default_factory=dict)  # torch sources
+    dynamic: dict[str, tuple[int, ...]] = field(default_factory=dict)  # torch sources: input -> axes kept dynamic (besides 0)
+    weights: Path | None = None  # a state_dict loaded into a package.module:factory source
     example_feeds: dict = field(default_factory=dict)  # real inputs for tracing/exporting torch sources
     notes: list[str] = field(default_factory=list)  # fixes applied, said to the user
 

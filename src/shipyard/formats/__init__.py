@@ -17,6 +17,8 @@ _MODULES = {
     "keras": "shipyard.formats.keras",
     "torchscript": "shipyard.formats.torchscript",
     "tfjs": "shipyard.formats.tfjs",
+    "torch-checkpoint": "shipyard.formats.torch_checkpoint",
+    "torch-export": "shipyard.formats.torch_export",
 }
 
 

@@ -58,7 +58,20 @@ def render_summary(s: Summary) -> str:
             lines.append(f"  {key.replace('_', ' '):<10} {s.details[key]}")
     for key, value in s.metadata.items():
         lines.append(f"  meta       {key}: {str(value)[:80]}")
+    lines += _tensor_table(s.details.get("tensors"), s.details.get("saved_on"))
     return "\n".join(lines)
+
+
+def _tensor_table(tensors: list[dict] | None, saved_on: str | None) -> list[str]:
+    """The tensors of a weights-only file (a torch checkpoint): name, shape, dtype, device, size."""
+    if not tensors:
+        return []
+    lines = [f"  tensors    {len(tensors)}" + (f"  (saved on {saved_on})" if saved_on else "")]
+    width = min(max(len(t["name"]) for t in tensors), 48)
+    for t in tensors:
+        lines.append(f"    {t['name']:<{width}}  {t['dtype']:<9} {_shape(t['shape']):<16} {t['device']:<8} "
+                     f"{t['numel']:>12,}  {human_bytes(t['bytes'])}")
+    return lines
 
 
 def array_stats(value: np.ndarray) -> dict:
