@@ -27,6 +27,7 @@ class BenchConfig:
     backend: str | None = None
     threads: int | None = None
     batch: int = 1
+    options: tuple = ()   # runner options as (key, value) pairs, e.g. (("precision", "bf16"),) on OpenVINO
 
 
 @dataclass
@@ -117,7 +118,7 @@ def measure(config: BenchConfig, runs: int = 50, warmup: int = 5, profile: bool 
     from shipyard.runtimes import open_runner
 
     start = time.perf_counter()
-    with open_runner(config.model, backend=config.backend, threads=config.threads) as runner:
+    with open_runner(config.model, backend=config.backend, threads=config.threads, **dict(config.options)) as runner:
         load_ms = (time.perf_counter() - start) * 1e3
         feeds = model_feeds(runner.signature, inputs, seed, config.batch, shapes, mapping)
         guard.stage(f"benchmarking {config.model} on {runner.backend}")

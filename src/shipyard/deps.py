@@ -19,6 +19,8 @@ _KNOWN = {
     "ai_edge_litert": ("ai-edge-litert", "tflite"),
     "onnxruntime": ("onnxruntime", "all"),
     "onnxslim": ("onnxslim", "onnx-tools"),
+    "openvino": ("openvino", "openvino"),
+    "nncf": ("nncf", "openvino"),
 }
 
 

@@ -1,5 +1,5 @@
 """Per-op time from each engine's own profiler: onnxruntime's JSON trace and TensorFlow's
-step stats. (LiteRT's Python API exposes no op profiler, so LiteRT gets a note instead.)"""
+step stats, OpenVINO's performance counters. (LiteRT's Python API exposes no op profiler, so LiteRT gets a note instead.)"""
 from __future__ import annotations
 
 import json
@@ -29,6 +29,8 @@ def profile_ops(config, feeds: dict[str, np.ndarray], runs: int):
     backend = backend_name(config.backend) if config.backend else DEFAULT_BACKEND[model.format]
     if backend == "onnxruntime":
         return _onnxruntime(model, config.threads, feeds, runs), None
+    if backend == "openvino":
+        return _openvino(model, config.threads, feeds, runs), None
     if backend == "tensorflow" and model.format in ("tf-graphdef", "tf-checkpoint", "tfjs"):
         return _tensorflow(model, config.threads, feeds, runs), None
     why = {"litert": "LiteRT's Python interpreter has no op profiler (its C++ benchmark_model has)",
@@ -63,6 +65,23 @@ def _onnxruntime(model, threads, feeds, runs):
             op = ev.get("args", {}).get("op_name", "?")
             times[op] += float(ev.get("dur", 0))
             calls[op] += 1
+    return _table(times, calls, runs)
+
+
+def _openvino(model, threads, feeds, runs):
+    """OpenVINO's per-node counters (PERF_COUNT), summed by the executed node's type."""
+    from shipyard.runtimes.openvino import OpenVINORunner
+
+    times: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    with OpenVINORunner(model, threads=threads, profile=True) as runner:
+        for _ in range(WARMUP):
+            runner.run(feeds)
+        for _ in range(runs):
+            runner.run(feeds)
+            for op, us in runner.profiling():
+                times[op] += us
+                calls[op] += 1
     return _table(times, calls, runs)
 
 

@@ -22,6 +22,9 @@ def register(sub) -> None:
                    help="ONNX static form: qoperator (default, fastest on CPU) or qdq")
     p.add_argument("--method", dest="calibrate_method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="ONNX calibration method")
+    p.add_argument("--engine", choices=["onnxruntime", "nncf"], default="onnxruntime",
+                   help="ONNX static int8: onnxruntime's quantizer (QOperator, fastest on onnxruntime) or NNCF "
+                        "(QDQ, fastest on --backend openvino)")
     p.add_argument("--int8-io", action="store_true", help="TFLite static: int8 inputs and outputs too")
     p.add_argument("--minimum-size", type=int, default=1024, help="weights mode: smallest tensor to quantize")
     p.add_argument("--image-size", help="image folders: resize to H,W (default: the model's input size)")
@@ -59,7 +62,7 @@ def cmd_quantize(args) -> int:
                   {"size": args.image_size, "layout": args.layout, "mean": args.mean, "std": args.std, "scale": args.scale},
                   args.runs, args.threads, not args.no_layers,
                   mapping=parse_mapping(args.map), budget=Budget.parse(args.accuracy_budget),
-                  search=not args.no_search, force=args.force)
+                  search=not args.no_search, force=args.force, engine=args.engine)
     try:
         report = quantize_model(args.model, args.output, req)
     except VerificationError as exc:

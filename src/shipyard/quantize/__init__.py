@@ -1,7 +1,7 @@
 """``quantize``: weights-only, dynamic, static (calibrated) and float16 quantization, with a
 report of size, latency and error against the float model.
 
-ONNX goes through onnxruntime.quantization, Keras/SavedModel through the TFLite converter,
+ONNX goes through onnxruntime.quantization (or NNCF, for OpenVINO), Keras/SavedModel through the TFLite converter,
 GraphDef through the ``quantize_weights`` transform.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from shipyard.quantize.search import MIN_SAMPLES
 from shipyard.verify import Budget, Verification, VerificationError
 
 MODES = ("weights", "dynamic", "static", "float16")
+ENGINES = ("onnxruntime", "nncf")  # for ONNX; Keras/SavedModel go through the TFLite converter
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Request:
     budget: Budget = field(default_factory=Budget)
     search: bool = True    # keep nodes in float / try other settings until the budget holds
     force: bool = False    # write the model even when it misses the budget
+    engine: str = "onnxruntime"  # ONNX static int8: onnxruntime's quantizer, or "nncf" (QDQ for OpenVINO)
+    max_trials: int = 400  # quantized models the accuracy search may build (ship --optimize caps it)
 
 
 def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeReport:
@@ -52,6 +55,15 @@ def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeR
         raise UsageError(f"unknown mode '{req.mode}'", hint="modes: " + ", ".join(MODES))
     model = open_model(path)
     out_path = check_output_path(Path(out), model.path)
+    if req.engine not in ENGINES:
+        raise UsageError(f"unknown quantization engine '{req.engine}'", hint="engines: " + ", ".join(ENGINES))
+    if req.engine == "nncf":
+        if model.format != "onnx":
+            raise UsageError(f"{model.path}: the nncf engine quantizes ONNX models, not {model.format}",
+                             hint="convert it first: shipyard convert MODEL --to onnx -o model.onnx")
+        from shipyard.quantize.nncf_quant import quantize_nncf
+
+        return quantize_nncf(model, out_path, req)
     if model.format == "onnx":
         return _onnx(model, out_path, req)
     if model.format in ("keras", "tf-savedmodel"):
@@ -177,6 +189,7 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
             variants = [v.__dict__ for v in (oq.variants(opts) if req.search else [opts])]
             candidates, producers = oq.quantizable_nodes(prepared, opts) if req.search else ({}, {})
             search = Search(build, evaluate, latency if req.latency_runs else None, variants, candidates,
+                            max_trials=req.max_trials,
                             producers=producers, quantized=lambda p: oq.quantized_op_count(p, compute=True) > 0)
             result = search.run()
             chosen = result.chosen

@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 
 from shipyard import guard
-from shipyard.errors import UsageError
+from shipyard.errors import UnsupportedError, UsageError
 from shipyard.model import Model
 
 BACKENDS = {
@@ -16,8 +16,9 @@ BACKENDS = {
     "litert": ("shipyard.runtimes.litert", "LiteRTRunner"),
     "tensorflow": ("shipyard.runtimes.tensorflow", "TensorFlowRunner"),
     "torch": ("shipyard.runtimes.torch", "TorchScriptRunner"),
+    "openvino": ("shipyard.runtimes.openvino", "OpenVINORunner"),
 }
-ALIASES = {"ort": "onnxruntime", "tflite": "litert", "tf": "tensorflow", "pytorch": "torch", "torchscript": "torch"}
+ALIASES = {"ort": "onnxruntime", "tflite": "litert", "tf": "tensorflow", "pytorch": "torch", "torchscript": "torch", "ov": "openvino"}
 DEFAULT_BACKEND = {
     "onnx": "onnxruntime",
     "tflite": "litert",
@@ -27,12 +28,16 @@ DEFAULT_BACKEND = {
     "keras": "tensorflow",
     "tfjs": "tensorflow",
     "torchscript": "torch",
+    "torch-export": "torch",
 }
+# An engine whose runner class differs by format (torch runs TorchScript and torch.export programs).
+FORMAT_RUNNERS = {("torch", "torch-export"): ("shipyard.runtimes.torch_export", "ExportedProgramRunner")}
 SUPPORTED = {
     "onnxruntime": {"onnx"},
     "litert": {"tflite"},
     "tensorflow": {"tf-graphdef", "tf-checkpoint", "tf-savedmodel", "keras", "tfjs"},
-    "torch": {"torchscript"},
+    "torch": {"torchscript", "torch-export"},
+    "openvino": {"onnx", "tflite", "tf-savedmodel", "tf-graphdef"},  # OpenVINO reads these files directly
 }
 
 
@@ -51,6 +56,11 @@ def open_runner(path_or_model: str | Path | Model, backend: str | None = None, t
     from shipyard.inspect import as_model
 
     model = as_model(path_or_model)
+    if model.format not in DEFAULT_BACKEND:  # weights without a program (a torch checkpoint): says why
+        from shipyard.formats import handler
+
+        handler(model.format).signature(model)
+        raise UnsupportedError(f"no engine runs {model.format} models")
     name = backend_name(backend) if backend else DEFAULT_BACKEND[model.format]
     if model.format not in SUPPORTED[name]:
         runs_on = ", ".join(b for b, fmts in SUPPORTED.items() if model.format in fmts)
@@ -58,7 +68,7 @@ def open_runner(path_or_model: str | Path | Model, backend: str | None = None, t
             f"the {name} backend cannot run a {model.format} model",
             hint=f"{model.format} runs on: {runs_on}; convert it first with 'shipyard convert'",
         )
-    module_name, class_name = BACKENDS[name]
+    module_name, class_name = FORMAT_RUNNERS.get((name, model.format), BACKENDS[name])
     guard.stage(f"loading {model.display} with {name}" + (" to expose intermediate tensors" if intermediates else ""))
     cls = getattr(importlib.import_module(module_name), class_name)
     if intermediates:

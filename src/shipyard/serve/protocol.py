@@ -22,7 +22,7 @@ SERVER_NAME = "shipyard"
 SERVER_VERSION = __version__
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tflite", "tensorflow": "tensorflow_savedmodel",
-             "torch": "pytorch_torchscript"}
+             "torch": "pytorch_torchscript", "openvino": "openvino"}
 # ModelVersionStatus.State numbers in TF Serving's get_model_status.proto
 TFS_STATES = {"LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "FAILED": 50}
 

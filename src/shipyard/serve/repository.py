@@ -49,6 +49,7 @@ class ModelConfig:
     threads: int | None = None
     max_concurrency: int = 1                  # engine calls in flight at once, per version
     batching: BatchingConfig = BatchingConfig()
+    precision: str | None = None              # OpenVINO: "fp32" (default) or "bf16" (what ship --optimize chose)
 
     def aspired(self, versions: list[int]) -> list[int]:
         """The versions this policy wants served, out of those that can be served."""
@@ -66,7 +67,7 @@ def parse_config(data: dict[str, Any], where: str) -> ModelConfig:
     def bad(msg: str) -> UsageError:
         return UsageError(f"{where}: {msg}", hint="see docs/serve.md for the config keys")
 
-    known = {"version_policy", "labels", "backend", "threads", "max_concurrency", "batching"}
+    known = {"version_policy", "labels", "backend", "threads", "max_concurrency", "batching", "precision"}
     unknown = set(data) - known
     if unknown:
         raise bad(f"unknown key(s) {sorted(unknown)}")
@@ -105,7 +106,10 @@ def parse_config(data: dict[str, Any], where: str) -> ModelConfig:
         from shipyard.runtimes import backend_name
 
         backend = backend_name(str(backend))
-    return ModelConfig(policy, dict(labels), backend, threads, concurrency, batching)
+    precision = data.get("precision")
+    if precision is not None and (backend != "openvino" or precision not in ("fp32", "bf16")):
+        raise bad('precision ("fp32" or "bf16") applies to "backend": "openvino" only')
+    return ModelConfig(policy, dict(labels), backend, threads, concurrency, batching, precision)
 
 
 def load_config(model_dir: Path) -> ModelConfig:

@@ -29,6 +29,8 @@ class Servable:
         self.path = path
         model = open_model(path)
         options = {"xnnpack": False} if share_weights and model.format == "tflite" and not model.encrypted else {}
+        if config.precision:
+            options["precision"] = config.precision
         self.runner = open_runner(model, backend=config.backend, threads=config.threads or default_threads, **options)
         self.signature: Signature = self.runner.signature
         self.backend = self.runner.backend

@@ -61,6 +61,7 @@ class Manifest:
     reference: dict = field(default_factory=dict)
     rejected: list[Artifact] = field(default_factory=list)   # quantized artifacts that missed the budget
     budget: dict | None = None
+    optimize: dict | None = None     # ship --optimize: every candidate, the chosen one and why
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,7 @@ class Manifest:
             "budget": self.budget,
             "artifacts": [asdict(a) for a in self.artifacts],
             "rejected": [asdict(a) for a in self.rejected],
+            "optimize": self.optimize,
             "complete": self.failed is None,
             "failed": self.failed,
         }

@@ -6,6 +6,7 @@ with its message; the manifest then lists the artifacts made so far and the fail
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -28,6 +29,7 @@ QUANTIZE = ("none", "weights", "dynamic", "static", "float16")
 # Default optimisation of a frozen graph, in the graph_transforms syntax (see docs/transform.md).
 GRAPHDEF_TRANSFORMS = ("fold_constants(ignore_errors=true) fold_batch_norms fold_old_batch_norms "
                        "remove_nodes(op=Identity, op=CheckNumerics)")
+OPTIMIZE_QUANTIZE_TRIALS = 12
 _EXT = {"onnx": ".onnx", "tflite": ".tflite", "tfjs": "", "torchscript": ".pt", "tf-graphdef": ".pb"}
 
 
@@ -47,6 +49,9 @@ class ShipRequest:
     name: str | None = None
     budget: Budget = field(default_factory=Budget)
     allow_degraded: bool = False       # keep quantized artifacts that miss the budget (marked degraded)
+    optimize: str | None = None        # latency, throughput or size: choose one artifact x engine x threads
+    engines: tuple[str, ...] | None = None  # --optimize: only these engines (default: every installed one)
+    precisions: tuple[str, ...] | None = None  # --optimize: only these precisions (fp32, bf16, int8)
     progress: Callable[[str], None] = field(default=lambda text: print(f"· {text}", file=sys.stderr, flush=True))
 
 
@@ -66,6 +71,22 @@ class Pipeline:
         bad = [t for t in req.targets if t not in TARGETS]
         if bad:
             raise UsageError(f"unknown target(s) {', '.join(bad)}", hint="targets: " + ", ".join(TARGETS))
+        if req.optimize is not None:
+            from shipyard.ship.optimize import OBJECTIVES
+
+            if req.optimize not in OBJECTIVES:
+                raise UsageError(f"unknown --optimize '{req.optimize}'", hint="one of: " + ", ".join(OBJECTIVES))
+            if req.threads is not None and req.threads < 1:
+                raise UsageError("--threads must be at least 1")
+            from shipyard.ship.optimize import PRECISIONS
+
+            unknown = [p for p in req.precisions or () if p not in PRECISIONS]
+            if unknown:
+                raise UsageError(f"unknown precision(s) {', '.join(unknown)}", hint="precisions: " + ", ".join(PRECISIONS))
+            if req.engines:
+                from shipyard.runtimes import backend_name
+
+                req.engines = tuple(backend_name(e) for e in req.engines)
         self.req = req
         self.out = Path(req.out).absolute()
         self.source = open_model(req.model)
@@ -84,7 +105,8 @@ class Pipeline:
         self._prepare_out()
         steps = [("inspect", self.inspect), ("freeze", self.freeze), ("optimise", self.optimise),
                  ("convert", self.convert), ("quantize", self.quantize), ("verify", self.verify),
-                 ("bench", self.bench), ("ops", self.ops), ("package", self.package)]
+                 ("optimize", self.choose) if self.req.optimize else ("bench", self.bench), ("ops", self.ops),
+                 ("package", self.package)]
         try:
             for name, step in steps:
                 self.req.progress(f"{name}")
@@ -210,6 +232,8 @@ class Pipeline:
 
     def quantize(self) -> dict | None:
         mode = self.req.quantize
+        if mode == "none" and self.req.optimize and "int8" in (self.req.precisions or ("int8",)):
+            mode = "static"  # int8 candidates for --optimize, each kept only inside the budget
         if mode == "none":
             return None
         from shipyard.quantize import Request
@@ -217,12 +241,19 @@ class Pipeline:
         made = {}
         request = Request(mode, self.req.calibration, latency_runs=0, layers=False, budget=self.req.budget,
                           threads=self.req.threads)
+        if self.req.optimize:
+            # --optimize weighs int8 against float on every engine: the settings variants, then a few
+            # nodes kept in float, not the full node-by-node search (400 trials would take hours
+            # on a MobileNetV2); an int8 model still outside the budget simply does not compete.
+            request.max_trials = OPTIMIZE_QUANTIZE_TRIALS
         for art in list(self.manifest.artifacts):
             if art.quantization != "float32" or art.name == "graphdef":
                 continue
             path = self.out / art.path
             label = "int8" if mode in ("static", "dynamic", "weights") else mode
             if art.format == "onnx":
+                if self.req.optimize and mode == "static" and "openvino" in (self.req.engines or ("openvino",)):
+                    made.update(self._quantize_nncf(art, path, request))
                 out = path.with_name(f"{path.stem}_{label}.onnx")
                 report = self._quantize_one(f"onnx-{label}", "onnx", path, out, request)
                 if report is None:
@@ -251,6 +282,27 @@ class Pipeline:
                 continue
             made[art.name] = out.name
         return made
+
+    def _quantize_nncf(self, art: Artifact, path: Path, request) -> dict:
+        """OpenVINO's int8 (NNCF, QDQ ONNX) beside onnxruntime's, for --optimize to weigh."""
+        from dataclasses import replace
+
+        from shipyard.ship.optimize import installed
+
+        if not (installed("openvino") and importlib.util.find_spec("nncf")):
+            art.notes.append("no NNCF int8 candidate: pip install 'shipyard[openvino]'")
+            return {}
+        out = path.with_name(f"{path.stem}_nncf_int8.onnx")
+        try:
+            report = self._quantize_one("onnx-nncf-int8", "onnx", path, out, replace(request, engine="nncf"))
+        except ShipyardError as exc:  # NNCF cannot handle this graph: one candidate fewer
+            self.manifest.rejected.append(Artifact("onnx-nncf-int8", "onnx", "", "static (NNCF QDQ)", status="rejected",
+                                                   notes=[f"NNCF could not quantize it: {exc.message}"]))
+            return {}
+        if report is None:
+            return {}
+        self._add(Model("onnx", out), "onnx-nncf-int8", "static (NNCF QDQ)", report.warnings)
+        return {"onnx-nncf-int8": out.name}
 
     def _quantize_one(self, name: str, fmt: str, src: Path, out: Path, request):
         """Quantize one artifact inside the budget; one that misses it is recorded, not shipped."""
@@ -328,6 +380,15 @@ class Pipeline:
             art.notes.append(f"benchmarked on {result.backend}")
         return {"runs": self.req.bench_runs, "threads": self.req.threads}
 
+    def choose(self) -> dict:
+        """--optimize: every artifact x engine x precision x threads, judged, measured in isolation; one chosen."""
+        from shipyard.ship.optimize import optimize
+
+        self.manifest.optimize = optimize(self)
+        chosen = self.manifest.optimize["chosen"]
+        return {"chosen": f"{chosen['artifact']} on {chosen['engine']}, {chosen['threads']} thread(s)" if chosen else None,
+                "candidates": len(self.manifest.optimize["candidates"])}
+
     def ops(self) -> dict:
         from shipyard.ops import list_ops
 
@@ -346,8 +407,11 @@ class Pipeline:
         return {}
 
     def package(self) -> dict:
-        """A model repository for ``shipyard serve``: one model per artifact, version 1."""
+        """A model repository for ``shipyard serve``: one model per artifact, version 1; with
+        --optimize, the chosen artifact only, with its engine and threads in ``config.json``."""
         repo = self.out / "serving"
+        if self.req.optimize:
+            return self._package_chosen(repo)
         for art in self.manifest.artifacts:
             if art.format not in ("onnx", "tflite", "torchscript"):
                 continue
@@ -360,6 +424,27 @@ class Pipeline:
             except OSError:
                 shutil.copy(src, dst)
         return {"repository": "serving"}
+
+
+    def _package_chosen(self, repo: Path) -> dict:
+        import json
+
+        chosen = (self.manifest.optimize or {}).get("chosen")
+        if not chosen:
+            return {"repository": None}
+        version = repo / self.name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        src = self.out / chosen["path"]
+        dst = version / f"model{src.suffix}"
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy(src, dst)
+        config = {"backend": chosen["engine"], "threads": chosen["threads"]}
+        if chosen["options"].get("precision"):
+            config["precision"] = chosen["options"]["precision"]
+        (repo / self.name / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return {"repository": "serving", "model": self.name, **config}
 
 
 def _kept_note(report) -> list[str]:

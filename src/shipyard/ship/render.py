@@ -43,5 +43,9 @@ def render_manifest(manifest, out_dir: Path) -> str:
     for a in manifest.artifacts:
         if a.status == "degraded":
             lines.append(f"{a.name:<14} shipped with --allow-degraded although it missed the budget ({'; '.join(a.failures)})")
+    if manifest.optimize:
+        from shipyard.ship.optimize import render as render_optimize
+
+        lines += ["", *render_optimize(manifest.optimize)]
     lines += ["", f"manifest: {out_dir}/manifest.json   report: {out_dir}/report.html   serving repository: {out_dir}/serving/"]
     return "\n".join(lines)

@@ -50,6 +50,14 @@ def write_report(pipeline) -> None:
     axes[1].set_xlabel("accuracy (%)" if manifest.reference.get("labelled") else "top-1 agreement with the reference (%)")
     axes[1].set_xlim(min(accuracy + [1.0]) * 100 - 5, 100.5)
     axes[1].invert_yaxis()
+    if manifest.optimize:
+        opt = manifest.optimize
+        body += [f"<h2>Optimize for {opt['objective']} ({opt['threads']} thread(s))</h2>",
+                 f"<p>{html.escape(opt['why'])}</p>",
+                 _table(["", "artifact", "precision", "engine", "threads", "p50 ms", "per s", "size (KB)", "verdict"],
+                        [["*" if c["chosen"] else "", c["artifact"], c["precision"], c["engine"], c["threads"], c["p50_ms"],
+                          c["throughput_per_s"], c["size_bytes"] / 1024,
+                          "chosen" if c["chosen"] else (c["reason"] or "ok")] for c in opt["candidates"]])]
     body += ["<h2>Accuracy and latency</h2>", f"<figure>{_svg(fig)}</figure>",
              "<h2>Graph</h2>", _graph_svg(pipeline)]
     write_page(pipeline.out / "report.html", _page(f"shipyard ship: {pipeline.name}", body))
