@@ -17,7 +17,7 @@ from shipyard.errors import ShipyardError
 # One module per command in shipyard/commands/, each with register(subparsers); the
 # command modules import their heavy machinery inside the handlers.
 COMMANDS = ["inspect", "run", "freeze", "convert", "session", "transform", "quantize", "compare", "dump", "bench",
-            "graph", "view", "ops", "serve", "protect", "records", "ship", "demo"]
+            "graph", "view", "ops", "serve", "protect", "records", "ship", "demo", "cpp", "batch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
