@@ -19,6 +19,7 @@ import numpy as np
 
 from shipyard import guard
 from shipyard.errors import NativeCrashError, ShipyardError
+from shipyard.profile import OpTime
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,6 @@ class BenchConfig:
     threads: int | None = None
     batch: int = 1
     options: tuple = ()   # runner options as (key, value) pairs, e.g. (("precision", "bf16"),) on OpenVINO
-
-
-@dataclass
-class OpTime:
-    op: str
-    total_ms: float   # summed over the profiled runs, divided by their number (per run)
-    calls: int        # per run
-    share: float      # of the summed op time
 
 
 @dataclass

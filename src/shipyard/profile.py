@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,17 @@ import numpy as np
 WARMUP = 3  # profiled runs discarded: first runs pay for allocation and kernel selection
 
 
-def _table(times_us: dict[str, float], calls: dict[str, int], runs: int):
-    from shipyard.bench import OpTime
+@dataclass
+class OpTime:
+    """One op type's share of a profiled run."""
 
+    op: str
+    total_ms: float   # summed over the profiled runs, divided by their number (per run)
+    calls: int        # per run
+    share: float      # of the summed op time
+
+
+def _table(times_us: dict[str, float], calls: dict[str, int], runs: int):
     total = sum(times_us.values()) or 1.0
     rows = [OpTime(op, t / runs / 1e3, calls[op] // runs, t / total) for op, t in times_us.items()]
     return sorted(rows, key=lambda r: r.total_ms, reverse=True)

@@ -40,8 +40,8 @@ def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
     from shipyard.atomic import atomic_path
     from shipyard.errors import UsageError
     from shipyard.formats.onnx import load_model_proto
-    from shipyard.quantize import _measure, _source, finish, samples_and_labels
     from shipyard.quantize.onnx_quant import check_not_quantized
+    from shipyard.quantize.request import calibration_source, finish, measure, samples_and_labels
     from shipyard.runtimes import open_runner
     from shipyard.verify import judge, model_outputs
 
@@ -53,7 +53,7 @@ def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
     proto = load_model_proto(model, external_data=True)
     check_not_quantized(proto, model.path)
     report = QuantizeReport(str(model.path), str(out_path), "onnx", req.mode)
-    source = _source(req, report)
+    source = calibration_source(req, report)
     with open_runner(model, threads=req.threads) as runner:
         signature = runner.signature
     feeds, labels = samples_and_labels(source, signature, req)
@@ -103,6 +103,6 @@ def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
                            "why": "NNCF's QDQ graph is fused into int8 kernels by OpenVINO; run it with --backend openvino"}
         report.search = {"trials": trials, "chosen": {"settings": {"nncf": label}}, "sensitivity": [],
                          "kept_float": []} if req.search else None
-        _measure(report, model, Model("onnx", tmp), feeds, req, backend="openvino")
+        measure(report, model, Model("onnx", tmp), feeds, req, backend="openvino")
         finish(report, verification, req, "the NNCF-quantized model")
     return report

@@ -140,7 +140,7 @@ def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
 def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
     from shipyard.atomic import atomic_path
     from shipyard.formats.tflite import TFLiteFile
-    from shipyard.quantize import _source, finish, samples_and_labels
+    from shipyard.quantize.request import calibration_source, finish, samples_and_labels
     from shipyard.quantize.search import Search
     from shipyard.verify import judge
 
@@ -157,7 +157,7 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
         float_path = Path(work) / "float.tflite"
         float_path.write_bytes(float_bytes)
         signature = TFLiteFile(float_path).signature()
-        source = _source(req, report)
+        source = calibration_source(req, report)
         feeds, labels = samples_and_labels(source, signature, req)
         report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
         reference = _outputs(float_path, feeds, req.threads)
