@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from shipyard.inspect import inspect_model
+from shipyard.inspection import inspect_model
 
 MAC_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "Conv", "Gemm", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 

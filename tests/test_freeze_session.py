@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_error, run_cli
-from shipyard.inspect import inspect_model
+from shipyard.inspection import inspect_model
 from shipyard.runtimes import open_runner
 
 

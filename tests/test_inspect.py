@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from shipyard.inspect import inspect_model
+from shipyard.inspection import inspect_model
 
 # FLOPs of the example CNN, by hand: 2 x multiply-adds of each layer (12x12 input, 'same').
 CONV1 = 2 * 12 * 12 * 8 * (3 * 3 * 3)
@@ -125,7 +125,7 @@ def test_json_keys(keras_paths):
 @pytest.mark.parametrize("name", ["onnx", "tflite", "pb"])
 def test_inspect_does_not_import_heavy_frameworks(keras_paths, name):
     code = (
-        "import sys; from shipyard.inspect import inspect_model; "
+        "import sys; from shipyard.inspection import inspect_model; "
         f"inspect_model({str(keras_paths[name])!r}); "
         "heavy = [m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
@@ -157,3 +157,14 @@ def test_tf2_savedmodel_counts_each_variable_once(tmp_path):
     s = inspect_model(path)
     assert s.params == 8 * 16 + 16 * 6 + 16 == 240 and s.details["variables"] == 3
     assert s.param_bytes == {"float32": 960}
+
+
+def test_the_public_inspect_stays_callable_after_open_runner(keras_paths):
+    """`shipyard.inspect` is a function of the package; importing the module that implements it
+    (which opening a runner does) must not replace it with a module."""
+    import shipyard
+
+    with shipyard.open_runner(keras_paths["onnx"]) as runner:
+        assert runner.signature.inputs
+    summary = shipyard.inspect(keras_paths["onnx"])
+    assert summary.format == "onnx"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_error, run_cli
-from shipyard.inspect import inspect_model
-from shipyard.protect import AuthenticationError, KEY_ENV, encrypt_model, generate_key, read_key
+from shipyard.inspection import inspect_model
+from shipyard.protect import KEY_ENV, AuthenticationError, encrypt_model, generate_key, read_key
 from shipyard.runtimes import open_runner
 
 IN_MEMORY = ["onnx", "tflite", "pb", "keras", "h5", "tfjs"]

@@ -140,7 +140,7 @@ def test_keras_to_tflite_int8(keras_example, tmp_path):
     proc = run_cli("quantize", paths["keras"], "--mode", "static", "--calibration", tmp_path / "calib.npy",
                    "--exclude", layer, "-o", kept, "--runs", "0", "--json")
     assert proc.returncode == 0, proc.stderr
-    from shipyard.inspect import inspect_model
+    from shipyard.inspection import inspect_model
 
     assert "DEQUANTIZE" in inspect_model(kept).ops
     assert_clean_error(run_cli("quantize", paths["keras"], "--mode", "static", "--exclude", "no/such/layer", "-o",

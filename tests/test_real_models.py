@@ -14,7 +14,7 @@ from corpus import MODELS, RealModel
 from shipyard.convert import planner
 from shipyard.convert.api import convert_model
 from shipyard.convert.options import ConvertOptions
-from shipyard.inspect import inspect_model
+from shipyard.inspection import inspect_model
 from shipyard.model import tensor_name
 from shipyard.runtimes import open_runner
 from shipyard.verify import relayout, restore_layout

@@ -91,6 +91,7 @@ def test_run_chooses_a_savedmodel_signature(tmp_path, capsys, keras_paths):
     import json
 
     import tensorflow as tf
+
     from conftest import assert_clean_error, cli_inprocess
 
     class Two(tf.Module):

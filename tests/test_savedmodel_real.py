@@ -11,7 +11,7 @@ import pytest
 
 from conftest import assert_clean_error, run_cli
 from shipyard.convert.api import convert_model
-from shipyard.inspect import inspect_model
+from shipyard.inspection import inspect_model
 from shipyard.model import Model
 from shipyard.runtimes import open_runner
 

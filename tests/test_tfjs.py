@@ -9,7 +9,7 @@ import pytest
 from shipyard.convert.tfjs_writer import write_graph_model
 from shipyard.errors import ModelFormatError, UnsupportedError
 from shipyard.formats import tf_protos
-from shipyard.inspect import inspect_model
+from shipyard.inspection import inspect_model
 from shipyard.model import open_model
 from shipyard.runtimes import open_runner
 

@@ -24,8 +24,8 @@ __all__ = [
 
 
 def inspect(path_or_model, **kwargs):
-    """Summarise a model file (see :mod:`shipyard.inspect`)."""
-    from shipyard.inspect import inspect_model
+    """Summarise a model file (see :mod:`shipyard.inspection`)."""
+    from shipyard.inspection import inspect_model
 
     return inspect_model(path_or_model, **kwargs)
 

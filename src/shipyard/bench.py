@@ -77,7 +77,7 @@ def _progress(total: int, label: str):
 
 
 def _flops(model: str) -> float | None:
-    from shipyard.inspect import inspect_model
+    from shipyard.inspection import inspect_model
 
     try:
         return inspect_model(model).flops

@@ -97,8 +97,8 @@ def _tf1(directory: Path) -> None:
 def _tf_specials(directory: Path) -> None:
     """Frozen graphs that trip TFLite: erf.pb (an op only select TF ops have), erfinv.pb (an
     op TFLite has in no form) and scalar_bool.pb (a scalar float and a bool input)."""
-    from shipyard.formats.tf_freeze import freeze_concrete_function
     from shipyard.deps import require
+    from shipyard.formats.tf_freeze import freeze_concrete_function
 
     tf = require("tensorflow", "Building the example graphs")
 

@@ -61,9 +61,9 @@ def save_keras_family(model, directory: Path) -> dict[str, Path]:
     import tf2onnx
     from google.protobuf import text_format
 
-    from shipyard.formats.tf_freeze import freeze_concrete_function, keras_concrete_function
     from shipyard.convert.tfjs_writer import write_graph_model
     from shipyard.formats import tf_protos
+    from shipyard.formats.tf_freeze import freeze_concrete_function, keras_concrete_function
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {

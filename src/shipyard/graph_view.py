@@ -189,7 +189,7 @@ def html_page(svg: bytes, title: str) -> str:
 def draw(path: str | Path, out: Path, depth: int | None = None, max_nodes: int = 300) -> dict:
     """Write the drawing (format from ``out``'s suffix: .svg, .dot, .html); returns what was drawn."""
     from shipyard.atomic import atomic_path, check_output_path
-    from shipyard.inspect import as_model
+    from shipyard.inspection import as_model
 
     model = as_model(path)
     fmt = out.suffix.lower().lstrip(".")

@@ -139,7 +139,7 @@ def tf_ops(model: Model) -> OpsReport:
 
 
 def list_ops(path: str | Path | Model, target: str | None = None) -> OpsReport:
-    from shipyard.inspect import as_model
+    from shipyard.inspection import as_model
 
     model = as_model(path)
     target = target or {"onnx": "ort", "tflite": "tflite"}.get(model.format, "tf")

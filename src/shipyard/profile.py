@@ -31,7 +31,7 @@ def _table(times_us: dict[str, float], calls: dict[str, int], runs: int):
 
 def profile_ops(config, feeds: dict[str, np.ndarray], runs: int):
     """``(rows, note)``: per-op-type time per run, sorted by time, or ``(None, why not)``."""
-    from shipyard.inspect import as_model
+    from shipyard.inspection import as_model
     from shipyard.runtimes import DEFAULT_BACKEND, backend_name
 
     model = as_model(config.model)

@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from shipyard.inspect import inspect_model
+    from shipyard.inspection import inspect_model
     from shipyard.report.text import render_summary
 
     summary = inspect_model(args.model)

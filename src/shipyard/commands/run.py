@@ -39,7 +39,7 @@ def cmd_run(args) -> int:
     options = {}
     if args.signature is not None:
         from shipyard.errors import UsageError
-        from shipyard.inspect import as_model
+        from shipyard.inspection import as_model
 
         model = as_model(args.model)
         if model.format != "tf-savedmodel" or args.backend not in (None, "tensorflow", "tf"):

@@ -68,7 +68,7 @@ def _write(model_format: str, graph, path: Path, text: bool) -> None:
 
 
 def _stats(model: Model) -> dict:
-    from shipyard.inspect import inspect_model
+    from shipyard.inspection import inspect_model
 
     s = inspect_model(model)
     return {"nodes": s.node_count, "size_bytes": s.size_bytes, "params": s.params, "ops": s.ops}

@@ -90,7 +90,7 @@ def finish(report: QuantizeReport, verification: Verification, req: Request, wha
 def measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, req: Request,
              backend: str | None = None) -> None:
     """Size and latency of ``new_model`` against ``ref_model``."""
-    from shipyard.inspect import inspect_model
+    from shipyard.inspection import inspect_model
     from shipyard.timing import latency_ms
 
     guard.stage("measuring the quantized model")

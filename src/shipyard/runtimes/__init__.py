@@ -53,7 +53,7 @@ def open_runner(path_or_model: str | Path | Model, backend: str | None = None, t
     """A ready-to-run :class:`~shipyard.runtimes.base.Runner` (use it as a context manager).
     ``intermediates=True``: set up so that ``tensors()``/``fetch()`` return intermediate tensors
     (LiteRT then runs without delegates, which fuse tensors away)."""
-    from shipyard.inspect import as_model
+    from shipyard.inspection import as_model
 
     model = as_model(path_or_model)
     if model.format not in DEFAULT_BACKEND:  # weights without a program (a torch checkpoint): says why

@@ -151,7 +151,7 @@ class Pipeline:
 
     # -- steps -------------------------------------------------------------------------
     def inspect(self) -> dict:
-        from shipyard.inspect import inspect_model
+        from shipyard.inspection import inspect_model
 
         if self.source.format == "tf-graphdef" and self.req.checkpoint is None and _has_variables(self.source):
             raise UsageError(f"{self.source.path}: the graph has variables; give its --checkpoint")
