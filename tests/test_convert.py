@@ -11,8 +11,8 @@ from shipyard.convert.api import convert_model
 from shipyard.convert.options import ConvertOptions
 from shipyard.convert.planner import plan
 from shipyard.errors import InputError, OutputPathError, UnsupportedError, UsageError
-from shipyard.model import open_model
 from shipyard.runtimes import open_runner
+from shipyard.sniff import open_model
 
 
 @pytest.mark.parametrize("target,fmt,path", [

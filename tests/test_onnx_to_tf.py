@@ -193,8 +193,8 @@ def test_real_paddle_classifier_from_the_corpus(tmp_path):
     feeds = real.inputs()
     result = convert_model(str(real.path), "tflite", tmp_path / "cls.tflite", feeds=feeds)
     assert result.verification.passed, result.verification.failures
-    from shipyard.model import open_model
     from shipyard.runtimes import open_runner
+    from shipyard.sniff import open_model
     from shipyard.verify import model_outputs
 
     with open_runner(open_model(real.path)) as source:

@@ -29,7 +29,9 @@ def with_key(key_file, monkeypatch):
 
 
 def _encrypt(src, fmt, key_file, out):
-    out.write_bytes(encrypt_model(src, fmt, read_key(key_file)))
+    from shipyard.formats import model_files
+
+    out.write_bytes(encrypt_model(src, fmt, read_key(key_file), model_files(src, fmt)))
     return out
 
 

@@ -1,8 +1,8 @@
 """HTML reports render in a real browser (headless Chromium): non-blank, no console errors."""
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import subprocess
 import tempfile

@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_clean_error, run_cli
 from shipyard.errors import ModelFormatError, ModelLoadError, ShipyardError
 from shipyard.inspection import inspect_model
-from shipyard.model import open_model
+from shipyard.sniff import open_model
 
 KERAS_FORMATS = {
     "keras": "keras", "h5": "keras", "savedmodel": "tf-savedmodel", "pb": "tf-graphdef",

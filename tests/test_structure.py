@@ -96,25 +96,12 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-# The one cycle left, to be taken apart (issue 13): the Model type, sniffing and encryption
-# use each other (model.open_model sniffs; Model.in_memory decrypts; sniff builds Models and
-# reads encrypted headers; protect packs TF.js files and checks format names). The check fails
-# on any new cycle, on a module joining this one, and once this one is gone (shrink the list).
-KNOWN = [{
-    "shipyard.formats.tf_graph", "shipyard.formats.tf_protos", "shipyard.formats.tf_shapes", "shipyard.formats.tfjs",
-    "shipyard.formats.torch_checkpoint", "shipyard.formats.torch_export", "shipyard.model", "shipyard.protect",
-    "shipyard.sniff", "shipyard.summary",
-}]
-
-
 def test_no_import_cycles():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    cycles = [c for c in _cycles(graph) if set(c) not in KNOWN]
+    cycles = _cycles(graph)
     described = ["\n  ".join(f"{m} -> {', '.join(sorted(graph[m] & set(c)))}" for m in c) for c in cycles]
     assert not cycles, "import cycles:\n  " + "\n\n  ".join(described)
-    remaining = [set(c) for c in _cycles(graph)]
-    assert all(known in remaining for known in KNOWN), "a known cycle is gone: remove it from KNOWN"
 
 
 def test_the_cycle_check_finds_a_cycle():

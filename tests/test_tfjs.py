@@ -10,8 +10,8 @@ from shipyard.convert.tfjs_writer import write_graph_model
 from shipyard.errors import ModelFormatError, UnsupportedError
 from shipyard.formats import tf_protos
 from shipyard.inspection import inspect_model
-from shipyard.model import open_model
 from shipyard.runtimes import open_runner
+from shipyard.sniff import open_model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_clean_error, run_cli
 from shipyard.errors import ModelFormatError, ModelLoadError
 from shipyard.inspection import inspect_model
-from shipyard.model import open_model
+from shipyard.sniff import open_model
 
 torch = pytest.importorskip("torch")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from shipyard.errors import ShipyardError
-from shipyard.model import Model, Signature, TensorSpec, open_model
+from shipyard.model import Model, Signature, TensorSpec
 
 __all__ = [
     "Model",
@@ -21,6 +21,13 @@ __all__ = [
     "open_model",
     "open_runner",
 ]
+
+
+def open_model(path):
+    """Recognise a model file by its content (see :mod:`shipyard.sniff`)."""
+    from shipyard.sniff import open_model as _open
+
+    return _open(path)
 
 
 def inspect(path_or_model, **kwargs):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from shipyard import guard
 from shipyard.formats import handler
-from shipyard.model import Model, open_model
+from shipyard.model import Model
+from shipyard.sniff import open_model
 from shipyard.summary import Summary
 
 

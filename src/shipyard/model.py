@@ -209,10 +209,3 @@ class Model:
     def in_memory(self) -> bytes | None:
         """Plaintext bytes when the model must be loaded from memory (encrypted), else None."""
         return self.read_bytes() if self.encrypted else None
-
-
-def open_model(path: str | Path) -> Model:
-    """Recognise a model by its content (see :mod:`shipyard.sniff`)."""
-    from shipyard.sniff import sniff
-
-    return sniff(Path(path))

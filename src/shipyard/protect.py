@@ -111,10 +111,9 @@ def parse_header(data: bytes) -> Header:
         pos += 2 + nlen
     except (IndexError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise AuthenticationError("authentication failed: the encrypted file's header is damaged") from exc
-    from shipyard.model import FORMATS
-
+    # The format name is checked against the known formats by whoever reads it (sniff).
     if (version != VERSION or algorithm != AES_256_GCM or len(nonce) != 12 or kind not in (KIND_FILE, KIND_DIR)
-            or fmt not in FORMATS):
+            or not fmt):
         raise AuthenticationError("authentication failed: the encrypted file's header is damaged or from a newer shipyard")
     return Header(version, algorithm, nonce, kind, fmt, name, data[:pos])
 
@@ -127,35 +126,27 @@ def _tar(files: dict[str, Path]) -> bytes:
     return buf.getvalue()
 
 
-def model_files(src: Path, fmt: str) -> dict[str, Path] | None:
-    """The files of a multi-file model ({name relative to the model: path}), None for one file."""
-    if fmt == "tfjs":  # model.json and the weight files it names, checked to be inside the folder
-        from shipyard.formats import tfjs
-        from shipyard.model import Model
-
-        base = src if src.is_dir() else src.parent
-        path, doc = tfjs.model_json(Model("tfjs", src))
-        files = {"model.json": path}
-        files.update((n, tfjs.weight_file(base, n)) for names, _ in tfjs.manifest(doc, path) for n in names)
-        return files
-    if src.is_dir():
-        files = {}
-        root = src.resolve()
-        for p in src.rglob("*"):
-            if p.is_symlink() and not p.resolve().is_relative_to(root):
-                raise UsageError(f"{p}: a link out of the model's folder (to {p.resolve()}); refusing to encrypt it")
-            if p.is_file():
-                files[str(p.relative_to(src))] = p
-        return files
-    return None
+def folder_files(src: Path) -> dict[str, Path]:
+    """Every file of a model folder ({path relative to it: path}); a link out of it is refused."""
+    files = {}
+    root = src.resolve()
+    for p in src.rglob("*"):
+        if p.is_symlink() and not p.resolve().is_relative_to(root):
+            raise UsageError(f"{p}: a link out of the model's folder (to {p.resolve()}); refusing to encrypt it")
+        if p.is_file():
+            files[str(p.relative_to(src))] = p
+    return files
 
 
-def encrypt_model(src: Path, fmt: str, key: bytes) -> bytes:
-    """The encrypted file's bytes for a model file or directory."""
+def encrypt_model(src: Path, fmt: str, key: bytes, files: dict[str, Path] | None = None) -> bytes:
+    """The encrypted file's bytes for a model file or folder. ``files``: the files of a model
+    that is several files ({name: path}; see :func:`shipyard.formats.model_files`), else a
+    folder's files or the one file."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     src = Path(src)
-    files = model_files(src, fmt)
+    if files is None and src.is_dir():
+        files = folder_files(src)
     kind = KIND_DIR if files is not None else KIND_FILE
     payload = _tar(files) if files is not None else src.read_bytes()
     nonce = os.urandom(12)

@@ -110,7 +110,7 @@ class GraphSession:
         return name
 
     def restore(self, checkpoint: str) -> StepResult:
-        from shipyard.model import open_model
+        from shipyard.sniff import open_model
 
         prefix = open_model(checkpoint).path if Path(checkpoint).is_dir() or Path(checkpoint + ".index").exists() else Path(checkpoint)
         saver = self._saver()

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from shipyard.errors import ModelFormatError
+from shipyard.formats.tf_protos import looks_like_text_proto
 from shipyard.formats.torch_checkpoint import LEGACY_MAGIC, is_safetensors
 from shipyard.formats.torch_export import is_export_archive
 from shipyard.model import FORMATS, Model
@@ -52,6 +53,9 @@ def _sniff_file(path: Path, head: bytes, tail: bytes, size: int) -> Model:
 
     if protect.is_encrypted(head) or sum(a != b for a, b in zip(head[:8], protect.MAGIC)) == 1:
         header = protect.parse_header(head if len(head) < _HEAD else path.read_bytes()[:1024])
+        if header.format not in FORMATS:
+            raise protect.AuthenticationError("authentication failed: the encrypted file's header is damaged "
+                                              "or from a newer shipyard")
         return Model(header.format, path, {"encrypted": path})
     if len(head) >= 8 and head[4:8] == b"TFL3":
         return Model("tflite", path)
@@ -93,19 +97,6 @@ def _looks_like_onnx(head: bytes) -> bool:
     # producer_name 0x12, producer_version 0x1a, domain 0x22, model_version 0x28,
     # doc_string 0x32, graph 0x3a, opset_import 0x42, metadata_props 0x72, functions 0x7a
     return head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0x7A)
-
-
-def looks_like_text_proto(head: bytes) -> bool:
-    """A text-format GraphDef/MetaGraphDef starts (after comments) with ``field {``."""
-    if head[:1] in (b"\x0a", b"\x08") or b"\x00" in head:
-        return False
-    for raw in head.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        first = line.replace(b" ", b"")
-        return first.startswith((b"node{", b"library{", b"versions{", b"meta_info_def{", b"graph_def{"))
-    return False
 
 
 def _sniff_zip(path: Path) -> Model:
@@ -228,3 +219,8 @@ def _describe(head: bytes, size: int) -> str:
         return f"binary data of {size} bytes that matches no model format"
     first = text.strip().splitlines()[0][:60] if text.strip() else ""
     return f"a text file of {size} bytes starting with {first!r}"
+
+
+def open_model(path: str | Path) -> Model:
+    """Recognise a model by its content: the one way a path becomes a :class:`Model`."""
+    return sniff(Path(path))

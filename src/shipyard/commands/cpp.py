@@ -42,7 +42,7 @@ def cmd_cpp(args) -> int:
     from shipyard.cpp import build as builder
     from shipyard.cpp.targets import choose
     from shipyard.errors import UsageError
-    from shipyard.model import open_model
+    from shipyard.sniff import open_model
 
     model = open_model(args.model)
     target = choose(args.runtime, model.format)

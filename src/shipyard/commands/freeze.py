@@ -24,8 +24,9 @@ def cmd_freeze(args) -> int:
     from shipyard.convert.freeze import LiveGraph
     from shipyard.errors import UsageError
     from shipyard.feeds import random_feeds
-    from shipyard.model import Model, open_model
+    from shipyard.model import Model
     from shipyard.report.text import render_verification
+    from shipyard.sniff import open_model
     from shipyard.verify import Exact, VerificationError, verify
 
     src = open_model(args.model)

@@ -32,8 +32,9 @@ def cmd_keygen(args) -> int:
 def cmd_encrypt(args) -> int:
     from shipyard.atomic import atomic_path, check_output_path
     from shipyard.errors import UnsupportedError
-    from shipyard.model import open_model
+    from shipyard.formats import model_files
     from shipyard.protect import encrypt_model, read_key
+    from shipyard.sniff import open_model
 
     model = open_model(args.model)
     if model.encrypted:
@@ -41,7 +42,8 @@ def cmd_encrypt(args) -> int:
     if model.format == "tf-checkpoint":
         raise UnsupportedError("a checkpoint is several files; freeze it (shipyard freeze) and encrypt the frozen graph")
     out = check_output_path(args.output, model.path)
-    data = encrypt_model(model.path, model.format, read_key(args.key_file_path, "encrypting needs a key"))
+    data = encrypt_model(model.path, model.format, read_key(args.key_file_path, "encrypting needs a key"),
+                         model_files(model.path, model.format))
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     doc = {"model": str(model.path), "format": model.format, "output": str(out), "bytes": len(data), "algorithm": "AES-256-GCM"}

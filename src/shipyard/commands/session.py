@@ -37,8 +37,8 @@ def cmd_session(args) -> int:
     from shipyard.atomic import atomic_path, check_output_path
     from shipyard.errors import UsageError
     from shipyard.feeds import load_array
-    from shipyard.model import open_model
     from shipyard.session import GraphSession
+    from shipyard.sniff import open_model
 
     model = open_model(args.graph)
     if model.format not in ("tf-graphdef", "tf-checkpoint"):

@@ -48,7 +48,7 @@ def load_weights(module, path: Path) -> None:
     """A state_dict (or a checkpoint with one under 'state_dict'/'model'/'model_state_dict') into
     ``module``, strictly: every parameter and buffer must be there with its shape."""
     from shipyard.formats import torch_checkpoint
-    from shipyard.model import open_model
+    from shipyard.sniff import open_model
 
     model = open_model(path)
     if model.format != "torch-checkpoint":

@@ -6,6 +6,7 @@ inspecting an ONNX file never imports TensorFlow.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 _MODULES = {
@@ -25,3 +26,19 @@ _MODULES = {
 def handler(fmt: str) -> ModuleType:
     """The module that knows ``fmt``; each has ``signature(model)`` and ``summarize(model)``."""
     return importlib.import_module(_MODULES[fmt])
+
+
+def model_files(path: Path, fmt: str) -> dict[str, Path] | None:
+    """The files a model consists of when they are not simply its folder's ({name relative to
+    the model: path}): a TF.js model's model.json and the weight files it names, checked to lie
+    inside its folder. None otherwise (one file, or every file of a folder)."""
+    if fmt != "tfjs":
+        return None
+    from shipyard.formats import tfjs
+    from shipyard.model import Model
+
+    base = path if path.is_dir() else path.parent
+    json_path, doc = tfjs.model_json(Model("tfjs", path))
+    files = {"model.json": json_path}
+    files.update((n, tfjs.weight_file(base, n)) for names, _ in tfjs.manifest(doc, json_path) for n in names)
+    return files

@@ -15,7 +15,6 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import graph_pb2, meta_graph_pb2, tensor_pb2  # noqa: F401
 
 from shipyard.errors import ModelFormatError
-from shipyard.sniff import looks_like_text_proto
 
 GraphDef = graph_pb2.GraphDef
 MetaGraphDef = meta_graph_pb2.MetaGraphDef
@@ -179,3 +178,16 @@ def types_enum(name: str) -> int:
     from tensorboard.compat.proto import types_pb2
 
     return types_pb2.DataType.Value(name)
+
+
+def looks_like_text_proto(head: bytes) -> bool:
+    """A text-format GraphDef/MetaGraphDef starts (after comments) with ``field {``."""
+    if head[:1] in (b"\x0a", b"\x08") or b"\x00" in head:
+        return False
+    for raw in head.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        first = line.replace(b" ", b"")
+        return first.startswith((b"node{", b"library{", b"versions{", b"meta_info_def{", b"graph_def{"))
+    return False

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from shipyard import guard
 from shipyard.errors import UnsupportedError, UsageError
-from shipyard.model import Model, open_model, tensor_name
+from shipyard.model import Model, tensor_name
 from shipyard.passes.context import Context
 from shipyard.passes.registry import GRAPHDEF, ONNX, Params, check_step
 from shipyard.passes.spec import parse_spec
+from shipyard.sniff import open_model
 
 
 @dataclass

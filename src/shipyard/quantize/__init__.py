@@ -11,9 +11,10 @@ from pathlib import Path
 
 from shipyard import guard
 from shipyard.errors import ModelLoadError, UnsupportedError, UsageError
-from shipyard.model import Model, open_model
+from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
 from shipyard.quantize.request import Request, calibration_source, finish, measure, samples_and_labels
+from shipyard.sniff import open_model
 from shipyard.verify import Verification
 
 __all__ = ["ENGINES", "MODES", "Request", "quantize_model"]

@@ -21,8 +21,8 @@ def _batch_dim_dynamic(signature: Signature) -> bool:
 class Servable:
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, default_threads: int | None = None,
                  on_batch=None, share_weights: bool = False):
-        from shipyard.model import open_model
         from shipyard.runtimes import open_runner
+        from shipyard.sniff import open_model
 
         self.name = name
         self.version = version

@@ -20,8 +20,9 @@ import numpy as np
 
 from shipyard import guard
 from shipyard.errors import ShipyardError, UsageError
-from shipyard.model import Model, Signature, open_model
+from shipyard.model import Model, Signature
 from shipyard.ship.manifest import Artifact, Manifest, sha256, size
+from shipyard.sniff import open_model
 from shipyard.verify import Budget, Exact, VerificationError
 
 TARGETS = ("onnx", "tflite", "tfjs", "torchscript")
