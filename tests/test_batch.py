@@ -321,7 +321,9 @@ def test_ray_two_nodes_worker_killed_mid_run_same_files_as_local(tmp_path, mlp, 
     nodes = {e["node"] for e in manifest["shards"].values()}
     workers = {e["worker"] for e in manifest["shards"].values()}
     assert len(nodes) == 2, nodes  # one CPU per node, two one-CPU actors: the job ran on both nodes
-    assert any(w.endswith(f":{killed}") for w in workers) and len(workers) >= 3  # the killed actor was replaced
+    # the killed actor had done shards; what it held in flight was redone by another actor (Ray's
+    # retry: a new actor, or the surviving one, whichever Ray picks), so every example is there once
+    assert any(w.endswith(f":{killed}") for w in workers) and len(workers) >= 2
     from shipyard.batch import read_outputs
 
     got = read_outputs(ray_out)
