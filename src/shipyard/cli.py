@@ -61,12 +61,27 @@ def run(argv: list[str] | None = None) -> int:
         print("shipyard: out of memory", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug in shipyard: one line, and the way to see the traceback
+        if _interrupted(exc):  # Ctrl-C inside an import or a class body comes back wrapped (RuntimeError)
+            print("shipyard: interrupted", file=sys.stderr)
+            return 130
         if os.environ.get("SHIPYARD_DEBUG"):
             raise
         print(f"shipyard: internal error: {exc.__class__.__name__}: {exc}\n"
               "  hint: run again with SHIPYARD_DEBUG=1 for the traceback, and please report it",
               file=sys.stderr)
         return 1
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is behind ``exc`` (Python wraps one raised in ``__set_name__``
+    or an import hook in another exception)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
