@@ -15,6 +15,7 @@ import socket
 
 import numpy as np
 import pytest
+import torch
 
 import test_tfjs_browser as browser
 from conftest import assert_clean_error, run_cli
@@ -24,7 +25,6 @@ from shipyard.convert.planner import plan
 from shipyard.errors import UnsupportedError
 from shipyard.verify import relayout, restore_layout
 
-torch = pytest.importorskip("torch")
 served = browser.served  # the HTTP server fixture of the TF.js browser test
 # found, not imported: importing onnx2tf sets process globals (TF_USE_LEGACY_KERAS, op determinism)
 # that shipyard puts back after each conversion, but not after a bare import at collection time

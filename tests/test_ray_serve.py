@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray  # noqa: F401 - the ray extra, installed by scripts/setup: missing is a failure
 import requests
 
 from conftest import assert_clean_error
 from shipyard import examples
 
-pytest.importorskip("ray")
 CLI = "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))"
 X = np.random.default_rng(11).standard_normal((3, 16)).astype("float32")
 

@@ -8,13 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import assert_clean_error, run_cli
 from shipyard.errors import ModelFormatError, ModelLoadError
 from shipyard.inspection import inspect_model
 from shipyard.sniff import open_model
-
-torch = pytest.importorskip("torch")
 
 
 def small_net():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import assert_clean_error, run_cli
 from shipyard.convert.api import convert_model
 from shipyard.convert.options import ConvertOptions
 from shipyard.errors import UsageError
 from shipyard.verify import VerificationError
-
-torch = pytest.importorskip("torch")
 
 
 def onnx_dims(path) -> list:
