@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess, run_cli
 from shipyard import records, tf_example
 from shipyard.records import RecordError
 
@@ -109,7 +109,7 @@ def test_cli_and_images_folder(tmp_path):
     assert_clean_error(run_cli("records", "index", out), "cannot be indexed")
 
 
-def test_records_feed_a_model(keras_example, tmp_path):
+def test_records_feed_a_model(keras_example, tmp_path, capsys):
     _, paths, x, ref = keras_example
     path = tmp_path / "inputs.tfrecord"
     records.write_records(path, (tf_example.encode({"pixels": img}) for img in x))
@@ -117,7 +117,46 @@ def test_records_feed_a_model(keras_example, tmp_path):
     proc = run_cli("run", paths["onnx"], "--input", path, "--map", "pixels=image:0", "-o", out)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.load(out)["Identity:0"], ref, rtol=1e-4, atol=1e-5)
-    assert_clean_error(run_cli("run", paths["onnx"], "--input", path), "no feature feeds input")
+    # one feature for a one-input model feeds it whatever its name (as in calibration data)
+    proc = cli_inprocess(capsys, "run", paths["onnx"], "--input", path, "-o", tmp_path / "y1.npz")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y1.npz")["Identity:0"], ref, rtol=1e-4, atol=1e-5)
+    two = tmp_path / "two.tfrecord"
+    records.write_records(two, (tf_example.encode({"pixels": img, "id": np.array([i])}) for i, img in enumerate(x)))
+    assert_clean_error(cli_inprocess(capsys, "run", paths["onnx"], "--input", two), "no feature feeds input",
+                       "features: id, pixels", "--map FEATURE=INPUT")
+
+
+def test_encoded_image_records_are_inputs_and_calibration(keras_example, tmp_path, capsys):
+    """``records write --images`` output feeds a model like the image folder it came from: decoded,
+    scaled by 1/255 (the image options' default), labelled by class folder."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from shipyard.quantize import Request, quantize_model
+
+    model, paths, _, _ = keras_example
+    digits = load_digits()  # real 8x8 digits, upscaled to the model's 12x12 RGB input
+    pixels = []
+    for i in range(20):
+        img = Image.fromarray((digits.images[i] * 255 / 16).astype("uint8")).resize((12, 12)).convert("RGB")
+        (tmp_path / "imgs" / str(digits.target[i])).mkdir(parents=True, exist_ok=True)
+        img.save(tmp_path / "imgs" / str(digits.target[i]) / f"{i:02d}.png")
+    files = sorted((tmp_path / "imgs").rglob("*.png"))
+    pixels = np.stack([np.asarray(Image.open(f), np.float32) / 255 for f in files])
+    out = tmp_path / "imgs.tfrecord"
+    assert cli_inprocess(capsys, "records", "write", out, "--images", tmp_path / "imgs").returncode == 0
+    proc = cli_inprocess(capsys, "run", paths["onnx"], "--input", out, "-o", tmp_path / "y.npz")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["Identity:0"], np.asarray(model(pixels, training=False)),
+                               rtol=1e-4, atol=1e-5)
+    report = quantize_model(paths["onnx"], tmp_path / "q.onnx", Request("static", str(out), latency_runs=0, layers=False))
+    assert report.accuracy is not None  # the class folders became labels
+    assert report.outputs[0]["cosine"] > 0.99
+    # bytes that are not an image (file names) are not inputs; a model that takes no images says so
+    records.write_records(tmp_path / "names.tfrecord", [tf_example.encode({"name": b"abc"})])
+    assert_clean_error(cli_inprocess(capsys, "run", paths["onnx"], "--input", tmp_path / "names.tfrecord"),
+                       "no numeric or encoded-image")
 
 
 def test_reading_records_does_not_import_tensorflow(tmp_path):

@@ -8,7 +8,6 @@ import numpy as np
 from shipyard.errors import InputError, UnsupportedError
 from shipyard.model import Signature, TensorSpec, tensor_name
 
-_LABEL_KEYS = ("labels", "label", "y")
 MAX_GENERATED_ELEMENTS = 2**28  # 1 GiB of float32: a declared shape above this is a damaged or a huge model
 
 
@@ -74,15 +73,19 @@ def load_feeds(items: list[str], signature: Signature, mapping: dict[str, str] |
             from shipyard import records
 
             if Path(file).is_file() and records.looks_like_tfrecord(Path(file)):
-                feeds.update(records.feeds_from_records(Path(file), signature, mapping, limit))
+                from shipyard.data.tfrecord import RecordSource
+
+                feeds.update(RecordSource(Path(file), mapping, limit).stacked(signature))
                 continue
         literal = _number(file) if name and not Path(file).exists() else None
         value = np.asarray(literal) if literal is not None else load_array(Path(file))
         if isinstance(value, np.lib.npyio.NpzFile):
+            from shipyard.data.arrays import LABEL_KEYS
+
             inputs = {tensor_name(spec.name) for spec in signature.inputs}
             with value:
                 # A labels array rides along in evaluation data; it is not an input of the model.
-                feeds.update({k: value[k] for k in value.files if k not in _LABEL_KEYS or tensor_name(k) in inputs})
+                feeds.update({k: value[k] for k in value.files if k not in LABEL_KEYS or tensor_name(k) in inputs})
             continue
         if not name:
             if len(signature.inputs) != 1:

@@ -133,15 +133,13 @@ def cmd_write(args) -> int:
         n = next(iter(lengths.values()))
         records = (tf_example.encode({k: v[i] for k, v in arrays.items()}) for i in range(n))
     else:
-        folder = args.images
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif"))
-        if not files:
-            raise InputError(f"{folder}: no images (.png, .jpg, .jpeg, .bmp, .gif) found")
-        classes = sorted({p.parent.name for p in files if p.parent != folder})
+        from shipyard.data.images import image_files
+
+        files, labels = image_files(args.images)  # the files and labels an image-folder source would read
         records = (tf_example.encode({
             "image/encoded": p.read_bytes(), "image/filename": p.name.encode(),
-            "image/class/label": np.array([classes.index(p.parent.name) if p.parent != folder else -1]),
-        }) for p in files)
+            **({"image/class/label": np.array([labels[i]])} if labels is not None else {}),
+        }) for i, p in enumerate(files))
     written = write_records(out, records, compressed=args.gzip)
     print(json.dumps({"output": str(out), "records": written, "gzip": args.gzip}) if args.json
           else f"wrote {written} records -> {out}{' (gzip)' if args.gzip else ''}")

@@ -11,7 +11,8 @@ from shipyard.errors import InputError
 from shipyard.feeds import load_array
 from shipyard.model import Signature
 
-LABEL_KEYS = ("labels", "label", "y")
+# The one list of names a labels array/feature/column goes by (.npz keys, TFRecord features, Parquet columns).
+LABEL_KEYS = ("labels", "label", "y", "image/class/label")
 
 
 class ArraySource:
@@ -36,19 +37,23 @@ class ArraySource:
         self.arrays = arrays
         self.count = next(iter(counts.values()))
 
-    def _columns(self, signature: Signature) -> dict[str, np.ndarray]:
-        """{input name: the array feeding it}, samples along the first axis."""
+    def _columns(self, signature: Signature, matched: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+        """{input name: the array feeding it}, samples along the first axis (``matched``: key -> input)."""
         arrays = dict(self.arrays)
         if "" in arrays:
             if len(signature.inputs) != 1:
                 raise InputError(f"{self.path}: the model has {len(signature.inputs)} inputs; give a .npz keyed by input name",
                                  hint="inputs: " + ", ".join(s.name for s in signature.inputs))
             arrays = {signature.inputs[0].name: arrays.pop("")}
-        matched = match_keys(list(arrays), signature)
+        if matched is None:
+            matched = match_keys(list(arrays), signature)
         missing = [s.name for s in signature.inputs if s.name not in matched.values()]
         if missing:
-            raise InputError(f"{self.path}: no array for input(s) {', '.join(missing)}", hint="keys: " + ", ".join(arrays))
+            raise self._missing(missing)
         return {matched[k]: v for k, v in arrays.items() if k in matched}
+
+    def _missing(self, missing: list[str]) -> InputError:
+        return InputError(f"{self.path}: no array for input(s) {', '.join(missing)}", hint="keys: " + ", ".join(self.arrays))
 
     def feeds(self, signature: Signature) -> Iterator[dict[str, np.ndarray]]:
         columns = self._columns(signature)

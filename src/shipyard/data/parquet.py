@@ -77,14 +77,21 @@ class ParquetSource(RecordSource):
     """Columns as arrays; the TFRecord source's reshaping to each input's per-sample shape applies."""
 
     def __init__(self, path: Path, mapping: dict[str, str] | None = None):
-        from shipyard.data.arrays import ArraySource
+        from shipyard.data.arrays import LABEL_KEYS, ArraySource
+        from shipyard.data.images import Preprocess
 
         arrays = read_columns(path, mapping)
-        labels = next((k for k in ("labels", "label", "y") if k in arrays), None)
+        labels = next((k for k in LABEL_KEYS if k in arrays), None)
         if labels is not None:
             arrays["labels"] = arrays.pop(labels).reshape(-1)
+        self.images: set[str] = set()  # binary columns (encoded images) are not read yet
+        self.preprocess = Preprocess()
         ArraySource.__init__(self, path, arrays)
         self.description = f"{path} (Parquet)"
+
+    def _missing(self, missing: list[str]) -> InputError:
+        return InputError(f"{self.path}: no column feeds input(s) {', '.join(missing)} (columns: {', '.join(self.arrays)})",
+                          hint="map columns to inputs with --map COLUMN=INPUT")
 
 
 def _dense(array, rows: int) -> np.ndarray | None:
