@@ -156,6 +156,32 @@ def test_graphdef_weights(keras_paths, tmp_path):
     assert_clean_error(run_cli("quantize", keras_paths["pb"], "--mode", "static", "-o", tmp_path / "s.pb"), "--mode weights")
 
 
+def test_frozen_graph_static_int8_tflite_in_one_command(keras_example, tmp_path, capsys):
+    """``quantize frozen.pb --mode static -o x.tflite``: converted and quantized in one step, judged
+    against the frozen graph's own outputs (the hint once sent the user round in a circle)."""
+    from conftest import cli_inprocess
+    from shipyard.formats.tflite import ops_by_output
+    from shipyard.runtimes import open_runner
+
+    model, paths, _, _ = keras_example
+    x = np.random.default_rng(7).standard_normal((16, 12, 12, 3)).astype("float32")
+    np.save(tmp_path / "calib.npy", x)
+    out = tmp_path / "frozen_int8.tflite"
+    proc = cli_inprocess(capsys, "quantize", paths["pb"], "--mode", "static", "--calibration", tmp_path / "calib.npy",
+                         "-o", out, "--runs", "0", "--no-layers", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["mode"] == "static"
+    int8_ops = ops_by_output(out.read_bytes(), ("int8",))
+    assert len(int8_ops) >= 3, int8_ops  # convolutions and the dense layer compute in int8
+    with open_runner(out) as runner:
+        got = runner.run({runner.signature.inputs[0].name: x[:4]})
+    ref = np.asarray(model(x[:4], training=False))
+    y = next(iter(got.values()))
+    assert np.argmax(y, -1).tolist() == np.argmax(ref, -1).tolist()
+    assert_clean_error(cli_inprocess(capsys, "quantize", out, "--mode", "static", "-o", tmp_path / "again.tflite"),
+                       "already converted", "frozen.pb")
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_calibration_sets(torch_example, tmp_path):

@@ -43,17 +43,20 @@ def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeR
         return quantize_nncf(model, out_path, req)
     if model.format == "onnx":
         return _onnx(model, out_path, req)
-    if model.format in ("keras", "tf-savedmodel"):
+    if model.format == "tf-graphdef" and req.mode == "weights":
+        return _graphdef(model, out_path, req)  # stays a GraphDef: quantize_weights
+    if model.format in ("keras", "tf-savedmodel", "tf-graphdef"):
         from shipyard.quantize.tflite import quantize_to_tflite
 
         if out_path.suffix != ".tflite":
-            raise UsageError(f"{out_path}: a {model.format} model is quantized to TFLite; name the output *.tflite")
+            hint = ("--mode weights keeps a GraphDef (quantize_weights); for ONNX int8: shipyard convert "
+                    f"{model.path.name} --to onnx, then quantize the .onnx" if model.format == "tf-graphdef" else None)
+            raise UsageError(f"{out_path}: a {model.format} model is quantized ({req.mode}) to TFLite; "
+                             "name the output *.tflite", hint=hint)
         return quantize_to_tflite(model, out_path, req)
     if model.format == "tflite":
-        raise UsageError(f"{model.path}: a TFLite file is already converted; quantize its Keras model or SavedModel",
-                         hint="shipyard quantize model.keras --mode static -o model_int8.tflite")
-    if model.format == "tf-graphdef":
-        return _graphdef(model, out_path, req)
+        raise UsageError(f"{model.path}: a TFLite file is already converted; quantize the model it came from",
+                         hint=f"shipyard quantize model.keras|saved_model/|frozen.pb --mode {req.mode} -o model_int8.tflite")
     raise UnsupportedError(f"{model.path}: quantize works on ONNX, Keras, SavedModel and GraphDef models, not {model.format}",
                            hint="convert it to ONNX first")
 
@@ -163,9 +166,6 @@ def _static_settings(o, kept: tuple[str, ...]) -> dict:
 def _graphdef(model: Model, out_path: Path, req: Request) -> QuantizeReport:
     from shipyard.formats import tf_graph
 
-    if req.mode != "weights":
-        raise UnsupportedError("a TensorFlow GraphDef can only be quantized with --mode weights (quantize_weights)",
-                               hint="for static int8, convert it to ONNX or TFLite first")
     graph_def, _ = tf_graph.load(model)
     if any(n.op in ("Dequantize", "QuantizeV2", "QuantizedConv2D") for n in graph_def.node):
         raise UsageError(f"{model.path}: the graph is already quantized (it has Dequantize nodes)")

@@ -22,15 +22,19 @@ from shipyard.quantize.report import QuantizeReport
 def _converters(tf, model: Model, work: Path):
     """A factory of fresh TFLite converters for ``model`` (each calibration or conversion needs
     its own). A SavedModel is frozen first, as ``convert --to tflite`` does, so exports that
-    TensorFlow's object-graph loader cannot read (Keras 2 with optimizer slots) quantize too."""
+    TensorFlow's object-graph loader cannot read (Keras 2 with optimizer slots) quantize too; a
+    frozen GraphDef goes to the converter as it is."""
     if model.format == "keras":
         from shipyard.formats import keras as keras_format
 
         keras_model = keras_format.load(model)
         return lambda: tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    from shipyard.convert.api import convert_model
     from shipyard.convert.options import ConvertOptions
     from shipyard.convert.tf_edges import tflite_converter
+
+    if model.format == "tf-graphdef":  # frozen already: `quantize frozen.pb --mode static` is one command
+        return lambda: tflite_converter(model, ConvertOptions())
+    from shipyard.convert.api import convert_model
 
     guard.stage("freezing the SavedModel")
     frozen = convert_model(str(model.path), "pb", work / "frozen.pb", check=False).artifact
