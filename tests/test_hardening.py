@@ -447,7 +447,8 @@ def test_a_killed_run_leaves_nothing_the_next_run_does_not_clean(keras_paths, tm
     stale_scratch = root / f"run-{dead}-abc"
     (stale_scratch / "lifted.onnx").parent.mkdir(exist_ok=True)
     (stale_scratch / "lifted.onnx").write_bytes(b"copy of the input")
-    proc = cli_inprocess(capsys, "quantize", keras_paths["onnx"], "--mode", "weights", "--runs", "0", "-o", out)
+    proc = cli_inprocess(capsys, "quantize", keras_paths["onnx"], "--mode", "weights", "--minimum-size", "16", "--runs", "0",
+                          "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and not stale_out.exists() and not stale_scratch.exists()
     assert live_out.exists()

@@ -156,6 +156,19 @@ def test_graphdef_weights(keras_paths, tmp_path):
     assert_clean_error(run_cli("quantize", keras_paths["pb"], "--mode", "static", "-o", tmp_path / "s.pb"), "--mode weights")
 
 
+def test_weights_that_would_change_nothing_are_refused(keras_paths, tmp_path, capsys):
+    """No weight reaches minimum_size: an error naming the largest weight, not a 1.00x 'result'."""
+    from conftest import cli_inprocess
+
+    for src, out in ((keras_paths["pb"], tmp_path / "w.pb"), (keras_paths["onnx"], tmp_path / "w.onnx")):
+        proc = cli_inprocess(capsys, "quantize", src, "--mode", "weights", "--runs", "0", "-o", out)
+        assert_clean_error(proc, "no float weight has minimum_size=1024 elements or more (the largest has 216)",
+                           "--minimum-size 216")
+        assert not out.exists()
+    proc = cli_inprocess(capsys, "transform", keras_paths["pb"], "-t", "quantize_weights", "-o", tmp_path / "t.pb")
+    assert_clean_error(proc, "nothing would be quantized", "quantize_weights(minimum_size=216)")
+
+
 def test_frozen_graph_static_int8_tflite_in_one_command(keras_example, tmp_path, capsys):
     """``quantize frozen.pb --mode static -o x.tflite``: converted and quantized in one step, judged
     against the frozen graph's own outputs (the hint once sent the user round in a circle)."""

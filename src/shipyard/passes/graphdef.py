@@ -14,7 +14,7 @@ import numpy as np
 
 from shipyard.errors import UnsupportedError, UsageError, engine_message
 from shipyard.formats import tf_protos
-from shipyard.passes.context import Context
+from shipyard.passes.context import Context, nothing_to_quantize
 from shipyard.passes.registry import Params
 
 # DataType enum values (tensorflow/core/framework/types.proto)
@@ -262,7 +262,10 @@ def quantize_weights(graph_def, params: Params, ctx: Context):
     """
     minimum = params.int("minimum_size", 1024)
     added = []
-    for node, value in list(_float_consts(graph_def, minimum)):
+    chosen = list(_float_consts(graph_def, minimum))
+    if not chosen:
+        raise nothing_to_quantize(minimum, max((v.size for _, v in _float_consts(graph_def)), default=0))
+    for node, value in chosen:
         lo, hi = float(value.min()), float(value.max())
         if hi <= lo:
             hi = lo + 1.0

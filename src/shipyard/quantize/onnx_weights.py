@@ -64,7 +64,13 @@ def quantize_weights(proto, minimum_size: int = 1024, exclude: set[str] | None =
     nodes = added + list(proto.graph.node)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
-    if count and opset < 10:
+    if not count:
+        from shipyard.passes.context import nothing_to_quantize
+
+        largest = max((int(np.prod(i.dims)) for i in kept if i.data_type == onnx.TensorProto.FLOAT
+                       and i.name not in graph_inputs and i.name not in exclude), default=0)
+        raise nothing_to_quantize(minimum_size, largest)
+    if opset < 10:
         raise UsageError(f"weight quantization needs opset >= 10 (DequantizeLinear); the model has opset {opset}")
     return count
 
