@@ -109,7 +109,8 @@ def model_feeds(signature: Signature, inputs: list[str] | None, seed: int = 0, b
 
     Kept in one function so that it can move to the ``shipyard.data`` sources later.
     """
-    from shipyard.feeds import load_feeds, random_feeds
+    from shipyard.data.random import random_feeds
+    from shipyard.feeds import load_feeds
 
     if inputs:
         return load_feeds(inputs, signature, mapping)  # mapping: TFRecord feature -> input

@@ -99,7 +99,7 @@ def probe(shard: Shard) -> dict[str, str]:
         for name, value in tf_example.decode(first).items():
             out[name] = "bytes" if isinstance(value, list) else f"{value.dtype} x{value.size}"
         return out
-    from shipyard.feeds import load_array
+    from shipyard.data.arrays import load_array
 
     value = load_array(Path(shard.path))
     if isinstance(value, np.lib.npyio.NpzFile):

@@ -105,7 +105,8 @@ class _Predict:
     def __init__(self, model, target, args):
         import numpy as np
 
-        from shipyard.feeds import load_feeds, parse_shapes, random_feeds
+        from shipyard.data.random import random_feeds
+        from shipyard.feeds import load_feeds, parse_shapes
         from shipyard.runtimes import open_runner
         from shipyard.runtimes.base import validate_feeds
 

@@ -23,7 +23,7 @@ def cmd_freeze(args) -> int:
     from shipyard.convert.api import ConvertResult
     from shipyard.convert.freeze import LiveGraph
     from shipyard.errors import UsageError
-    from shipyard.feeds import random_feeds
+    from shipyard.data.random import random_feeds
     from shipyard.model import Model
     from shipyard.report.text import render_verification
     from shipyard.sniff import open_model

@@ -31,7 +31,8 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from shipyard.atomic import atomic_path, check_output_path
-    from shipyard.feeds import load_feeds, parse_mapping, parse_shapes, random_feeds
+    from shipyard.data.random import random_feeds
+    from shipyard.feeds import load_feeds, parse_mapping, parse_shapes
     from shipyard.report.text import array_stats, render_outputs
     from shipyard.runtimes import open_runner
 

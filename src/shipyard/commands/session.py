@@ -36,7 +36,7 @@ def cmd_session(args) -> int:
 
     from shipyard.atomic import atomic_path, check_output_path
     from shipyard.errors import UsageError
-    from shipyard.feeds import load_array
+    from shipyard.data.arrays import load_array
     from shipyard.session import GraphSession
     from shipyard.sniff import open_model
 

@@ -12,7 +12,7 @@ from shipyard.convert import planner
 from shipyard.convert.options import ConvertOptions
 from shipyard.convert.torch_edges import is_factory
 from shipyard.errors import ModelLoadError, OutputPathError, ShipyardError, UsageError
-from shipyard.feeds import random_feeds
+from shipyard.data.random import random_feeds
 from shipyard.model import Model, Signature, TensorSpec
 from shipyard.sniff import open_model
 from shipyard.verify import Exact, Verification, VerificationError, verify

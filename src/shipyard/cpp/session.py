@@ -36,7 +36,8 @@ def _c_or_null(text: str | None) -> str:
 
 class SessionJob:
     def __init__(self, model: Model, args):
-        from shipyard.feeds import load_feeds, random_feeds
+        from shipyard.data.random import random_feeds
+        from shipyard.feeds import load_feeds
         from shipyard.formats import tf_graph, tf_protos
         from shipyard.runtimes.base import validate_feeds
         from shipyard.session import find_roles

@@ -8,11 +8,21 @@ from pathlib import Path
 import numpy as np
 
 from shipyard.errors import InputError
-from shipyard.feeds import load_array
 from shipyard.model import Signature
 
 # The one list of names a labels array/feature/column goes by (.npz keys, TFRecord features, Parquet columns).
 LABEL_KEYS = ("labels", "label", "y", "image/class/label")
+
+
+def load_array(path: Path) -> np.ndarray:
+    """A .npy array or an open .npz file, with a clean error for a missing or damaged file."""
+    try:
+        value = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such input file") from exc
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy/.npz array file ({exc})") from exc
+    return value
 
 
 class ArraySource:

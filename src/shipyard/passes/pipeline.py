@@ -122,7 +122,7 @@ def transform_model(path: str | Path, spec: str, out: str | Path, inputs: list[s
 def _verify(model: Model, candidate: Model, result: TransformResult, lossy: bool, samples: int, seed: int,
             force: bool) -> None:
     from shipyard.errors import InputError
-    from shipyard.feeds import random_feeds
+    from shipyard.data.random import random_feeds
     from shipyard.runtimes import open_runner
     from shipyard.verify import Budget, Exact, VerificationError, verify
 
