@@ -58,7 +58,13 @@ def test_bench_tensorflow_step_stats_profile(keras_paths):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     _check_figures(doc)
-    assert {"Conv2D", "DepthwiseConv2dNative", "MatMul"} <= {p["op"] for p in doc["profile"]}
+    ops = {p["op"] for p in doc["profile"]}
+    assert {"Conv2D", "DepthwiseConv2dNative", "MatMul"} <= ops
+    # Grappler fuses conv1+BiasAdd+Relu6 into one kernel named after the Relu6 node: one row naming
+    # its parts, and no time charged to Relu6 (or to the constant-folded batch-norm Mul/Sub)
+    fused = [op for op in ops if op.startswith("FusedConv2D (")]
+    assert fused and "Conv2D" in fused[0] and fused[0].endswith("Relu6)"), ops
+    assert "Relu6" not in ops and "Sub" not in ops
 
 
 def test_bench_text_table(keras_paths):
@@ -67,9 +73,29 @@ def test_bench_text_table(keras_paths):
     assert "p99" in proc.stdout and "onnxruntime 1t b1" in proc.stdout and "onnxruntime 2t b1" in proc.stdout
 
 
+def test_bench_flops_per_model_and_per_configuration(keras_paths, capsys):
+    """Each row carries its own FLOP/run: models count differently and batch 8 does 8x the work
+    (one figure printed above the table used to stand for every row)."""
+    from conftest import cli_inprocess
+
+    proc = cli_inprocess(capsys, "bench", keras_paths["onnx"], keras_paths["pb"], "--runs", "3", "--warmup", "1",
+                         "--batch", "1,8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    rows = rows if isinstance(rows, list) else rows.get("results", rows)
+    flops = {(Path(r["model"]).name, r["batch"]): r["flops"] for r in rows}
+    for model in ("model.onnx", "frozen.pb"):
+        assert flops[(model, 8)] == 8 * flops[(model, 1)] > 0
+    assert flops[("model.onnx", 1)] != flops[("frozen.pb", 1)]  # each format's own graph is counted
+    text = cli_inprocess(capsys, "bench", keras_paths["onnx"], "--runs", "3", "--warmup", "1", "--batch", "1,8").stdout
+    head, first, second = text.splitlines()[1:4]
+    flop_b1, flop_b8 = (" ".join(row.split()[-6:-4]) for row in (first, second))  # "100.59 K", "804.75 K"
+    assert "FLOP/run" in head and flop_b1.endswith(" K") and flop_b1 != flop_b8
+
+
 def test_bench_bad_arguments(keras_paths, tmp_path):
     assert_clean_error(run_cli("bench", keras_paths["onnx"], "--threads", "two"), "--threads")
-    assert_clean_error(run_cli("bench", keras_paths["onnx"], "--backend", "litert"), "cannot run a onnx model")
+    assert_clean_error(run_cli("bench", keras_paths["onnx"], "--backend", "litert"), "cannot run an onnx model")
     assert_clean_error(run_cli("bench", keras_paths["onnx"], "--html", "/proc/nope/r.html"), "does not exist")
     wrong = tmp_path / "x.npy"
     import numpy as np

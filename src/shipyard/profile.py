@@ -94,13 +94,44 @@ def _openvino(model, threads, feeds, runs):
     return _table(times, calls, runs)
 
 
+def _kernel(label: str, fallback: str) -> str:
+    """The op type that really ran, from a step's timeline label (``Relu = _MklNativeFusedConv2D(...)``):
+    Grappler fuses and constant-folds, so the graph's op type of the node name is often not it."""
+    _, sep, call = label.partition(" = ")
+    kernel = call.split("(", 1)[0].strip() if sep else ""
+    for prefix in ("_MklNative", "_Mkl", "_"):
+        if kernel.startswith(prefix) and len(kernel) > len(prefix):
+            kernel = kernel[len(prefix):]
+            break
+    return kernel or fallback
+
+
+def _fused_parts(name: str, graph_ops: dict, executed: set[str]) -> list[str]:
+    """The graph's ops a fused kernel named after ``name`` replaced: ``name`` and the chain of its
+    first inputs that never ran on their own (Conv2D -> BiasAdd -> Relu)."""
+    parts, current, seen = [], name, set()
+    while current in graph_ops and current not in seen:
+        seen.add(current)
+        op = graph_ops[current]
+        parts.append(op.type)
+        inputs = [t.op.name for t in op.inputs
+                  if t.op.type not in ("Const", "Identity", "ReadVariableOp", "Placeholder", "PlaceholderWithDefault")]
+        nxt = inputs[0] if inputs else None
+        if nxt is None or nxt in executed:
+            break
+        current = nxt
+    return parts[::-1]
+
+
 def _tensorflow(model, threads, feeds, runs):
+    """TensorFlow's step stats per executed kernel: a fused kernel is one row naming its parts
+    (``FusedConv2D (Conv2D+BiasAdd+Relu)``), not charged to the last op's node name."""
     from shipyard.runtimes.tensorflow import TensorFlowRunner, tf_name
 
     with TensorFlowRunner(model, threads=threads) as runner:
         tf = runner.tf
         session = runner._session
-        op_type = {op.name: op.type for op in session.graph.get_operations()}
+        graph_ops = {op.name: op for op in session.graph.get_operations()}
         options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
         fetches = [tf_name(o.name) for o in runner.signature.outputs]
         feed_dict = {tf_name(k): v for k, v in feeds.items()}
@@ -108,13 +139,29 @@ def _tensorflow(model, threads, feeds, runs):
         calls: dict[str, int] = defaultdict(int)
         for _ in range(WARMUP):
             session.run(fetches, feed_dict, options=options)
+        labels: dict[str, str] = {}
         for _ in range(runs):
             meta = tf.compat.v1.RunMetadata()
             session.run(fetches, feed_dict, options=options, run_metadata=meta)
             for dev in meta.step_stats.dev_stats:
                 for node in dev.node_stats:
                     name = node.node_name.split(":")[0]
-                    if name in op_type:  # skip _SOURCE / _SINK and device bookkeeping
-                        times[op_type[name]] += float(node.op_end_rel_micros - node.op_start_rel_micros)
-                        calls[op_type[name]] += 1
-    return _table(times, calls, runs)
+                    if name not in graph_ops:  # _SOURCE / _SINK, _Arg/_Retval and device bookkeeping
+                        continue
+                    if name not in labels:
+                        labels[name] = _kernel(node.timeline_label, graph_ops[name].type)
+                    kernel = labels[name]
+                    times[name] += float(node.op_end_rel_micros - node.op_start_rel_micros)
+                    calls[name] += 1
+    executed = set(labels)
+    by_kernel: dict[str, float] = defaultdict(float)
+    kernel_calls: dict[str, int] = defaultdict(int)
+    for name, us in times.items():
+        kernel = labels[name]
+        if kernel.startswith("Fused") and kernel != graph_ops[name].type:
+            parts = _fused_parts(name, graph_ops, executed)
+            if len(parts) > 1:
+                kernel = f"{kernel} ({'+'.join(parts)})"
+        by_kernel[kernel] += us
+        kernel_calls[kernel] += calls[name]
+    return _table(by_kernel, kernel_calls, runs)

@@ -43,19 +43,23 @@ def register(sub) -> None:
 def render(results, ratios) -> str:
     from shipyard.report.text import human_bytes, human_count
 
-    head = f"{'config':<42} {'min':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'mean':>8} {'/s':>8} {'GFLOP/s':>8} {'RSS':>9} {'ratio':>6}"
-    lines = ["latency in ms" + (f"; FLOPs per run: {human_count(results[0].flops)}" if results[0].flops else ""), head]
+    head = (f"{'config':<42} {'min':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'mean':>8} {'/s':>8} "
+            f"{'FLOP/run':>9} {'GFLOP/s':>8} {'RSS':>9} {'ratio':>6}")
+    # FLOPs belong to each row: models differ, and a batch-8 run does 8x a sample's work
+    lines = ["latency in ms; FLOP/run = the model's FLOPs per sample x the batch", head]
     for r, ratio in zip(results, ratios):
         lat = r.latency_ms
         gf = f"{r.gflops_per_s:.2f}" if r.gflops_per_s else "-"
         lines.append(f"{r.label[:42]:<42} {lat['min']:>8.3f} {lat['p50']:>8.3f} {lat['p90']:>8.3f} {lat['p99']:>8.3f} "
-                     f"{lat['max']:>8.3f} {lat['mean']:>8.3f} {r.throughput_per_s:>8.1f} {gf:>8} "
+                     f"{lat['max']:>8.3f} {lat['mean']:>8.3f} {r.throughput_per_s:>8.1f} "
+                     f"{human_count(r.flops) if r.flops else '-':>9} {gf:>8} "
                      f"{human_bytes(r.peak_rss_bytes):>9} {ratio:>6.2f}")
     for r in results:
         if r.profile:
             lines.append(f"\nper-op time, {r.label} (ms per run, sorted by time)")
+            width = max(32, *(len(row.op) for row in r.profile[:25]))
             for row in r.profile[:25]:
-                lines.append(f"  {row.op:<32} {row.total_ms:>9.3f} ms  {row.calls:>4} calls  {row.share * 100:5.1f}%")
+                lines.append(f"  {row.op:<{width}} {row.total_ms:>9.3f} ms  {row.calls:>4} calls  {row.share * 100:5.1f}%")
         elif r.profile_note:
             lines.append(f"\nper-op time, {r.label}: unavailable ({r.profile_note})")
     return "\n".join(lines)
