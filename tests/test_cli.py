@@ -50,7 +50,7 @@ def test_run_bad_inputs(keras_paths, tmp_path):
     assert_clean_error(run_cli("run", model, "--input", f"wrong={tmp_path / 'small.npy'}"), "unknown input name")
     assert_clean_error(run_cli("run", model, "--input", tmp_path / "absent.npy"), "no such input file")
     assert_clean_error(run_cli("run", model, "-o", tmp_path / "nodir" / "o.npz"), "does not exist")
-    assert_clean_error(run_cli("run", model, "--backend", "litert"), "cannot run a onnx model")
+    assert_clean_error(run_cli("run", model, "--backend", "litert"), "cannot run an onnx model")
 
 
 def test_output_never_overwrites_the_model(keras_paths, tmp_path):

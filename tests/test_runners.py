@@ -70,7 +70,7 @@ def test_feed_validation(keras_example, name):
 
 
 def test_backend_must_fit_the_format(keras_paths):
-    with pytest.raises(UsageError, match="litert backend cannot run a onnx model"):
+    with pytest.raises(UsageError, match="litert backend cannot run an onnx model"):
         open_runner(keras_paths["onnx"], backend="litert")
     with pytest.raises(UsageError, match="unknown backend"):
         open_runner(keras_paths["onnx"], backend="tensorrt")

@@ -56,16 +56,15 @@ def test_truncated_shard(tfjs_dir, tmp_path):
     shutil.copytree(tfjs_dir, dst)
     shard = dst / "group1-shard1of1.bin"
     shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.raises(ModelFormatError, match="truncated"):
-        with open_runner(dst) as runner:
-            runner.run({"image": np.zeros((1, 12, 12, 3), "float32")})
+    with pytest.raises(ModelFormatError, match="truncated"), open_runner(dst) as runner:
+        runner.run({"image": np.zeros((1, 12, 12, 3), "float32")})
 
 
 def test_uint8_weights_are_smaller_and_close(keras_example, tmp_path):
     _, paths, x, ref = keras_example
     graph_def, _ = tf_protos.parse_graph_file(paths["pb"])
     write_graph_model(graph_def, tmp_path / "q", quantize_uint8=True)
-    shard = lambda d: sum(p.stat().st_size for p in d.glob("*.bin"))  # noqa: E731
+    shard = lambda d: sum(p.stat().st_size for p in d.glob("*.bin"))
     assert shard(tmp_path / "q") < 0.5 * shard(paths["tfjs"])
     with open_runner(tmp_path / "q") as runner:
         out = runner.run({"image": x})["Identity"]

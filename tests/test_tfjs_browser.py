@@ -64,7 +64,7 @@ def _run_page(url: str, profile: Path) -> dict:
          "--virtual-time-budget=30000", "--dump-dom", url],
         capture_output=True, text=True, timeout=120,
     )
-    match = re.search(r'<pre id="out">(.*?)</pre>', proc.stdout, re.S)
+    match = re.search(r'<pre id="out">(.*?)</pre>', proc.stdout, re.DOTALL)
     assert match, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(html.unescape(match.group(1)))
 

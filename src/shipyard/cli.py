@@ -20,8 +20,15 @@ COMMANDS = ["inspect", "run", "freeze", "convert", "session", "transform", "quan
             "graph", "view", "ops", "serve", "protect", "records", "ship", "demo", "cpp", "batch"]
 
 
+# Commands that read no model: --key-file means nothing there (accepted, with a deprecation line, until
+# the next release).
+NO_MODEL_KEY = {"keygen", "demo", "records", "view"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from shipyard.cliargs import Deprecated, Parser
+
+    parser = Parser(
         prog="shipyard",
         description="Take trained neural networks from training to deployment.",
     )
@@ -29,10 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"shipyard.commands.{name}").register(sub)
-    for command in sub.choices.values():  # every loader reads encrypted models given the key
-        command.add_argument("--key-file", dest="key_file_path", type=Path, default=None,
-                             help="key for encrypted models (or set $SHIPYARD_MODEL_KEY_FILE)")
+    for name, command in sub.choices.items():  # every loader reads encrypted models given the key
+        if name in NO_MODEL_KEY:
+            command.add_argument("--key-file", dest="key_file_path", type=Path, default=None, action=Deprecated,
+                                 new=None, where=name, store="store")
+        else:
+            command.add_argument("--key-file", dest="key_file_path", type=Path, default=None, metavar="KEY",
+                                 help="key for encrypted models (or set $SHIPYARD_MODEL_KEY_FILE)")
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; an option the command does not take is reported by that command's parser, with
+    did-you-mean over its own options (argparse would print the top-level usage)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        target = parser
+        while target._subparsers is not None:
+            action = target._subparsers._group_actions[0]
+            chosen = getattr(args, action.dest, None)
+            if chosen not in action.choices:
+                break
+            target = action.choices[chosen]
+        target.unrecognized(extras)
+    return args
 
 
 # -- entry points ---------------------------------------------------------------------
@@ -40,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse and execute in this process (the body of :func:`main`; tests call it directly)."""
+    from shipyard.cliargs import reset_warnings
+
+    reset_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.key_file_path is not None:
+    args = _parse(parser, argv)
+    if getattr(args, "key_file_path", None) is not None:
         os.environ["SHIPYARD_MODEL_KEY_FILE"] = str(args.key_file_path)
     from shipyard.atomic import run_scratch
 

@@ -54,7 +54,9 @@ def run_demo(out_dir: Path, as_json: bool = False, epochs: int = 25, serve: bool
         print(json.dumps({"keras_accuracy": keras_accuracy, "rows": rows(manifest), "request": answer,
                           "report": str(dist / "report.html")}, indent=2))
     else:
-        print(f"Keras model: test accuracy {keras_accuracy:.2%} on {len(x_test)} held-out digits\n")
+        from shipyard.report.numbers import percent
+
+        print(f"Keras model: test accuracy {percent(keras_accuracy)} on {len(x_test)} held-out digits\n")
         print(render_manifest(manifest, dist))
         if answer:
             print(f"\nserved {answer['model']} on {answer['url']}: predicted {answer['predicted']} for a digit labelled "

@@ -65,8 +65,10 @@ class Localization:
         }
 
     def render(self) -> str:
+        from shipyard.report.numbers import plural
+
         lines = [f"layer-wise: {self.reference} vs {self.other}",
-                 f"  {self.matched} tensors matched, {len(self.checked)} checked in {self.runs} run(s)"]
+                 f"  {plural(self.matched, 'tensor')} matched, {len(self.checked)} checked in {plural(self.runs, 'run')}"]
         for r in self.checked:
             mark = "ok  " if r.diff.passed else "DIFF"
             how = r.pair.how + (f", {_DEQUANTIZED[r.dequantized]}" if r.dequantized else "")

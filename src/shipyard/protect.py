@@ -68,7 +68,7 @@ def read_key(path: Path | None = None, purpose: str = "this model is encrypted: 
     ``purpose``: what to say when there is none (reading an encrypted model, or encrypting one)."""
     path = path or (Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else None)
     if path is None:
-        raise UsageError(purpose, hint=f"--key-file KEY or ${KEY_ENV}=KEY (make one with: shipyard keygen KEY)")
+        raise UsageError(purpose, hint=f"--key-file KEY or ${KEY_ENV}=KEY (make one with: shipyard keygen -o KEY)")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -83,7 +83,7 @@ def read_key(path: Path | None = None, purpose: str = "this model is encrypted: 
             continue
         if len(key) == 32:
             return key
-    raise UsageError(f"{path}: not a 256-bit key (expected 32 bytes, raw, hex or base64)", hint="make one with: shipyard keygen KEY")
+    raise UsageError(f"{path}: not a 256-bit key (expected 32 bytes, raw, hex or base64)", hint="make one with: shipyard keygen -o KEY")
 
 
 # ---------------------------------------------------------------- encrypt / decrypt

@@ -25,6 +25,7 @@ import numpy as np
 
 from shipyard.errors import InputError, ShipyardError, UsageError
 from shipyard.model import Model, Signature, TensorSpec, tensor_name
+from shipyard.report.numbers import percent
 
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 Feeds = list[dict[str, np.ndarray]]
@@ -269,12 +270,12 @@ class Budget:
         if d.cosine < self.min_cosine:
             return f"{d.name}: cosine {d.cosine:.4f} < {self.min_cosine:g}"
         if not labelled and d.top1_agreement is not None and d.top1_agreement < self.min_agreement:
-            return (f"{d.name}: top-1 agreement {d.top1_agreement:.1%} < {self.min_agreement:.0%} "
+            return (f"{d.name}: top-1 agreement {percent(d.top1_agreement)} < {percent(self.min_agreement)} "
                     f"(ties within {TIE:.0%} of a row's range forgiven)")
         return None
 
     def describe(self) -> str:
-        return (f"top-1 agreement >= {self.min_agreement:.0%} and cosine >= {self.min_cosine:g} on every output "
+        return (f"top-1 agreement >= {percent(self.min_agreement)} and cosine >= {self.min_cosine:g} on every output "
                 f"(with labels: accuracy drop <= {self.max_accuracy_drop * 100:g} point(s) and cosine)")
 
     def to_json(self) -> dict:
@@ -325,11 +326,11 @@ class Verification:
     def summary(self) -> str:
         parts = []
         for d in self.outputs:
-            agree = f", top-1 {d.top1_agreement:.1%}" if d.top1_agreement is not None else ""
+            agree = f", top-1 {percent(d.top1_agreement)}" if d.top1_agreement is not None else ""
             parts.append(f"{d.name} cosine {d.cosine:.4f}{agree}")
         if self.accuracy is not None:
             a = self.accuracy
-            parts.append(f"accuracy {a['reference']:.2%} -> {a['candidate']:.2%}")
+            parts.append(f"accuracy {percent(a['reference'])} -> {percent(a['candidate'])}")
         return "; ".join(parts)
 
     def to_json(self) -> dict:
@@ -487,7 +488,7 @@ def judge(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], criterio
                              + ", ".join(f"{k} {list(np.shape(v))}" for k, v in ref.items()) + ")",
                              hint="give evaluation data without labels to judge by agreement with the float model")
         if accuracy["drop"] > criterion.max_accuracy_drop + 1e-12:
-            failures.append(f"accuracy {accuracy['reference']:.2%} -> {accuracy['candidate']:.2%} "
+            failures.append(f"accuracy {percent(accuracy['reference'])} -> {percent(accuracy['candidate'])} "
                             f"(drop {accuracy['drop'] * 100:.2f} points > {criterion.max_accuracy_drop * 100:g})")
     return Verification(criterion, outputs, pairs, failures, accuracy, samples)
 

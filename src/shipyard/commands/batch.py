@@ -9,7 +9,7 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("batch", help="run a model over a sharded dataset, locally or on Ray (resumable)")
     p.add_argument("model")
-    p.add_argument("--inputs", action="append", required=True, metavar="DATA",
+    p.add_argument("--inputs", "--input", "-i", action="append", required=True, metavar="DATA",
                    help="a glob of TFRecord (plain or gzip), Parquet, .npy or .npz files, or image folders; "
                         "one shard per file (folder); repeatable")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT/",

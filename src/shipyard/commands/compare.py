@@ -10,10 +10,10 @@ def register(sub) -> None:
     p.add_argument("models", nargs="+", help="reference model first, then the models to check against it")
     p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
                    help="TFRecord inputs: feed this Example feature to this model input")
-    p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
-                   help="inputs: FILE.npz (keys are input names), NAME=FILE.npy or FILE.npy; repeatable")
-    p.add_argument("--random", type=int, metavar="N", default=None,
-                   help="compare on N random samples (the dynamic batch dimension; default 1)")
+    from shipyard.cliargs import add_inputs, add_random
+
+    add_inputs(p, "inputs: FILE.npz (keys are input names), NAME=FILE.npy or FILE.npy")
+    add_random(p, "compare on N random samples (the dynamic batch dimension; the default, N: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
                    help="shape for a generated input whose shape is dynamic or unknown (TorchScript)")
@@ -39,21 +39,35 @@ def _fmt(v) -> str:
     return f"{v:.4g}"
 
 
+def _pct(v) -> str:
+    from shipyard.report.numbers import percent
+
+    return "-" if v is None else percent(v)
+
+
+def _err(v) -> str:
+    from shipyard.report.numbers import error
+
+    return error(v)
+
+
 def render(result) -> str:
+    from shipyard.report.numbers import verdict
+
     lines = [f"reference {result.reference} ({result.reference_backend})",
              "inputs " + ", ".join(f"{k}{v}" for k, v in result.inputs.items())]
     for cand in result.candidates:
-        lines.append(f"vs {cand.path} ({cand.backend}): {'PASS' if cand.passed else 'FAIL'}")
+        lines.append(f"vs {cand.path} ({cand.backend}): {verdict(cand.passed)}")
         for pair, d in zip(cand.pairs, cand.diffs):
             lines.append(f"  {pair.ref} <-> {pair.other} (by {pair.how})")
             lines.append(
-                f"    {'ok  ' if d.passed else 'FAIL'} max_abs {_fmt(d.max_abs)}  mean_abs {_fmt(d.mean_abs)}  "
-                f"max_rel {_fmt(d.max_rel)}  mean_rel {_fmt(d.mean_rel)}  cosine {_fmt(d.cosine)}  rel_l2 {_fmt(d.rel_l2)}  "
-                f"snr {_fmt(d.snr_db)} dB  argmax {_fmt(d.argmax_agreement)}  top5 {_fmt(d.topk_agreement)}  "
+                f"    {verdict(d.passed, ok='ok  ')} max_abs {_err(d.max_abs)}  mean_abs {_err(d.mean_abs)}  "
+                f"max_rel {_err(d.max_rel)}  mean_rel {_err(d.mean_rel)}  cosine {_fmt(d.cosine)}  rel_l2 {_fmt(d.rel_l2)}  "
+                f"snr {_fmt(d.snr_db)} dB  argmax {_pct(d.argmax_agreement)}  top5 {_pct(d.topk_agreement)}  "
                 f"nan/inf {d.nonfinite_ref}/{d.nonfinite_other}  (atol {d.atol:g}, rtol {d.rtol:g})")
             if d.shape_ref != d.shape_other:
                 lines.append(f"    shapes differ: {list(d.shape_ref)} vs {list(d.shape_other)}")
-    lines.append("PASS" if result.passed else "FAIL: " + ", ".join(
+    lines.append(verdict(True) if result.passed else verdict(False) + ": " + ", ".join(
         f"{d.name} ({c.path})" for c in result.candidates for d in c.diffs if not d.passed))
     return "\n".join(lines)
 
@@ -70,8 +84,10 @@ def cmd_compare(args) -> int:
         models = models * len(backends)
     if backends and len(backends) != len(models):
         raise UsageError(f"--backend names {len(backends)} backend(s) for {len(models)} model(s); give one per model")
-    if args.inputs and args.random is not None:
-        raise UsageError("give either --inputs or --random, not both")
+    from shipyard.cliargs import check_inputs_or_random, data_items, random_size
+
+    check_inputs_or_random(args)
+    args.inputs, args.random = data_items(args), random_size(args)
     html = check_output_path(args.html, *map(Path, models)) if args.html else None
     atol = Tolerance.parse(args.atol, 1e-4, "--atol")
     rtol = Tolerance.parse(args.rtol, 1e-3, "--rtol")

@@ -16,12 +16,12 @@ def register(sub) -> None:
                    help="c: a plain C program (TF C API only)")
     p.add_argument("--workflow", choices=["predict", "session"], default="predict",
                    help="session (tf): init or restore, train N steps, save a checkpoint, fetch outputs")
-    p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
-                   help="sample inputs: FILE.npz (keys are input names), NAME=FILE.npy or FILE.npy; "
-                        "default: random values")
+    from shipyard.cliargs import add_inputs, add_random
+
+    add_inputs(p, "sample inputs: FILE.npz (keys are input names), NAME=FILE.npy or FILE.npy; default: random values")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
                    help="shape of a generated input whose shape is dynamic or unknown")
-    p.add_argument("--batch", type=int, default=1, help="dynamic batch size of generated inputs")
+    add_random(p, "random sample inputs with a dynamic batch dimension of N (the default; N: 1)", batch_alias="cpp")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=10, help="session workflow: train steps the sample run takes")
     p.add_argument("--root", type=Path, metavar="DIR",
@@ -39,15 +39,23 @@ def register(sub) -> None:
 
 def cmd_cpp(args) -> int:
     from shipyard.atomic import atomic_path
+    from shipyard.cliargs import check_inputs_or_random, data_items, random_size
     from shipyard.cpp import build as builder
     from shipyard.cpp.targets import choose
     from shipyard.errors import UsageError
     from shipyard.sniff import open_model
 
+    check_inputs_or_random(args)
+    args.inputs, args.batch = data_items(args), random_size(args)  # the project generators read args.batch
     model = open_model(args.model)
     target = choose(args.runtime, model.format)
     if args.lang == "c" and target.name != "tf":
         raise UsageError(f"--lang c: the {target.name} runtime has a C++ API here; plain C is for --runtime tf")
+    if model.format == "tf-memmapped" and (args.lang == "c" or model.encrypted):
+        raise UsageError(f"{model.path}: a TF memory-mapped graph is loaded through TF's C++ MemmappedEnv, which maps "
+                         + ("the file itself: it cannot run an encrypted copy" if model.encrypted else
+                            "the file: the C API cannot set a session's Env, use --lang cpp"),
+                         hint=None if not model.encrypted else "generate for the frozen .pb the file was made from")
     if args.workflow == "session" and target.name != "tf":
         raise UsageError("--workflow session is the TensorFlow C API workflow: use --runtime tf")
     if model.format == "tf-checkpoint" and args.workflow != "session":
@@ -165,7 +173,9 @@ def render(report: dict) -> str:
     if check:
         ver = check.get("verification")
         if ver:
-            figures = ", ".join(f"{name} max abs error {d['max_abs']:.2e}" for name, d in ver["outputs"].items())
+            from shipyard.report.numbers import error
+
+            figures = ", ".join(f"{name} max abs error {error(d['max_abs'])}" for name, d in ver["outputs"].items())
             crit = ver["criterion"]
             lines.append(f"check PASS against Python: {figures} (atol {crit['atol']:g}, rtol {crit['rtol']:g})")
         lines.extend(check.get("lines", []))

@@ -10,10 +10,11 @@ def register(sub) -> None:
     p.add_argument("model")
     p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
                    help="TFRecord inputs: feed this Example feature to this model input")
-    p.add_argument("--inputs", "--input", "-i", action="append", default=[], metavar="DATA",
-                   help="inputs: FILE.npz, NAME=FILE.npy or FILE.npy (default: random)")
+    from shipyard.cliargs import add_inputs, add_random
+
+    add_inputs(p, "inputs: FILE.npz, NAME=FILE.npy or FILE.npy (default: random)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=1, help="dynamic batch size for random inputs")
+    add_random(p, "random inputs with a dynamic batch dimension of N (the default; N: 1)", batch_alias="dump")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
                    help="shape for a generated input whose shape is dynamic or unknown (TorchScript)")
     p.add_argument("--tensors", default="all", help="'all' or comma-separated tensor names")
@@ -37,7 +38,11 @@ def cmd_dump(args) -> int:
 
     if not args.list and args.output is None:
         raise UsageError("say where to write the tensors: -o dump.npz (or --list to list them)")
-    out = check_output_path(args.output, Path(args.model), *(i.rpartition("=")[2] for i in args.inputs)) if args.output else None
+    from shipyard.cliargs import check_inputs_or_random, data_items, random_size, split_list
+
+    check_inputs_or_random(args)
+    inputs = data_items(args)
+    out = check_output_path(args.output, Path(args.model), *(i.rpartition("=")[2] for i in inputs)) if args.output else None
     from shipyard.runtimes import open_runner
 
     with open_runner(args.model, args.backend, args.threads, intermediates=True) as source:
@@ -49,9 +54,9 @@ def cmd_dump(args) -> int:
                 for t in tensors:
                     print(f"{t.name}  ({t.op})")
             return 0
-        feeds = model_feeds(source.signature, args.inputs, args.seed, args.batch, parse_shapes(args.shape),
+        feeds = model_feeds(source.signature, inputs, args.seed, random_size(args), parse_shapes(args.shape),
                             parse_mapping(args.map))
-        names = None if args.tensors.strip() == "all" else [n.strip() for n in args.tensors.split(",") if n.strip()]
+        names = None if args.tensors.strip() == "all" else split_list(args.tensors)
         raw = dump_tensors(source, feeds, names)
         values, quantized = real_values(source, raw)  # int8/uint8 tensors dequantized before any figure
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
@@ -69,5 +74,7 @@ def cmd_dump(args) -> int:
             if name in quantized:
                 extra += f"  (dequantized {st['quantized']['dtype']}, {quantized[name].describe()})"
             print(f"{shown:<{width}}  {st['dtype']:<8} {st['shape']}{extra}")
-        print(f"{len(values)} tensors written to {out}")
+        from shipyard.report.numbers import plural
+
+        print(f"{plural(len(values), 'tensor')} written to {out}")
     return 0

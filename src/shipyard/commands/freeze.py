@@ -5,12 +5,16 @@ import json
 import time
 from pathlib import Path
 
+from shipyard.report.numbers import a as _a
+
 
 def register(sub) -> None:
     p = sub.add_parser("freeze", help="fold variables into constants: GraphDef/.meta + checkpoint, SavedModel or Keras -> frozen .pb")
     p.add_argument("model", help="GraphDef (.pb/.pbtxt), .meta, checkpoint prefix/directory, SavedModel or Keras file")
     p.add_argument("--checkpoint", help="checkpoint prefix, or a directory (its latest checkpoint) for a GraphDef")
-    p.add_argument("--outputs", help="comma-separated output node names (default: detected)")
+    from shipyard.cliargs import add_nodes
+
+    add_nodes(p, "output", "output node names, comma-separated (default: detected)", "freeze", old="--outputs")
     p.add_argument("--signature", help="SavedModel signature key (default: serving_default)")
     p.add_argument("-o", "--output", required=True, type=Path, help="frozen GraphDef to write (.pb; .pbtxt writes text)")
     p.add_argument("--no-verify", action="store_true")
@@ -22,15 +26,19 @@ def cmd_freeze(args) -> int:
     from shipyard.atomic import atomic_path, check_output_path
     from shipyard.convert.api import ConvertResult
     from shipyard.convert.freeze import LiveGraph
-    from shipyard.errors import UsageError
     from shipyard.data.random import random_feeds
+    from shipyard.errors import UsageError
     from shipyard.model import Model
+    from shipyard.report.numbers import plural
     from shipyard.report.text import render_verification
     from shipyard.sniff import open_model
     from shipyard.verify import Exact, VerificationError, verify
 
     src = open_model(args.model)
-    outputs = [o.strip() for o in args.outputs.split(",")] if args.outputs else None
+    from shipyard.cliargs import check_suffix, split_list
+
+    outputs = split_list(args.output_nodes) or None
+    check_suffix(args.output, "tf-graphdef")
     if src.format in ("keras", "tf-savedmodel") and not args.checkpoint:
         from shipyard.convert.api import convert_model
         from shipyard.convert.options import ConvertOptions
@@ -50,7 +58,7 @@ def cmd_freeze(args) -> int:
                 raise UsageError(f"{src.path}: no .meta next to the checkpoint; give the GraphDef and --checkpoint")
             live = LiveGraph(None, Path(args.checkpoint) if args.checkpoint else src.path, src.extras["meta"])
         else:
-            raise UsageError(f"{src.path}: a {src.format} model has no variables to freeze")
+            raise UsageError(f"{src.path}: {_a(src.format)} model has no variables to freeze")
         out = check_output_path(args.output, src.path)
         start = time.perf_counter()
         try:
@@ -74,7 +82,7 @@ def cmd_freeze(args) -> int:
         finally:
             live.close()
         result = ConvertResult(src, artifact, [src.format, "tf-graphdef (frozen)"], seconds, verification,
-                               [f"kept {len(frozen.node)} nodes for outputs {', '.join(outputs)}; devices cleared"])
+                               [f"kept {plural(len(frozen.node), 'node')} for outputs {', '.join(outputs)}; devices cleared"])
         if verification is not None and not verification.passed:
             raise VerificationError(str(artifact.path), verification, result=result)
     print(json.dumps(result.to_json(), indent=2) if args.json else render_verification(result))

@@ -26,5 +26,7 @@ def cmd_graph(args) -> int:
         print(json.dumps(info, indent=2))
     else:
         collapsed = f", collapsed to {info['drawn_nodes']} at depth {info['depth']}" if info["depth"] else ""
-        print(f"{info['nodes']} nodes{collapsed} drawn to {info['output_file']}")
+        from shipyard.report.numbers import plural
+
+        print(f"{plural(info['nodes'], 'node')}{collapsed} drawn to {info['output_file']}")
     return 0

@@ -1,6 +1,7 @@
 """`shipyard keygen / encrypt / decrypt`: authenticated encryption of model files."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -8,7 +9,8 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("keygen", help="write a new random 256-bit model key (mode 0600)")
-    p.add_argument("key", type=Path)
+    p.add_argument("-o", "--output", type=Path, metavar="KEY", help="the key file to write (never overwritten)")
+    p.add_argument("key", type=Path, nargs="?", help=argparse.SUPPRESS)  # the old spelling: keygen KEY
     p.set_defaults(func=cmd_keygen)
     p = sub.add_parser("encrypt", help="encrypt a model (AES-256-GCM); every shipyard loader reads it with the key")
     p.add_argument("model")
@@ -23,9 +25,18 @@ def register(sub) -> None:
 
 
 def cmd_keygen(args) -> int:
+    from shipyard.cliargs import deprecated
+    from shipyard.errors import UsageError
     from shipyard.protect import generate_key
 
-    print(f"wrote a new key to {generate_key(args.key)} (readable by you only; keep it out of version control)")
+    if args.key is not None:
+        if args.output is not None:
+            raise UsageError("give the key file once: shipyard keygen -o KEY")
+        deprecated("keygen KEY", "keygen -o KEY")
+    out = args.output or args.key
+    if out is None:
+        raise UsageError("say where to write the key: shipyard keygen -o KEY")
+    print(f"wrote a new key to {generate_key(out)} (readable by you only; keep it out of version control)")
     return 0
 
 

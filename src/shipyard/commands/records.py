@@ -1,6 +1,7 @@
 """`shipyard records`: count, index, look into and write TFRecord files (no TensorFlow)."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -27,10 +28,13 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
     w = rsub.add_parser("write", help="write Examples from a .npz (one feature per array) or a folder of images")
-    w.add_argument("output", type=Path)
-    src = w.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-npz", type=Path, help="arrays whose first dimension is the record number")
-    src.add_argument("--images", type=Path, help="a folder of images; sub-folder names become integer labels")
+    w.add_argument("source", type=Path, nargs="?", metavar="DATA",
+                   help="a .npz (arrays whose first dimension is the record number: one feature per array) or a folder "
+                        "of images (sub-folder names become integer labels)")
+    w.add_argument("-o", "--output", type=Path, metavar="OUT.tfrecord", help="the TFRecord file to write")
+    # the old spelling: records write OUT --from-npz IN | --images DIR
+    w.add_argument("--from-npz", type=Path, help=argparse.SUPPRESS)
+    w.add_argument("--images", type=Path, help=argparse.SUPPRESS)
     w.add_argument("--gzip", action="store_true", help="GZIP-compress the file")
     w.add_argument("--json", action="store_true")
     w.set_defaults(func=cmd_write)
@@ -61,18 +65,20 @@ def _preview(values: list, count: int, shown: int = 3) -> str:
 
 def cmd_count(args) -> int:
     from shipyard.records import count
+    from shipyard.report.numbers import plural
 
     n, how = count(args.file)
-    print(json.dumps({"file": str(args.file), "records": n, "counted_by": how}) if args.json else f"{n} records ({how})")
+    print(json.dumps({"file": str(args.file), "records": n, "counted_by": how}) if args.json else f"{plural(n, 'record')} ({how})")
     return 0
 
 
 def cmd_index(args) -> int:
     from shipyard.records import read_index, write_index
+    from shipyard.report.numbers import plural
 
     out = write_index(args.file)
     n = len(read_index(args.file) or [])
-    print(json.dumps({"index": str(out), "records": n}) if args.json else f"indexed {n} records -> {out}")
+    print(json.dumps({"index": str(out), "records": n}) if args.json else f"indexed {plural(n, 'record')} -> {out}")
     return 0
 
 
@@ -113,6 +119,24 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _write_paths(args) -> tuple[Path, Path | None, Path | None]:
+    """(OUT, npz, image folder) from ``records write DATA -o OUT`` or the old ``records write OUT
+    --from-npz IN`` / ``--images DIR`` (which still works, with a deprecation line)."""
+    from shipyard.cliargs import deprecated
+    from shipyard.errors import UsageError
+
+    old = args.from_npz or args.images
+    if old is not None:
+        if args.output is not None or args.source is None or (args.from_npz and args.images):
+            raise UsageError("give the data first and the file to write with -o: records write DATA -o OUT.tfrecord")
+        flag = "--from-npz" if args.from_npz else "--images"
+        deprecated(f"records write OUT {flag} IN", "records write IN -o OUT")
+        return args.source, args.from_npz, args.images
+    if args.source is None or args.output is None:
+        raise UsageError("records write needs DATA and -o OUT.tfrecord (DATA: a .npz or a folder of images)")
+    return args.output, (None if args.source.is_dir() else args.source), (args.source if args.source.is_dir() else None)
+
+
 def cmd_write(args) -> int:
     import numpy as np
 
@@ -120,9 +144,12 @@ def cmd_write(args) -> int:
     from shipyard.atomic import check_output_path
     from shipyard.errors import InputError
     from shipyard.records import write_records
+    from shipyard.report.numbers import plural
 
-    out = check_output_path(args.output, args.from_npz, args.images)
-    if args.from_npz:
+    out, npz, images = _write_paths(args)
+    out = check_output_path(out, npz, images)
+    args.from_npz = npz
+    if npz:
         try:
             arrays = dict(np.load(args.from_npz, allow_pickle=False))
         except (OSError, ValueError) as exc:
@@ -135,12 +162,12 @@ def cmd_write(args) -> int:
     else:
         from shipyard.data.images import image_files
 
-        files, labels = image_files(args.images)  # the files and labels an image-folder source would read
+        files, labels = image_files(images)  # the files and labels an image-folder source would read
         records = (tf_example.encode({
             "image/encoded": p.read_bytes(), "image/filename": p.name.encode(),
             **({"image/class/label": np.array([labels[i]])} if labels is not None else {}),
         }) for i, p in enumerate(files))
     written = write_records(out, records, compressed=args.gzip)
     print(json.dumps({"output": str(out), "records": written, "gzip": args.gzip}) if args.json
-          else f"wrote {written} records -> {out}{' (gzip)' if args.gzip else ''}")
+          else f"wrote {plural(written, 'record')} -> {out}{' (gzip)' if args.gzip else ''}")
     return 0

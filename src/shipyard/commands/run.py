@@ -5,18 +5,21 @@ import json
 import time
 from pathlib import Path
 
+from shipyard.report.numbers import a as _a
+
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run one inference and print output statistics")
     p.add_argument("model")
-    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="an input array (.npy), or a .npz whose keys are input names; repeatable")
+    from shipyard.cliargs import add_inputs, add_random
+
+    add_inputs(p, "inputs: FILE.npz (keys are input names), NAME=FILE.npy, FILE.npy, a TFRecord or a folder of images")
     p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
                    help="TFRecord input: feed this Example feature to this model input")
-    p.add_argument("--random", action="store_true", help="generate random inputs (the default when no --input)")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,..",
                    help="shape for a generated input whose shape is dynamic or unknown")
-    p.add_argument("--batch", type=int, default=1, help="size of a dynamic batch dimension for generated inputs")
+    add_random(p, "random inputs with a dynamic batch dimension of N (the default when no --inputs; N: 1)",
+               batch_alias="run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--signature", help="SavedModel signature key to run (default: serving_default)")
     p.add_argument("--backend", help="onnxruntime, litert, tensorflow or torch (default: the format's own)")
@@ -31,12 +34,15 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from shipyard.atomic import atomic_path, check_output_path
+    from shipyard.cliargs import check_inputs_or_random, data_items, random_size
     from shipyard.data.random import random_feeds
     from shipyard.feeds import load_feeds, parse_mapping, parse_shapes
     from shipyard.report.text import array_stats, render_outputs
     from shipyard.runtimes import open_runner
 
-    out_path = check_output_path(args.output, Path(args.model), *(i.rpartition("=")[2] for i in args.input)) if args.output else None
+    check_inputs_or_random(args)
+    inputs = data_items(args)
+    out_path = check_output_path(args.output, Path(args.model), *(i.rpartition("=")[2] for i in inputs)) if args.output else None
     options = {}
     if args.signature is not None:
         from shipyard.errors import UsageError
@@ -44,14 +50,14 @@ def cmd_run(args) -> int:
 
         model = as_model(args.model)
         if model.format != "tf-savedmodel" or args.backend not in (None, "tensorflow", "tf"):
-            raise UsageError(f"--signature chooses a SavedModel signature; {args.model} is a {model.format} model"
+            raise UsageError(f"--signature chooses a SavedModel signature; {args.model} is {_a(model.format)} model"
                              + (f" run on {args.backend}" if args.backend else ""))
         options["signature_key"] = args.signature
     with open_runner(args.model, backend=args.backend, threads=args.threads, **options) as runner:
-        if args.input:
-            feeds = load_feeds(args.input, runner.signature, parse_mapping(args.map))
+        if inputs:
+            feeds = load_feeds(inputs, runner.signature, parse_mapping(args.map))
         else:
-            feeds = random_feeds(runner.signature, args.seed, args.batch, parse_shapes(args.shape))
+            feeds = random_feeds(runner.signature, args.seed, random_size(args), parse_shapes(args.shape))
         start = time.perf_counter()
         outputs = runner.run(feeds)
         latency = (time.perf_counter() - start) * 1e3

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from shipyard.report.numbers import a as _a
+
 
 class _Step(argparse.Action):
     """Keep --restore/--init/--run/--fetch/--save in the order they were given."""
@@ -19,7 +21,11 @@ def register(sub) -> None:
     p = sub.add_parser("session", help="train and predict from a graph file, as a C/C++ program would")
     p.add_argument("graph", help="GraphDef (.pb/.pbtxt) or .meta, with its init/train/saver ops")
     p.add_argument("--list", action="store_true", help="show the init op, train ops, saver tensors, inputs and outputs")
-    p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy", help="fed to every run and fetch")
+    from shipyard.cliargs import Deprecated
+
+    p.add_argument("--inputs", "--input", "-i", dest="feed", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="fed to every run and fetch (comma-separated or repeated)")
+    p.add_argument("--feed", dest="feed", action=Deprecated, new="--inputs", where="session")
     p.add_argument("--restore", action=_Step, metavar="CKPT", help="restore variables from a checkpoint prefix or directory")
     p.add_argument("--init", action=_Step, nargs=0, help="run the init op")
     p.add_argument("--restore-or-init", action=_Step, metavar="DIR", help="restore DIR's latest checkpoint if there is one, else init")
@@ -35,20 +41,22 @@ def cmd_session(args) -> int:
     import numpy as np
 
     from shipyard.atomic import atomic_path, check_output_path
-    from shipyard.errors import UsageError
     from shipyard.data.arrays import load_array
+    from shipyard.errors import UsageError
     from shipyard.session import GraphSession
     from shipyard.sniff import open_model
 
     model = open_model(args.graph)
     if model.format not in ("tf-graphdef", "tf-checkpoint"):
-        raise UsageError(f"{args.graph}: a {model.format} model; the session workflow needs a GraphDef or .meta")
+        raise UsageError(f"{args.graph}: {_a(model.format)} model; the session workflow needs a GraphDef or .meta")
     out = check_output_path(args.output, model.path) if args.output else None
     feeds = {}
-    for item in args.feed:
+    from shipyard.cliargs import split_list
+
+    for item in split_list(args.feed):
         name, sep, file = item.partition("=")
         if not sep:
-            raise UsageError(f"--feed {item}: expected NAME=FILE.npy")
+            raise UsageError(f"--inputs {item}: expected NAME=FILE.npy")
         feeds[name] = load_array(Path(file))
     sess = GraphSession(model)
     try:

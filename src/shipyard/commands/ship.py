@@ -13,8 +13,12 @@ def register(sub) -> None:
                                      "with --optimize onnx,tflite)")
     p.add_argument("--quantize", default="none", help="none, weights, dynamic, static or float16")
     p.add_argument("--calibration", metavar="DATA", help="calibration data: .npz/.npy, TFRecord or a folder of images")
-    p.add_argument("--inputs", metavar="DATA", help="evaluation data (labels in it give accuracy); default: calibration")
-    p.add_argument("--outputs", help="comma-separated output names (default: detected, training outputs left out)")
+    p.add_argument("--inputs", "--input", "-i", metavar="DATA",
+                   help="evaluation data (labels in it give accuracy); default: calibration")
+    from shipyard.cliargs import add_nodes
+
+    add_nodes(p, "output", "output node names, comma-separated (default: detected, training outputs left out)", "ship",
+              old="--outputs")
     p.add_argument("--checkpoint", help="checkpoint prefix or directory for a GraphDef with variables")
     p.add_argument("--samples", type=int, default=64, help="evaluation samples (default 64)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per artifact (default 30)")
@@ -47,11 +51,13 @@ def cmd_ship(args) -> int:
 
     if (args.engines or args.precisions) and not args.optimize:
         raise UsageError("--engines and --precisions need --optimize")
+    from shipyard.cliargs import split_list
+
     targets = args.targets or ("onnx,tflite" if args.optimize else "onnx,tflite,tfjs")
     req = ShipRequest(
         model=args.model, out=args.output, targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
         quantize=args.quantize, calibration=args.calibration, inputs=args.inputs,
-        outputs=[o.strip() for o in args.outputs.split(",")] if args.outputs else None,
+        outputs=split_list(args.output_nodes) or None,
         checkpoint=args.checkpoint, samples=args.samples, bench_runs=args.runs, threads=args.threads, name=args.name,
         budget=Budget.parse(args.accuracy_budget), allow_degraded=args.allow_degraded, optimize=args.optimize,
         engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else None,

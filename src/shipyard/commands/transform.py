@@ -10,8 +10,10 @@ def register(sub) -> None:
     p.add_argument("--transforms", "-t", metavar="SPEC",
                    help="e.g. 'strip_unused_nodes(type=float, shape=\"1,224,224,3\") fold_constants(ignore_errors=true) fold_batch_norms'")
     p.add_argument("-o", "--output", help="where to write the transformed model (.pbtxt writes a text GraphDef)")
-    p.add_argument("--inputs", action="append", metavar="NAMES", help="input node names (default: detected)")
-    p.add_argument("--outputs", action="append", metavar="NAMES", help="output node names (default: detected)")
+    from shipyard.cliargs import add_nodes
+
+    add_nodes(p, "input", "input node names, comma-separated (default: detected)", "transform", old="--inputs")
+    add_nodes(p, "output", "output node names, comma-separated (default: detected)", "transform", old="--outputs")
     p.add_argument("--list", action="store_true", help="list every transform with its parameters")
     p.add_argument("--no-verify", action="store_true", help="skip running both models to compare them")
     p.add_argument("--force", action="store_true", help="write the result even if verification fails")
@@ -35,8 +37,8 @@ def cmd_transform(args) -> int:
                          hint="shipyard transform --list shows the transforms")
     from shipyard.passes.pipeline import check_inputs_outputs, transform_model
 
-    result = transform_model(args.model, args.transforms, args.output, check_inputs_outputs(args.inputs),
-                             check_inputs_outputs(args.outputs), verify=not args.no_verify, force=args.force)
+    result = transform_model(args.model, args.transforms, args.output, check_inputs_outputs(args.input_nodes),
+                             check_inputs_outputs(args.output_nodes), verify=not args.no_verify, force=args.force)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))
     else:
@@ -55,6 +57,7 @@ def render_listing(items: list[dict]) -> str:
 
 
 def render_result(r) -> str:
+    from shipyard.report.numbers import error, percent
     from shipyard.report.text import human_bytes
 
     b, a = r.before, r.after
@@ -67,8 +70,8 @@ def render_result(r) -> str:
     for note in r.notes:
         lines.append(f"  note    {note}")
     for d in r.verification:
-        agree = f", top-1 agreement {d['argmax_agreement']:.3f}" if d.get("argmax_agreement") is not None else ""
-        lines.append(f"  verify  {d['name']}: max abs {d['max_abs']:.3g}, mean abs {d['mean_abs']:.3g}, "
+        agree = f", top-1 agreement {percent(d['argmax_agreement'])}" if d.get("argmax_agreement") is not None else ""
+        lines.append(f"  verify  {d['name']}: max abs {error(d['max_abs'])}, mean abs {error(d['mean_abs'])}, "
                      f"cosine {d['cosine']:.6f}{agree}")
     if r.verified is not None:
         lines.append("  result  " + ("matches the original" if r.verified else "DOES NOT match the original (--force)"))

@@ -121,8 +121,8 @@ def transform_model(path: str | Path, spec: str, out: str | Path, inputs: list[s
 
 def _verify(model: Model, candidate: Model, result: TransformResult, lossy: bool, samples: int, seed: int,
             force: bool) -> None:
-    from shipyard.errors import InputError
     from shipyard.data.random import random_feeds
+    from shipyard.errors import InputError
     from shipyard.runtimes import open_runner
     from shipyard.verify import Budget, Exact, VerificationError, verify
 
@@ -153,5 +153,5 @@ def check_inputs_outputs(items: list[str] | None) -> list[str] | None:
         return None
     names = [n.strip() for item in items for n in item.split(",") if n.strip()]
     if not names:
-        raise UsageError("--inputs/--outputs need node names")
+        raise UsageError("--input-nodes/--output-nodes need node names")
     return names

@@ -44,9 +44,11 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def _table(header: list[str], rows: list[list]) -> str:
+    from shipyard.report.numbers import figure
+
     def cell(v):
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return figure(v)  # the one number style: 13630, not 1.363e+04
         return html.escape(str(v)) if v is not None else "-"
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -109,12 +111,15 @@ def _finite(v):
 
 
 def compare_page(result) -> str:
+    from shipyard.report.numbers import error, percent
+
     plt = _pyplot()
     verdict = "<p class='ok'>PASS</p>" if result.passed else "<p class='fail'>FAIL</p>"
     body = [f"<p>reference {html.escape(result.reference)} ({result.reference_backend})</p>", verdict]
     for c in result.candidates:
-        rows = [[f"{p.ref} / {p.other} ({p.how})", "ok" if d.passed else "FAIL", d.max_abs, d.mean_abs, d.max_rel,
-                 d.cosine, _finite(d.snr_db), d.argmax_agreement, d.topk_agreement, d.nonfinite]
+        rows = [[f"{p.ref} / {p.other} ({p.how})", "ok" if d.passed else "FAIL", error(d.max_abs), error(d.mean_abs),
+                 error(d.max_rel), d.cosine, _finite(d.snr_db), percent(d.argmax_agreement), percent(d.topk_agreement),
+                 d.nonfinite]
                 for p, d in zip(c.pairs, c.diffs)]
         body += [f"<h2>{html.escape(c.path)} ({c.backend})</h2>",
                  _table(["output pair", "verdict", "max abs", "mean abs", "max rel", "cosine", "SNR dB",
@@ -143,7 +148,9 @@ def layerwise_page(loc) -> str:
     ax.set_ylabel("max absolute error")
     rows = [[r.pair.ref, r.op, r.pair.how, "ok" if r.diff.passed else "DIFF", r.diff.max_abs, r.diff.cosine]
             for r in loc.checked]
-    body = [(f"<p>{html.escape(loc.reference)} vs {html.escape(loc.other)}: {loc.matched} tensors matched, "
-            f"{len(loc.checked)} checked in {loc.runs} runs</p>"), head, f"<figure>{_svg(fig)}</figure>",
+    from shipyard.report.numbers import plural
+
+    body = [(f"<p>{html.escape(loc.reference)} vs {html.escape(loc.other)}: {plural(loc.matched, 'tensor')} matched, "
+            f"{len(loc.checked)} checked in {plural(loc.runs, 'run')}</p>"), head, f"<figure>{_svg(fig)}</figure>",
             _table(["tensor", "op", "matched by", "verdict", "max abs", "cosine"], rows)]
     return _page("shipyard compare --layerwise", body)

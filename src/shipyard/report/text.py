@@ -3,24 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from shipyard.report import numbers
 from shipyard.summary import Summary
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-def human_count(n: float | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f}"
+# The one home of number formatting is report/numbers.py; these names stay for their callers.
+human_bytes = numbers.size
+human_count = numbers.count
 
 
 def _shape(shape) -> str:
@@ -49,7 +37,7 @@ def render_summary(s: Summary) -> str:
     uncounted = s.details.get("flops_uncounted_ops")
     if uncounted:
         lines.append("             not counted: " + ", ".join(f"{k} x{v}" for k, v in uncounted.items()))
-    lines.append(f"  ops        {s.node_count} nodes, {len(s.ops)} types")
+    lines.append(f"  ops        {numbers.plural(s.node_count, 'node')}, {numbers.plural(len(s.ops), 'type')}")
     items = [f"{op} {n}" for op, n in s.ops.items()]
     for i in range(0, len(items), 6):
         lines.append("    " + ", ".join(items[i : i + 6]))
@@ -113,9 +101,9 @@ def render_verification(result) -> str:
     if v is None:
         lines.append(f"  verified   no ({skipped[0] if skipped else '--no-verify'})")
         return "\n".join(lines)
-    lines.append(f"  verified   {'yes' if v.passed else 'NO'} against the source on the same inputs")
+    lines.append(f"  verified   {numbers.verdict(v.passed, ok='yes', bad='NO')} against the source on the same inputs")
     for p, d in zip(v.pairing, v.outputs):
-        agree = f"  top-1 agreement {d.argmax_agreement:.0%}" if d.argmax_agreement is not None else ""
-        lines.append(f"    {p.ref} ~ {p.other}: max abs {d.max_abs:.3g}  max rel {d.max_rel:.3g}  "
-                     f"cosine {d.cosine:.7f}{agree}{'' if d.passed else '  OUT OF TOLERANCE'}")
+        agree = f"  top-1 agreement {numbers.percent(d.argmax_agreement)}" if d.argmax_agreement is not None else ""
+        lines.append(f"    {p.ref} ~ {p.other}: max abs {numbers.error(d.max_abs)}  max rel {numbers.error(d.max_rel)}  "
+                     f"cosine {d.cosine:.7f}{agree}{'' if d.passed else '  ' + numbers.paint('OUT OF TOLERANCE', 'fail')}")
     return "\n".join(lines)

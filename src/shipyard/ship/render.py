@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shipyard.report.text import human_bytes
+from shipyard.report.numbers import error, percent
+from shipyard.report.numbers import size as human_bytes
 
 
 def rows(manifest) -> list[dict]:
@@ -30,13 +31,13 @@ def render_manifest(manifest, out_dir: Path) -> str:
     acc = manifest.reference.get("accuracy")
     lines = [f"shipped {manifest.source['path']} ({manifest.source['format']}) -> {out_dir}/",
              f"reference: {manifest.reference.get('model')}, {manifest.reference.get('samples')} samples"
-             + (f", accuracy {acc:.2%}" if acc is not None else " (no labels: agreement with the reference only)"),
+             + (f", accuracy {percent(acc)}" if acc is not None else " (no labels: agreement with the reference only)"),
              "",
              f"{'artifact':<14} {'quant':<22} {'size':>9} {'accuracy':>9} {'top-1 agr':>9} {'max |err|':>10} {'p50 ms':>8} {'x float':>8}"]
     for r in rows(manifest):
-        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        lines.append(f"{r['artifact']:<14} {r['quantization'][:22]:<22} {human_bytes(r['size']):>9} {fmt(r['accuracy'], '.2%'):>9} "
-                     f"{fmt(r['top1_agreement'], '.1%'):>9} {fmt(r['max_abs'], '.2e'):>10} {fmt(r['p50_ms'], '.3f'):>8} "
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)
+        lines.append(f"{r['artifact']:<14} {r['quantization'][:22]:<22} {human_bytes(r['size']):>9} {percent(r['accuracy']):>9} "
+                     f"{percent(r['top1_agreement']):>9} {error(r['max_abs']):>10} {fmt(r['p50_ms'], '.3f'):>8} "
                      f"{fmt(r['latency_ratio'], '.2f'):>8}")
     for a in manifest.rejected:
         lines.append(f"{a.name:<14} NOT SHIPPED: missed the accuracy budget ({'; '.join(a.failures)})")

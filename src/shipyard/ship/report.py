@@ -26,6 +26,7 @@ def _graph_svg(pipeline) -> str:
 
 
 def write_report(pipeline) -> None:
+    from shipyard.report import numbers
     from shipyard.report.html import _page, _pyplot, _svg, _table, write_page
 
     manifest = pipeline.manifest
@@ -36,9 +37,10 @@ def write_report(pipeline) -> None:
             "<h2>Pipeline</h2>",
             _table(["step", "status", "seconds"], [[s["step"], s["status"], s["seconds"]] for s in manifest.steps]),
             "<h2>Artifacts</h2>",
-            _table(["artifact", "format", "quantization", "size (KB)", "accuracy", "top-1 agreement", "max |err|", "p50 ms", "x float"],
-                   [[r["artifact"], r["format"], r["quantization"], r["size"] / 1024, r["accuracy"], r["top1_agreement"],
-                     r["max_abs"], r["p50_ms"], r["latency_ratio"]] for r in table])]
+            _table(["artifact", "format", "quantization", "size", "accuracy", "top-1 agreement", "max |err|", "p50 ms", "x float"],
+                   [[r["artifact"], r["format"], r["quantization"], numbers.size(r["size"]), numbers.percent(r["accuracy"]),
+                     numbers.percent(r["top1_agreement"]), numbers.error(r["max_abs"]), r["p50_ms"], r["latency_ratio"]]
+                    for r in table])]
     plt = _pyplot()
     names = [r["artifact"] for r in table]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -54,9 +56,9 @@ def write_report(pipeline) -> None:
         opt = manifest.optimize
         body += [f"<h2>Optimize for {opt['objective']} ({opt['threads']} thread(s))</h2>",
                  f"<p>{html.escape(opt['why'])}</p>",
-                 _table(["", "artifact", "precision", "engine", "threads", "p50 ms", "per s", "size (KB)", "verdict"],
+                 _table(["", "artifact", "precision", "engine", "threads", "p50 ms", "per s", "size", "verdict"],
                         [["*" if c["chosen"] else "", c["artifact"], c["precision"], c["engine"], c["threads"], c["p50_ms"],
-                          c["throughput_per_s"], c["size_bytes"] / 1024,
+                          c["throughput_per_s"], numbers.size(c["size_bytes"]),
                           "chosen" if c["chosen"] else (c["reason"] or "ok")] for c in opt["candidates"]])]
     body += ["<h2>Accuracy and latency</h2>", f"<figure>{_svg(fig)}</figure>",
              "<h2>Graph</h2>", _graph_svg(pipeline)]
