@@ -11,23 +11,10 @@ from typing import Any, Union
 
 Dim = Union[int, str]  # a static size, -1 for an unknown size, or a symbol such as "batch"
 
-FORMATS = (
-    "onnx",
-    "tflite",
-    "tf-graphdef",
-    "tf-checkpoint",
-    "tf-savedmodel",
-    "keras",
-    "torchscript",
-    "tfjs",
-    "torch-checkpoint",  # torch.save state_dict / checkpoint, .safetensors: weights, no program
-    "torch-export",      # torch.export.save (.pt2): an ATen graph with its weights
-)
-
 
 def tensor_name(name: str) -> str:
     """Canonical tensor name: ``"x:0"`` and ``"x"`` both mean output 0 of node ``x``."""
-    return name[:-2] if name.endswith(":0") else name
+    return name.removesuffix(":0")
 
 
 @dataclass(frozen=True)

@@ -100,24 +100,12 @@ def tflite_ops(model: Model) -> OpsReport:
 
 
 def _graph_def_bytes(model: Model) -> bytes:
-    """A GraphDef (with its function library) for any TensorFlow-side format."""
-    from shipyard.formats import tf_graph, tf_saved
+    """A GraphDef (with its function library) for any TensorFlow-side format (``graph`` in the format registry)."""
+    from shipyard.formats import handler, registry
 
-    if model.format == "tf-graphdef":
-        return tf_graph.load(model)[0].SerializeToString()
-    if model.format == "tf-savedmodel":
-        return tf_saved.serving_meta(model).graph_def.SerializeToString()
-    if model.format == "tf-checkpoint":
-        from shipyard.formats import tf_checkpoint
-
-        graph_def, _ = tf_checkpoint.meta_graph(model)
-        if graph_def is not None:
-            return graph_def.SerializeToString()
-    if model.format == "keras":
-        from shipyard.formats import keras
-
-        return keras.frozen_graph_def(model, named=False).SerializeToString()
-    raise _wrong_format(model, "tf", "TensorFlow")
+    if not registry.get(model.format).graph:
+        raise _wrong_format(model, "tf", "TensorFlow")
+    return handler(model.format).graph_def(model).SerializeToString()
 
 
 def tf_ops(model: Model) -> OpsReport:

@@ -11,10 +11,13 @@ import zipfile
 from pathlib import Path
 
 from shipyard.errors import ModelFormatError
+from shipyard.formats.registry import FORMATS
+from shipyard.formats.tf_memmapped import SUFFIX as MEMMAPPED_SUFFIX
+from shipyard.formats.tf_memmapped import looks_memmapped
 from shipyard.formats.tf_protos import looks_like_text_proto
 from shipyard.formats.torch_checkpoint import LEGACY_MAGIC, is_safetensors
 from shipyard.formats.torch_export import is_export_archive
-from shipyard.model import FORMATS, Model
+from shipyard.model import Model
 
 _HEAD = 512
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -67,6 +70,10 @@ def _sniff_file(path: Path, head: bytes, tail: bytes, size: int) -> Model:
         ckpt = _checkpoint_from_prefix(_checkpoint_prefix_of(path))
         if ckpt is not None:
             return ckpt
+    # Before ONNX/GraphDef: it starts with raw weights or a GraphDef. It has no magic number, so a
+    # damaged one is known by its name (its parser then says what is wrong).
+    if looks_memmapped(path, tail, size) or (path.suffix == MEMMAPPED_SUFFIX and not _looks_like_onnx(head)):
+        return Model("tf-memmapped", path)
     if _looks_like_onnx(head):
         return Model("onnx", path)
     if head.startswith(LEGACY_MAGIC) or is_safetensors(head, size):

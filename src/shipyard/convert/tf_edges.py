@@ -333,3 +333,22 @@ def tflite_to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
     with atomic_path(out) as tmp:
         tmp.write_bytes(proto.SerializeToString())
     return Model("onnx", out)
+
+
+# ---------------------------------------------------------------- GraphDef -> TF memmapped
+
+
+def graphdef_to_memmapped(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    """TF's memory-mapped graph format (``convert_graphdef_memmapped_format``), written by shipyard."""
+    from shipyard.convert.memmapped_writer import memmapped_bytes
+    from shipyard.formats.tf_freeze import prune_for_inference
+
+    graph_def, _ = tf_graph.load(src)
+    if opts.outputs:
+        graph_def = prune_for_inference(graph_def, output_names(graph_def, opts))
+    data, converted = memmapped_bytes(graph_def, opts.memmap_min_bytes)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    opts.note(f"{converted} constants memory-mapped as ImmutableConst regions "
+              f"(those of at least {opts.memmap_min_bytes} bytes); load it with tensorflow::MemmappedEnv")
+    return Model("tf-memmapped", out)

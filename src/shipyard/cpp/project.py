@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shipyard.cpp.targets import Target
+from shipyard.cpp.targets import MEMMAPPED_SUFFIX, MEMMAPPED_TEMPLATE, Target
 from shipyard.model import Model, Signature, TensorSpec, tensor_name
 
 MANIFEST = "shipyard-cpp.json"
@@ -119,7 +119,8 @@ def write_inputs(folder: Path, feeds: dict[str, np.ndarray], files: dict[str, st
 
 def copy_model(model: Model, dest: Path, target: Target) -> str:
     """Copy the model file into the project (an encrypted model stays encrypted)."""
-    name = "model" + target.suffix + (".enc" if model.encrypted else "")
+    suffix = MEMMAPPED_SUFFIX if model.format == "tf-memmapped" else target.suffix
+    name = "model" + suffix + (".enc" if model.encrypted else "")
     shutil.copyfile(model.path, dest / name)
     return name
 
@@ -146,12 +147,16 @@ def generate_predict(model: Model, target: Target, signature: Signature, feeds: 
         "NUM_OUTPUTS": str(len(signature.outputs)),
         "MAIN": main,
     }
-    (dest / main).write_text(fill(template(target.template), values))
+    memmapped = model.format == "tf-memmapped"
+    (dest / main).write_text(fill(template(MEMMAPPED_TEMPLATE if memmapped else target.template), values))
     write_headers(dest, target, model.encrypted)
     project = Project(target, model_file, "run_model", in_files, out_files, model.encrypted, lang=lang)
     (dest / "CMakeLists.txt").write_text(cmake_lists(target, project, main))
     write_inputs(dest / "inputs", feeds, in_files)
-    write_readme(dest, model, project, main)
+    notes = ("\nThe model is TensorFlow's memory-mapped graph format: the program uses TensorFlow's C++ API "
+             "(`tensorflow::MemmappedEnv` maps the file, `ImmutableConst` nodes read the weights in place) from the "
+             "headers and libraries the tensorflow wheel ships.\n" if memmapped else "")
+    write_readme(dest, model, project, main, notes)
     write_manifest(dest, project)
     return project
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shipyard.errors import UsageError
+from shipyard.report.numbers import a as _a
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,16 @@ class Target:
 
 TARGETS = {
     "torch": Target("torch", "torch", ("torchscript",), "torch_main.cpp", "TORCH_ROOT", ".pt"),
-    "tf": Target("tf", "tensorflow", ("tf-graphdef", "tf-checkpoint"), "tf_main.c", "TENSORFLOW_ROOT", ".pb"),
+    "tf": Target("tf", "tensorflow", ("tf-graphdef", "tf-checkpoint", "tf-memmapped"), "tf_main.c", "TENSORFLOW_ROOT",
+                 ".pb"),
     "ort": Target("ort", "onnxruntime", ("onnx",), "ort_main.cpp", "ONNXRUNTIME_ROOT", ".onnx"),
     "litert": Target("litert", "litert", ("tflite",), "litert_main.cpp", "LITERT_ROOT", ".tflite"),
 }
 ALIASES = {"tensorflow": "tf", "onnxruntime": "ort", "tflite": "litert", "libtorch": "torch", "pytorch": "torch"}
-DEFAULT = {"torchscript": "torch", "tf-graphdef": "tf", "tf-checkpoint": "tf", "onnx": "ort", "tflite": "litert"}
+DEFAULT = {"torchscript": "torch", "tf-graphdef": "tf", "tf-checkpoint": "tf", "onnx": "ort", "tflite": "litert",
+           "tf-memmapped": "tf"}
+# A TF memory-mapped graph needs TF's C++ API (MemmappedEnv; the C API cannot set a session's Env).
+MEMMAPPED_TEMPLATE, MEMMAPPED_SUFFIX = "tf_memmapped_main.cpp", ".mmpb"
 # What to do with a format no C/C++ runtime here loads directly.
 CONVERT_HINT = {
     "tf-savedmodel": "freeze it first ('shipyard freeze MODEL -o frozen.pb') and generate for the frozen graph",
@@ -44,16 +49,18 @@ def choose(runtime: str | None, fmt: str) -> Target:
     """The target for ``runtime`` (default: the format's own), refusing a format it cannot run."""
     if runtime is None:
         if fmt not in DEFAULT:
-            raise UsageError(f"no C/C++ runtime here loads a {fmt} model", hint=CONVERT_HINT.get(fmt))
+            raise UsageError(f"no C/C++ runtime here loads {_a(fmt)} model", hint=CONVERT_HINT.get(fmt))
         return TARGETS[DEFAULT[fmt]]
     name = ALIASES.get(runtime.lower(), runtime.lower())
     if name not in TARGETS:
-        raise UsageError(f"unknown runtime '{runtime}'", hint="runtimes: " + ", ".join(TARGETS))
+        from shipyard.cliargs import did_you_mean
+
+        raise UsageError(f"unknown runtime '{runtime}'{did_you_mean(name, TARGETS)}", hint="runtimes: " + ", ".join(TARGETS))
     target = TARGETS[name]
     if fmt not in target.formats:
         can = [t.name for t in TARGETS.values() if fmt in t.formats]
-        hint = (f"a {fmt} model runs on --runtime {' or '.join(can)}" if can
+        hint = (f"{_a(fmt)} model runs on --runtime {' or '.join(can)}" if can
                 else CONVERT_HINT.get(fmt, f"convert it with 'shipyard convert' to a format {name} runs "
                                            f"({', '.join(target.formats)})"))
-        raise UsageError(f"the {name} runtime cannot run a {fmt} model", hint=hint)
+        raise UsageError(f"the {name} runtime cannot run {_a(fmt)} model", hint=hint)
     return target

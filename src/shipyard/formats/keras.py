@@ -196,3 +196,8 @@ def frozen_graph_def(model: Model, batch: int | None = None, keras_model=None, n
         return graph_def
     names = [s.name for s in signature_of(keras_model).outputs]
     return tf_freeze.name_outputs(graph_def, tf_freeze.output_names(concrete, names))
+
+
+def graph_def(model: Model):
+    """The GraphDef (with its function library) that op tools read (``formats.registry``: ``graph``)."""
+    return frozen_graph_def(model, named=False)

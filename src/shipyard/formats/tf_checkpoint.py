@@ -59,3 +59,13 @@ def summarize(model: Model) -> Summary:
     summary.param_bytes = param_bytes
     summary.details["checkpoint_variables"] = {k: {"dtype": d, "shape": list(s)} for k, (d, s) in stored.items()}
     return summary
+
+
+def graph_def(model: Model):
+    """The GraphDef (with its function library) that op tools read (``formats.registry``: ``graph``)."""
+    graph, _ = meta_graph(model)
+    if graph is None:
+        from shipyard.errors import UnsupportedError
+
+        raise UnsupportedError(f"{model.path}: the checkpoint has no .meta graph to read ops from")
+    return graph

@@ -213,3 +213,8 @@ def _node_flops(node, shapes: ShapeInference) -> int | None:
     if op in BROADCAST or (op in SAME_SHAPE and op not in _NOT_ELEMENTWISE):
         return F.elementwise(out)
     return None
+
+
+def graph_def(model: Model):
+    """The GraphDef (with its function library) that op tools read (``formats.registry``: ``graph``)."""
+    return load(model)[0]

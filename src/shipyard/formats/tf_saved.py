@@ -562,3 +562,8 @@ def frozen_graph_def(model: Model, signature_key: str | None = None, batch: int 
     concrete, graph_def = load_signature(model, signature_key).frozen_graph_def(batch)
     graph_def = tf_freeze.to_tb(graph_def)
     return tf_freeze.name_outputs(graph_def, tf_freeze.output_names(concrete, [])) if concrete is not None else graph_def
+
+
+def graph_def(model: Model):
+    """The GraphDef (with its function library) that op tools read (``formats.registry``: ``graph``)."""
+    return serving_meta(model).graph_def

@@ -36,7 +36,7 @@ def _in_name(ref: str) -> str:
     """'node:1' -> 'node:1', 'node:0' / 'node' -> 'node', '^ctl' -> '' (control edge)."""
     if ref.startswith("^"):
         return ""
-    return ref[:-2] if ref.endswith(":0") else ref
+    return ref.removesuffix(":0")
 
 
 def topological(nodes: Iterable) -> list:

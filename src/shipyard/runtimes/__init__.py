@@ -9,7 +9,9 @@ from pathlib import Path
 
 from shipyard import guard
 from shipyard.errors import UnsupportedError, UsageError
+from shipyard.formats import registry
 from shipyard.model import Model
+from shipyard.report.numbers import a as _a
 
 BACKENDS = {
     "onnxruntime": ("shipyard.runtimes.ort", "OnnxRuntimeRunner"),
@@ -19,32 +21,19 @@ BACKENDS = {
     "openvino": ("shipyard.runtimes.openvino", "OpenVINORunner"),
 }
 ALIASES = {"ort": "onnxruntime", "tflite": "litert", "tf": "tensorflow", "pytorch": "torch", "torchscript": "torch", "ov": "openvino"}
-DEFAULT_BACKEND = {
-    "onnx": "onnxruntime",
-    "tflite": "litert",
-    "tf-graphdef": "tensorflow",
-    "tf-checkpoint": "tensorflow",
-    "tf-savedmodel": "tensorflow",
-    "keras": "tensorflow",
-    "tfjs": "tensorflow",
-    "torchscript": "torch",
-    "torch-export": "torch",
-}
+DEFAULT_BACKEND = registry.default_backends()  # format -> engine, from the format registry
 # An engine whose runner class differs by format (torch runs TorchScript and torch.export programs).
 FORMAT_RUNNERS = {("torch", "torch-export"): ("shipyard.runtimes.torch_export", "ExportedProgramRunner")}
-SUPPORTED = {
-    "onnxruntime": {"onnx"},
-    "litert": {"tflite"},
-    "tensorflow": {"tf-graphdef", "tf-checkpoint", "tf-savedmodel", "keras", "tfjs"},
-    "torch": {"torchscript", "torch-export"},
-    "openvino": {"onnx", "tflite", "tf-savedmodel", "tf-graphdef"},  # OpenVINO reads these files directly
-}
+SUPPORTED = registry.formats_by_engine()  # engine -> formats it runs
 
 
 def backend_name(name: str) -> str:
     canonical = ALIASES.get(name.lower(), name.lower())
     if canonical not in BACKENDS:
-        raise UsageError(f"unknown backend '{name}'", hint=f"backends: {', '.join(BACKENDS)}")
+        from shipyard.cliargs import did_you_mean
+
+        raise UsageError(f"unknown backend '{name}'{did_you_mean(name.lower(), [*BACKENDS, *ALIASES])}",
+                         hint=f"backends: {', '.join(BACKENDS)}")
     return canonical
 
 
@@ -65,7 +54,7 @@ def open_runner(path_or_model: str | Path | Model, backend: str | None = None, t
     if model.format not in SUPPORTED[name]:
         runs_on = ", ".join(b for b, fmts in SUPPORTED.items() if model.format in fmts)
         raise UsageError(
-            f"the {name} backend cannot run a {model.format} model",
+            f"the {name} backend cannot run {_a(model.format)} model",
             hint=f"{model.format} runs on: {runs_on}; convert it first with 'shipyard convert'",
         )
     module_name, class_name = FORMAT_RUNNERS.get((name, model.format), BACKENDS[name])

@@ -11,10 +11,11 @@ import numpy as np
 
 from shipyard.deps import require
 from shipyard.errors import ModelLoadError, ModelRunError, UnsupportedError
+from shipyard.formats import registry
 from shipyard.model import Model, Signature, TensorSpec
 from shipyard.runtimes.base import BaseRunner
 
-FORMATS = ("onnx", "tflite", "tf-savedmodel", "tf-graphdef")
+FORMATS = tuple(sorted(registry.formats_by_engine()["openvino"]))  # the files OpenVINO reads directly
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 

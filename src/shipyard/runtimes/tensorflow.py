@@ -35,7 +35,7 @@ class TensorFlowRunner(BaseRunner):
     backend = "tensorflow"
     # Graphs fetch any tensor by name in their v1 Session; a functional or Sequential Keras model
     # is re-wired to return layer outputs. A SavedModel runs its signature as one function call.
-    intermediate_formats = frozenset({"tf-graphdef", "tf-checkpoint", "tfjs", "keras"})
+    intermediate_formats = frozenset({"tf-graphdef", "tf-checkpoint", "tfjs", "keras", "tf-memmapped"})
 
     def __init__(self, model: Model, threads: int | None = None, signature_key: str | None = None,
                  outputs: list[str] | None = None, intermediates: bool = False):
@@ -50,6 +50,7 @@ class TensorFlowRunner(BaseRunner):
             "tf-savedmodel": self._load_saved,
             "keras": self._load_keras,
             "tfjs": self._load_tfjs,
+            "tf-memmapped": self._load_memmapped,
         }[model.format]
         signature = loader(model, threads, signature_key)
         if outputs:
@@ -80,6 +81,15 @@ class TensorFlowRunner(BaseRunner):
 
     def _load_graph(self, model: Model, threads, _key):
         graph_def, _ = tf_graph.load(model)
+        self._import(graph_def.SerializeToString(), model, threads)
+        return tf_graph.signature_of(graph_def)
+
+    def _load_memmapped(self, model: Model, threads, _key):
+        """TF's Python API has no MemmappedEnv: run the graph with each ImmutableConst read back
+        from its region as a Const (the C++ program from 'shipyard cpp' maps the file itself)."""
+        from shipyard.formats import tf_memmapped
+
+        graph_def = tf_memmapped.frozen_graph_def(tf_memmapped.load(model))
         self._import(graph_def.SerializeToString(), model, threads)
         return tf_graph.signature_of(graph_def)
 
@@ -121,6 +131,23 @@ class TensorFlowRunner(BaseRunner):
         fn, tf = loaded.function, self.tf
         self._call = lambda feeds: fn(**{k: tf.constant(v) for k, v in feeds.items()})
         return tf_saved.signature_of(tf_saved.serving_meta(model), loaded.key)
+
+    def for_signature(self, key: str) -> TensorFlowRunner:
+        """This SavedModel running another of its signatures on the same loaded variables
+        (nothing is read again): how a server answers several signatures from one load."""
+        import copy
+
+        from shipyard.formats import tf_saved
+
+        if getattr(self, "_loaded", None) is None:
+            raise UnsupportedError(f"{self.model.display} has one signature: only SavedModels have several")
+        meta = tf_saved.serving_meta(self.model)
+        key = tf_saved.pick_signature_key(meta, key)  # an unknown key: ModelFormatError listing the keys
+        fn, tf = self._loaded.owner.signatures[key], self.tf
+        other = copy.copy(self)
+        other._call = lambda feeds: fn(**{k: tf.constant(v) for k, v in feeds.items()})
+        other.signature = tf_saved.signature_of(meta, key)
+        return other
 
     def _load_keras(self, model: Model, _threads, _key):
         from shipyard.formats import keras as keras_format

@@ -20,6 +20,7 @@ import numpy as np
 
 from shipyard import guard
 from shipyard.errors import ShipyardError, UsageError
+from shipyard.formats import registry
 from shipyard.model import Model, Signature
 from shipyard.ship.manifest import Artifact, Manifest, sha256, size
 from shipyard.sniff import open_model
@@ -31,7 +32,6 @@ QUANTIZE = ("none", "weights", "dynamic", "static", "float16")
 GRAPHDEF_TRANSFORMS = ("fold_constants(ignore_errors=true) fold_batch_norms fold_old_batch_norms "
                        "remove_nodes(op=Identity, op=CheckNumerics)")
 OPTIMIZE_QUANTIZE_TRIALS = 12
-_EXT = {"onnx": ".onnx", "tflite": ".tflite", "tfjs": "", "torchscript": ".pt", "tf-graphdef": ".pb"}
 
 
 @dataclass
@@ -71,7 +71,10 @@ class Pipeline:
             raise UsageError(f"unknown --quantize '{req.quantize}'", hint="one of: " + ", ".join(QUANTIZE))
         bad = [t for t in req.targets if t not in TARGETS]
         if bad:
-            raise UsageError(f"unknown target(s) {', '.join(bad)}", hint="targets: " + ", ".join(TARGETS))
+            from shipyard.cliargs import did_you_mean
+
+            raise UsageError(f"unknown target(s) {', '.join(bad)}{did_you_mean(bad[0], TARGETS)}",
+                             hint="targets: " + ", ".join(TARGETS))
         if req.optimize is not None:
             from shipyard.ship.optimize import OBJECTIVES
 
@@ -217,7 +220,8 @@ class Pipeline:
         for target in self.req.targets:
             if self.reference.format == "onnx" and target in ("tflite", "tfjs"):
                 raise UsageError(f"an ONNX source cannot reach {target} here (no ONNX->TensorFlow converter installs next to TF 2.21)")
-            out = self.out / f"{self.name}{_EXT[target]}" if target != "tfjs" else self.out / f"{self.name}_tfjs"
+            out = (self.out / f"{self.name}{registry.get(target).suffix}" if target != "tfjs"
+                   else self.out / f"{self.name}_tfjs")
             if out == self.reference.path:
                 made[target] = out.name
                 continue
