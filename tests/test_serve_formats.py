@@ -37,6 +37,9 @@ def test_serves_tflite_savedmodel_torchscript_and_onnx(tmp_path, keras_example, 
             result = client.infer(name, [tensor])
             out = result.as_numpy(meta["outputs"][0]["name"])
             np.testing.assert_allclose(out, ref[:1], rtol=1e-3, atol=1e-4, err_msg=name)
-            assert meta["platform"] in ("tflite", "tensorflow_savedmodel", "onnxruntime_onnx", "pytorch_torchscript")
+            platform = {"cnn_tflite": "tflite", "cnn_saved": "tensorflow_savedmodel", "cnn_onnx": "onnxruntime_onnx",
+                        "torch_cnn": "pytorch_libtorch"}[name]  # Triton's names, by the model's format
+            assert meta["platform"] == platform and client.get_model_config(name)["platform"] == platform
+            assert client.get_model_config(name)["input"][0]["dims"] == inp["shape"]  # no batching configured: whole shapes
     finally:
         assert server.stop() == 0

@@ -1,12 +1,18 @@
-"""shipyard serve vs MLServer and BentoML, side by side in one run, on the same ONNX models.
+"""shipyard serve vs a bare Starlette endpoint, PyTriton, MLServer and BentoML, side by side
+in one run, on the same ONNX models.
 
     python benchmarks/serve/bench_serve.py                     # tiny MLP + MobileNetV2, c = 1, 8, 32
-    python benchmarks/serve/bench_serve.py --models mlp --seconds 3
+    python benchmarks/serve/bench_serve.py --models mlp --seconds 3 --repeat 3
+    python benchmarks/serve/bench_serve.py --baseline-src /tmp/old/src   # + "shipyard-base": another checkout's serve
 
 Every server runs onnxruntime with one intra-op thread on the same model file, bound to
 127.0.0.1; one closed-loop load generator (loadgen.py) on the same machine drives each in
 turn. Peers live in their own virtual environments under $SHIPYARD_BENCH_CACHE
 (default ~/.cache/shipyard-bench), created on first use; they are never installed in CI.
+The bare endpoint (peers/bare_starlette.py: parse, run, answer; no validation, batching,
+metrics or limits) is the floor a server's overhead per request is measured against.
+With --repeat N every server is measured N times, in rounds (all servers once, then again),
+and the medians are reported: on a shared machine that spreads the noise over every server.
 Prints throughput and p50/p99 latency per point, then shipyard's ratios against each peer.
 """
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +41,8 @@ PEERS = {
     # MLServer 1.7.1 pulls uvloop 0.23, with which its inference worker dies: pin uvloop < 0.22.
     "mlserver": ["mlserver==1.7.1", "uvloop<0.22", "onnxruntime", "numpy"],
     "bentoml": ["bentoml==1.4.39", "onnxruntime", "numpy"],
+    # The real Triton server (2.51 binary in the wheel); it downgrades numpy, hence its own venv.
+    "pytriton": ["nvidia-pytriton==0.7.0", "onnxruntime", "numpy"],
 }
 
 
@@ -98,6 +107,20 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) used so far by every live process of session ``sid`` (a server
+    and the workers it forked): CPU per request is steadier than requests/s on a shared machine."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # fields after "(comm)": state ppid pgrp session ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 # -- servers ---------------------------------------------------------------------------------
 
 
@@ -113,7 +136,7 @@ def spawn(cmd: list[str], env: dict[str, str], ready_url: str, cwd: Path | None 
     return proc
 
 
-def start_shipyard(model: Path, work: Path, port: int) -> subprocess.Popen:
+def start_shipyard(model: Path, work: Path, port: int, src: Path = HERE.parents[1] / "src") -> subprocess.Popen:
     repo = work / "shipyard-repo"
     (repo / "m" / "1").mkdir(parents=True, exist_ok=True)
     target = repo / "m" / "1" / "model.onnx"
@@ -121,7 +144,7 @@ def start_shipyard(model: Path, work: Path, port: int) -> subprocess.Popen:
     target.symlink_to(model)
     (repo / "m" / "config.json").write_text(json.dumps(
         {"threads": 1, "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0, "max_queue_size": 1024}}))
-    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(src)}
     return spawn([sys.executable, "-m", "shipyard", "serve", str(repo), "--rest-port", str(port),
                   "--grpc-port", "-1", "--no-access-log"], env, f"http://127.0.0.1:{port}/v2/health/ready")
 
@@ -154,6 +177,28 @@ def start_bentoml(model: Path, work: Path, port: int) -> subprocess.Popen:
                   "--port", str(port)], env, f"http://127.0.0.1:{port}/readyz", d)
 
 
+def start_bare(model: Path, work: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "BENCH_MODEL": str(model), "BENCH_PORT": str(port), "BENCH_THREADS": "1"}
+    return spawn([sys.executable, str(HERE / "peers" / "bare_starlette.py")], env,
+                 f"http://127.0.0.1:{port}/v2/health/ready")
+
+
+def start_pytriton(model: Path, work: Path, port: int) -> subprocess.Popen:
+    venv = ensure_venv("pytriton")
+    # Triton's Python-backend stub must link this interpreter's own libpython, not Debian's
+    # (otherwise: "'_thread.RLock' object has no attribute '_recursion_count'").
+    libdir = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    env = {**os.environ, "BENCH_MODEL": str(model), "BENCH_PORT": str(port), "BENCH_THREADS": "1",
+           "BENCH_GRPC_PORT": str(free_port()), "BENCH_METRICS_PORT": str(free_port()),
+           "LD_LIBRARY_PATH": ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+    env.pop("VIRTUAL_ENV", None)
+    d = work / "pytriton"
+    d.mkdir(exist_ok=True)
+    return spawn([str(venv / "bin" / "python"), str(HERE / "peers" / "pytriton_server.py")], env,
+                 f"http://127.0.0.1:{port}/v2/models/m/ready", d)
+
+
 # -- requests ----------------------------------------------------------------------------------
 
 
@@ -164,7 +209,7 @@ def requests_for(server: str, x: np.ndarray, port: int, name: str) -> dict[str, 
     if server == "bentoml":
         return {"json": loadgen.build_request(port, "/predict", json.dumps({"x": np.round(x, 4).tolist()}).encode())}
     out = {"v2 json": loadgen.build_request(port, "/v2/models/m/infer", v2)}
-    if server == "shipyard":
+    if server in ("shipyard", "shipyard-base", "bare", "pytriton"):
         head = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
                                        "parameters": {"binary_data_size": x.nbytes}}],
                            "parameters": {"binary_data_output": True}}).encode()
@@ -182,55 +227,83 @@ def input_name(model: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["mlp", "mobilenetv2"])
-    parser.add_argument("--servers", nargs="+", default=["shipyard", "mlserver", "bentoml"])
+    parser.add_argument("--servers", nargs="+", default=["shipyard", "bare", "pytriton", "mlserver", "bentoml"],
+                        help="shipyard, shipyard-base (needs --baseline-src), bare, pytriton, mlserver, bentoml")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over every server; medians are reported")
+    parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ served as 'shipyard-base'")
+    parser.add_argument("--mlp-binary", action="store_true", help="also send the MLP binary tensors")
+    parser.add_argument("--protocols", nargs="+", help="only these protocol labels ('v2 json', 'v2 binary', 'json')")
     args = parser.parse_args()
-    starters = {"shipyard": start_shipyard, "mlserver": start_mlserver, "bentoml": start_bentoml}
-    rows = []
+    if args.baseline_src is not None and "shipyard-base" not in args.servers:
+        args.servers.insert(1, "shipyard-base")
+    starters = {"shipyard": start_shipyard, "bare": start_bare, "pytriton": start_pytriton,
+                "mlserver": start_mlserver, "bentoml": start_bentoml,
+                "shipyard-base": lambda m, w, p: start_shipyard(m, w, p, args.baseline_src.resolve())}
+    points: dict[tuple, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for model_name in args.models:
             model = build_model(model_name, work)
             shape = (1, 16) if model_name == "mlp" else (1, 224, 224, 3)
             x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-            for server in args.servers:
-                port = free_port()
-                try:
-                    proc = starters[server](model, work, port)
-                except (RuntimeError, subprocess.CalledProcessError) as exc:
-                    print(f"{server}: could not start ({exc})", file=sys.stderr)
-                    continue
-                try:
-                    reqs = requests_for(server, x, port, input_name(model))
-                    if model_name == "mlp":
-                        reqs.pop("v2 binary", None)
-                    for label, request in reqs.items():
-                        for c in args.concurrency:
-                            r = loadgen.run(port, request, c, args.seconds, warmup=1.0)
-                            rows.append((model_name, server, label, c, r))
-                            print(f"{model_name:12s} {server:9s} {label:10s} c={c:<3d} {r.rps:8.0f} req/s  "
-                                  f"p50 {r.p50:7.2f} ms  p99 {r.percentile(99):7.2f} ms  errors {r.errors}"
-                                  + (f"  ({r.first_error[:80]})" if r.errors else ""), flush=True)
-                finally:
-                    stop(proc)
-    print_ratios(rows)
+            for round_ in range(args.repeat):
+                for server in args.servers:
+                    port = free_port()
+                    try:
+                        proc = starters[server](model, work, port)
+                    except (RuntimeError, subprocess.CalledProcessError) as exc:
+                        print(f"{server}: could not start ({exc})", file=sys.stderr)
+                        continue
+                    try:
+                        reqs = requests_for(server, x, port, input_name(model))
+                        if model_name == "mlp" and not args.mlp_binary:
+                            reqs.pop("v2 binary", None)
+                        if args.protocols:
+                            reqs = {k: v for k, v in reqs.items() if k in args.protocols}
+                        for label, request in reqs.items():
+                            for c in args.concurrency:
+                                cpu0 = session_cpu(proc.pid)
+                                r = loadgen.run(port, request, c, args.seconds, warmup=1.0)
+                                # over warm-up + measurement: requests in the warm-up are not counted, so
+                                # scale by the measured share of the time (closed loop: a steady rate)
+                                r.cpu_us = (session_cpu(proc.pid) - cpu0) * args.seconds / (args.seconds + 1.0) \
+                                    / max(r.requests, 1) * 1e6
+                                points.setdefault((model_name, server, label, c), []).append(r)
+                                print(f"{model_name:12s} {server:13s} {label:10s} c={c:<3d} round {round_ + 1}: "
+                                      f"{r.rps:8.0f} req/s  p50 {r.p50:7.2f} ms  p99 {r.percentile(99):7.2f} ms  "
+                                      f"cpu {r.cpu_us:6.0f} us/req  errors {r.errors}" + (f"  ({r.first_error[:80]})" if r.errors else ""), flush=True)
+                    finally:
+                        stop(proc)
+    table = {key: (statistics.median(r.rps for r in rs), statistics.median(r.percentile(99) for r in rs), len(rs),
+                   statistics.median(r.cpu_us for r in rs)) for key, rs in points.items()}
+    print_table(table)
+    print_ratios(table)
     return 0
 
 
-def print_ratios(rows) -> None:
-    print("\nshipyard / peer (throughput ratio > 1 and p99 ratio < 1 mean shipyard is ahead)")
-    print(f"{'model':12s} {'shipyard protocol':18s} {'peer':9s} {'c':>3s} {'req/s ratio':>12s} {'p99 ratio':>10s}")
-    best = {}
-    for model, server, label, c, r in rows:
-        if server == "shipyard":
-            best.setdefault((model, c), []).append((label, r))
-    for model, server, label, c, r in rows:
+def print_table(table) -> None:
+    print("\nmedians over rounds")
+    print("| model | server | protocol | c | req/s | p99 ms | server CPU us/request | rounds |\n|---|---|---|---|---|---|---|---|")
+    for (model, server, label, c), (rps, p99, n, cpu) in table.items():
+        print(f"| {model} | {server} | {label} | {c} | {rps:.0f} | {p99:.2f} | {cpu:.0f} | {n} |")
+
+
+def print_ratios(table) -> None:
+    print("\nshipyard / peer, medians (throughput ratio > 1 and p99 ratio < 1 mean shipyard is ahead)")
+    print(f"{'model':12s} {'shipyard protocol':18s} {'peer':13s} {'peer protocol':14s} {'c':>3s} "
+          f"{'req/s ratio':>12s} {'p99 ratio':>10s}")
+    for (model, server, label, c), (rps, p99, *_) in table.items():
         if server == "shipyard":
             continue
-        for s_label, s in best.get((model, c), []):
-            print(f"{model:12s} {s_label:18s} {server:9s} {c:3d} {s.rps / r.rps if r.rps else float('inf'):12.2f} "
-                  f"{s.percentile(99) / r.percentile(99):10.2f}")
+        for (s_model, s_server, s_label, s_c), (s_rps, s_p99, *_) in table.items():
+            if s_server != "shipyard" or s_model != model or s_c != c:
+                continue
+            if server != "bentoml" and label != s_label:
+                continue  # same protocol side by side (BentoML has only its own JSON)
+            print(f"{model:12s} {s_label:18s} {server:13s} {label:14s} {c:3d} "
+                  f"{s_rps / rps if rps else float('inf'):12.2f} {s_p99 / p99:10.2f}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ class Result:
     seconds: float
     latencies_ms: list[float]
     first_error: str = ""
+    cpu_us: float = 0.0  # server CPU per request, filled in by bench_serve.py
 
     @property
     def rps(self) -> float:

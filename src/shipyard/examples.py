@@ -336,3 +336,44 @@ def save_torch_detector(model, path: Path) -> Path:
                       output_names=["boxes", "scores"], dynamic_axes={"image": {0: "batch"}}, opset_version=17,
                       dynamo=False)
     return path
+
+
+EXAMPLE_CLASSES = (b"cat", b"dog", b"bird")
+
+
+def tf_example_classifier(directory: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """A SavedModel with TF Serving's classify and regress signatures over serialized
+    ``tf.Example`` (feature ``x``: 4 floats): ``serving_default`` gives ``classes`` (the labels
+    of :data:`EXAMPLE_CLASSES`) and ``scores`` (softmax of ``x @ w + b``), ``regress`` gives
+    ``outputs`` (``x @ v + c``). Returns the weights for :func:`example_classifier_reference`."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    weights = {"w": rng.standard_normal((4, 3)).astype("float32"), "b": rng.standard_normal(3).astype("float32"),
+               "v": rng.standard_normal((4, 1)).astype("float32"), "c": rng.standard_normal(1).astype("float32")}
+    module = tf.Module()
+    module.vars = {k: tf.Variable(v, name=k) for k, v in weights.items()}
+    spec = {"x": tf.io.FixedLenFeature([4], tf.float32)}
+
+    def features(serialized):
+        return tf.io.parse_example(serialized, spec)["x"]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(inputs):
+        scores = tf.nn.softmax(features(inputs) @ module.vars["w"] + module.vars["b"])
+        classes = tf.tile(tf.constant([list(EXAMPLE_CLASSES)]), [tf.shape(inputs)[0], 1])
+        return {"classes": classes, "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress(inputs):
+        return {"outputs": tf.squeeze(features(inputs) @ module.vars["v"] + module.vars["c"], axis=1)}
+
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": classify, "regress": regress})
+    return weights
+
+
+def example_classifier_reference(weights: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, regression values) that :func:`tf_example_classifier`'s model computes, in numpy."""
+    logits = x @ weights["w"] + weights["b"]
+    scores = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return scores / scores.sum(axis=1, keepdims=True), (x @ weights["v"] + weights["c"])[:, 0]

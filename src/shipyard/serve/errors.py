@@ -52,3 +52,12 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, ShipyardError):
         return 400, "INVALID_ARGUMENT"
     return 500, "INTERNAL"
+
+
+def without_paths(text: str, version_dir, public: str) -> str:
+    """``text`` with the server's directory of one model version (as given and resolved)
+    replaced by its public name ``model/version``: engines and loaders name the files they
+    read, and where the repository lives is not the client's business."""
+    for prefix in sorted({str(version_dir), str(version_dir.resolve())}, key=len, reverse=True):
+        text = text.replace(prefix, public)
+    return text

@@ -13,18 +13,16 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from shipyard.errors import InputError
-from shipyard.serve import codec, protocol
+from shipyard.serve import codec, inference, protocol, tfs_examples
 from shipyard.serve.errors import status_of
 from shipyard.serve.protos import kserve_pb2 as kpb
 from shipyard.serve.protos import tfserving_pb2 as tpb
 
 log = logging.getLogger("shipyard.serve")
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-             "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 
 
 class _Undecodable:
@@ -98,6 +96,10 @@ class GrpcAPI(protocol.Frontend):
                 "Predict": unary(self.predict, tpb.PredictRequest, tpb.PredictResponse, spec_name),
                 "GetModelMetadata": unary(self.get_model_metadata, tpb.GetModelMetadataRequest,
                                           tpb.GetModelMetadataResponse, spec_name),
+                "Classify": unary(self.classify, tpb.ClassificationRequest, tpb.ClassificationResponse, spec_name),
+                "Regress": unary(self.regress, tpb.RegressionRequest, tpb.RegressionResponse, spec_name),
+                "MultiInference": unary(self.multi_inference, tpb.MultiInferenceRequest, tpb.MultiInferenceResponse,
+                                        lambda r: r.tasks[0].model_spec.name if r.tasks else ""),
             }),
             grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
                 "GetModelStatus": unary(self.get_model_status, tpb.GetModelStatusRequest,
@@ -116,6 +118,16 @@ class GrpcAPI(protocol.Frontend):
                                        lambda r: r.name),
                 "ModelInfer": unary(self.model_infer, kpb.ModelInferRequest, kpb.ModelInferResponse,
                                     lambda r: r.model_name),
+                "ModelConfig": unary(lambda r: json_format.ParseDict(
+                    {"config": protocol.model_config(self.manager, r.name, protocol.parse_version(r.version))},
+                    kpb.ModelConfigResponse()), kpb.ModelConfigRequest, kpb.ModelConfigResponse, lambda r: r.name),
+                "ModelStatistics": unary(lambda r: json_format.ParseDict(
+                    protocol.model_stats(self.manager, r.name, protocol.parse_version(r.version)),
+                    kpb.ModelStatisticsResponse()), kpb.ModelStatisticsRequest, kpb.ModelStatisticsResponse,
+                    lambda r: r.name),
+                "RepositoryIndex": unary(lambda r: json_format.ParseDict(
+                    {"models": protocol.repository_index(self.manager, r.ready)}, kpb.RepositoryIndexResponse()),
+                    kpb.RepositoryIndexRequest, kpb.RepositoryIndexResponse),
             }),
         ]
 
@@ -146,11 +158,81 @@ class GrpcAPI(protocol.Frontend):
             codec.to_tensor_proto(np.asarray(arr), reply.outputs[name])
         return reply
 
+    def _examples(self, spec, method: str, examples: list[bytes], context: bytes | None):
+        """Run serialized Examples through the served signature for Classify/Regress."""
+        version, label = self._spec(spec)
+        signature = tfs_examples.signature_name(spec.signature_name)
+        servable = self.manager.resolve(spec.name, version, label)
+        feeds = tfs_examples.prepare(servable.signature_of(signature), method, examples, context)
+        outputs = servable.submit_to(signature, feeds).result()
+        return servable, signature, tfs_examples.answer(method, outputs, len(examples))
+
+    @staticmethod
+    def _input(message) -> tuple[list[bytes], bytes | None]:
+        kind = message.WhichOneof("kind")
+        if kind == "example_list":
+            return list(message.example_list.examples), None
+        if kind == "example_list_with_context":
+            return list(message.example_list_with_context.examples), message.example_list_with_context.context
+        raise InputError("Input is empty.")
+
+    @staticmethod
+    def _fill(result, method: str, answer) -> None:
+        if method == tfs_examples.REGRESS:
+            for value in answer:
+                result.regressions.add(value=value)
+            return
+        for row in answer:
+            target = result.classifications.add()
+            for label, score in row:
+                cls = target.classes.add()
+                if label is not None:
+                    cls.label = label.decode("utf-8", "replace")
+                if score is not None:
+                    cls.score = score
+
+    @staticmethod
+    def _reply_spec(target, spec, servable, signature: str) -> None:
+        target.name = spec.name
+        target.version.value = servable.version
+        target.signature_name = signature
+
+    def classify(self, request):
+        return self._one_method(request, tfs_examples.CLASSIFY, tpb.ClassificationResponse())
+
+    def regress(self, request):
+        return self._one_method(request, tfs_examples.REGRESS, tpb.RegressionResponse())
+
+    def _one_method(self, request, method: str, reply):
+        servable, signature, answer = self._examples(request.model_spec, method, *self._input(request.input))
+        self._reply_spec(reply.model_spec, request.model_spec, servable, signature)
+        self._fill(reply.result, method, answer)
+        return reply
+
+    def multi_inference(self, request):
+        tasks = list(request.tasks)
+        tfs_examples.multi_inference([t.model_spec.name for t in tasks],
+                                     [tfs_examples.signature_name(t.model_spec.signature_name) for t in tasks],
+                                     [t.method_name for t in tasks])
+        examples, context = self._input(request.input)
+        reply = tpb.MultiInferenceResponse()
+        for task in tasks:
+            servable, signature, answer = self._examples(task.model_spec, task.method_name, examples, context)
+            result = reply.results.add()
+            self._reply_spec(result.model_spec, task.model_spec, servable, signature)
+            if task.method_name == tfs_examples.CLASSIFY:
+                self._fill(result.classification_result, task.method_name, answer)
+            else:
+                self._fill(result.regression_result, task.method_name, answer)
+        return reply
+
     def get_model_metadata(self, request):
         version, label = self._spec(request.model_spec)
         fields = list(request.metadata_field) or ["signature_def"]
         if fields != ["signature_def"]:
             raise InputError("metadata_field must be 'signature_def'")
+        from shipyard.formats.tf_protos import types_enum
+
         servable = self.manager.resolve(request.model_spec.name, version, label)
         sigmap = tpb.SignatureDefMap()
         for key, sig in protocol.tfs_signature(servable).items():
@@ -160,7 +242,7 @@ class GrpcAPI(protocol.Frontend):
                 for name, info in sig[side].items():
                     ti = getattr(target, side)[name]
                     ti.name = name
-                    ti.dtype = codec.tf_dtype_enum(_spec_dtype(servable, side, name))
+                    ti.dtype = types_enum(info["dtype"])
                     if info["tensor_shape"].get("unknown_rank"):
                         ti.tensor_shape.unknown_rank = True
                     for d in info["tensor_shape"].get("dim", []):
@@ -202,34 +284,12 @@ class GrpcAPI(protocol.Frontend):
     def model_infer(self, request):
         version = protocol.parse_version(request.model_version)
         limits = self.limits(self.manager.resolve(request.model_name, version))
-        raw = request.raw_input_contents
-        if raw and len(raw) != len(request.inputs):
-            raise InputError("raw_input_contents must hold one entry per input")
-        feeds = {}
-        for i, tensor in enumerate(request.inputs):
-            what = f"input '{tensor.name}'"
-            shape = codec.check_shape(list(tensor.shape), what)
-            limits.admit(tensor.name, shape, codec.numpy_dtype(tensor.datatype), what)
-            if raw:
-                feeds[tensor.name] = codec.from_bytes(raw[i], tensor.datatype, shape, what)
-            else:
-                values = getattr(tensor.contents, _CONTENTS.get(tensor.datatype, "fp32_contents"))
-                feeds[tensor.name] = codec.from_repeated(values, tensor.datatype, shape, what)
-        servable, future = self.manager.submit(request.model_name, feeds, version)
-        wanted = [o.name for o in request.outputs] or None
-        outputs = protocol.filter_outputs(future.result(), wanted)
-        reply = kpb.ModelInferResponse(model_name=request.model_name, model_version=str(servable.version), id=request.id)
-        for name, arr in outputs.items():
-            arr = np.asarray(arr)
-            reply.outputs.add(name=name, datatype=codec.kserve_datatype(arr.dtype.name), shape=list(arr.shape))
-            reply.raw_output_contents.append(codec.to_bytes(arr))
+        infer = inference.from_grpc(request, limits)
+        servable, future = self.manager.submit(request.model_name, infer.inputs, version)
+        reply = kpb.ModelInferResponse()
+        inference.to_grpc(inference.InferResponse(request.model_name, str(servable.version),
+                                                  inference.outputs_for(infer, future.result()), infer.id), reply)
         return reply
-
-
-def _spec_dtype(servable, side: str, name: str) -> str:
-    specs = servable.signature.inputs if side == "inputs" else servable.signature.outputs
-    return next(s.dtype for s in specs if s.name == name)
-
 
 def start_grpc(api: GrpcAPI, host: str, port: int, workers: int = 16, reuse_port: bool = False) -> tuple[grpc.Server, int]:
     # SO_REUSEPORT only for worker processes sharing one port; otherwise a busy port must fail.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shipyard.errors import ShipyardError
-from shipyard.serve.errors import NotFoundError, UnavailableError
+from shipyard.serve.errors import NotFoundError, UnavailableError, without_paths
 from shipyard.serve.metrics import Metrics
 from shipyard.serve.repository import ModelConfig, ModelOnDisk, VersionOnDisk, scan
 from shipyard.serve.servable import Servable
@@ -135,6 +135,8 @@ class Manager:
             servable, error = None, exc.message
         except Exception as exc:  # noqa: BLE001 - an engine's own exception type while loading: report, keep serving others
             servable, error = None, f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+        # what clients see (model status, 503s) names the version, not where the repository lives
+        public = without_paths(error, self.repo / name / str(disk.version), f"{name}/{disk.version}")
         with self._lock:
             model = self._models.get(name)
             current = model.versions.get(disk.version) if model else None
@@ -144,12 +146,12 @@ class Manager:
                 return
             if servable is None and current is not None and current.state == "AVAILABLE":
                 current.pending = None  # a failed in-place reload: the loaded files keep serving
-                current.error = error
+                current.error = public
                 current.fingerprint = disk.fingerprint
                 self.metrics.load_failures.labels(name).inc()
                 log.warning("model %s version %s: new files failed to load: %s", name, disk.version, error)
             elif servable is None:
-                model.versions[disk.version] = VersionState(disk.version, "FAILED", disk.fingerprint, error)
+                model.versions[disk.version] = VersionState(disk.version, "FAILED", disk.fingerprint, public)
                 self.metrics.load_failures.labels(name).inc()
                 log.warning("model %s version %s failed to load: %s", name, disk.version, error)
             else:
@@ -178,9 +180,7 @@ class Manager:
         self._unloaders.submit(unload)
 
     def _observe_batch(self, name: str, size: int, waits: list[float]) -> None:
-        self.metrics.batch_size.labels(name).observe(size)
-        for w in waits:
-            self.metrics.queue_time.labels(name).observe(w)
+        self.metrics.observe_batch(name, size, waits)
 
     # -- lookups (request path: a dict lookup under a short lock) -----------------------
 

@@ -20,13 +20,32 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.loaded = Gauge("shipyard_loaded_versions", "Versions loaded and serving", ["model"], registry=r)
         self.load_failures = Counter("shipyard_load_failures", "Versions that failed to load", ["model"], registry=r)
+        self._children: dict[tuple, tuple] = {}        # (model, protocol, code) -> request metrics
+        self._batch_children: dict[str, tuple] = {}    # model -> batch metrics
 
     def observe_request(self, model: str, protocol: str, code: int | str, seconds: float) -> None:
-        code = str(code)
-        self.requests.labels(model, protocol, code).inc()
-        if code not in ("200", "OK"):
-            self.errors.labels(model, protocol, code).inc()
-        self.latency.labels(model, protocol).observe(seconds)
+        key = (model, protocol, code)
+        children = self._children.get(key)
+        if children is None:  # labels() validates and locks on every call: look the children up once
+            text = str(code)
+            children = (self.requests.labels(model, protocol, text),
+                        self.errors.labels(model, protocol, text) if text not in ("200", "OK") else None,
+                        self.latency.labels(model, protocol))
+            self._children[key] = children  # bounded: model names are the repository's or "_unknown"
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
+
+    def observe_batch(self, model: str, size: int, waits: list[float]) -> None:
+        children = self._batch_children.get(model)
+        if children is None:
+            children = self._batch_children[model] = (self.batch_size.labels(model), self.queue_time.labels(model))
+        batch_size, queue_time = children
+        batch_size.observe(size)
+        for w in waits:
+            queue_time.observe(w)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

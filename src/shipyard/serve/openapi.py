@@ -25,6 +25,14 @@ OPENAPI = {
                                                "responses": _OK | {"429": {"description": "queue full"}}}},
         "/v2/models/{model}/versions/{version}/infer": {
             "post": {"parameters": [_NAME, _VERSION], "requestBody": {"content": _JSON}, "responses": _OK}},
+        "/v1/models/{model}:classify": {"post": {"parameters": [_NAME], "requestBody": {"content": _JSON}, "responses": _OK}},
+        "/v1/models/{model}:regress": {"post": {"parameters": [_NAME], "requestBody": {"content": _JSON}, "responses": _OK}},
+        "/v2/models/{model}/config": {"get": {"parameters": [_NAME], "responses": _OK}},
+        "/v2/models/{model}/versions/{version}/config": {"get": {"parameters": [_NAME, _VERSION], "responses": _OK}},
+        "/v2/models/stats": {"get": {"responses": _OK}},
+        "/v2/models/{model}/stats": {"get": {"parameters": [_NAME], "responses": _OK}},
+        "/v2/models/{model}/versions/{version}/stats": {"get": {"parameters": [_NAME, _VERSION], "responses": _OK}},
+        "/v2/repository/index": {"post": {"requestBody": {"content": _JSON}, "responses": _OK}},
         "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},
     },
 }

@@ -152,7 +152,9 @@ def model_path(version_dir: Path) -> Path | None:
     if len(entries) == 1:
         return entries[0]
     # Several files (an ONNX model with external data, a model plus notes): take the model file.
-    for suffix in (".onnx", ".tflite", ".pt", ".torchscript", ".keras", ".h5", ".pb"):
+    from shipyard.formats import registry
+
+    for suffix in registry.model_file_suffixes():
         for entry in entries:
             if entry.name.endswith(suffix):
                 return entry

@@ -52,6 +52,7 @@ def serve(opts: ServeOptions) -> int:
     import uvicorn
 
     from shipyard.serve.grpc_server import GrpcAPI, start_grpc
+    from shipyard.serve.http import protocol_class
     from shipyard.serve.manager import Manager
     from shipyard.serve.metrics import Metrics
     from shipyard.serve.rest import RestAPI
@@ -80,8 +81,12 @@ def serve(opts: ServeOptions) -> int:
                                                 opts.host, opts.grpc_port, reuse_port=opts.worker_fd is not None)
         rest = RestAPI(manager, metrics, opts.auth_token, opts.max_request_bytes, metrics_open=opts.metrics_open)
         where = {"fd": opts.worker_fd} if opts.worker_fd is not None else {"host": opts.host, "port": opts.rest_port}
-        config = uvicorn.Config(rest.app, **where, log_level="critical", access_log=False,
-                                timeout_graceful_shutdown=opts.grace_seconds, lifespan="off")
+        # proxy_headers off: nothing here reads the client address or scheme that uvicorn would
+        # rewrite from X-Forwarded-* (a header scan and a middleware layer on every request).
+        http = protocol_class()  # one send per answer (serve/http.py); uvicorn's own choice without httptools
+        config = uvicorn.Config(rest.app, **where, log_level="critical", access_log=False, proxy_headers=False,
+                                timeout_graceful_shutdown=opts.grace_seconds, lifespan="off",
+                                **({"http": http} if http is not None else {}))
         server = _server_class(uvicorn)(config)
         threading.Thread(target=_announce, args=(server, manager, opts, grpc_port, watcher.mode), daemon=True).start()
         # uvicorn re-raises the signal that stopped it once it has shut down; with the default

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("shipyard.serve")
+_READ_ONLY = frozenset({"opened", "closed_no_write"})  # watchdog event types that change nothing
 
 
 class RepositoryWatcher:
@@ -32,7 +33,11 @@ class RepositoryWatcher:
 
             class _Handler(FileSystemEventHandler):
                 def on_any_event(self, event) -> None:
-                    wake.set()
+                    # Opens and read-only closes say nothing changed, and sync() itself makes them
+                    # (it reads config.json, lists directories): waking on them re-synced every
+                    # debounce period, forever (12 scans a second on an idle repository).
+                    if event.event_type not in _READ_ONLY:
+                        wake.set()
 
             observer = Observer()
             observer.schedule(_Handler(), str(self.repo), recursive=True)
