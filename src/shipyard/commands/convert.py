@@ -8,9 +8,12 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("convert", help="convert a model to another format and verify it against the source")
     p.add_argument("model", help="model file/directory, or a PyTorch module as package.module:factory")
-    p.add_argument("--to", required=True, help="onnx, tflite, tfjs, savedmodel, keras, torchscript, pb")
+    p.add_argument("--to", required=True, help="onnx, tflite, tfjs, savedmodel, keras, torchscript, pb, memmapped")
     p.add_argument("-o", "--output", required=True, type=Path, help="output file (or directory for tfjs/savedmodel)")
-    p.add_argument("--outputs", help="comma-separated output tensor names (GraphDef sources; default: detected)")
+    from shipyard.cliargs import add_inputs, add_nodes
+
+    add_nodes(p, "output", "output node names, comma-separated (GraphDef sources; default: detected)", "convert",
+              old="--outputs")
     p.add_argument("--signature", help="SavedModel signature key (default: serving_default)")
     p.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D0,D1,..",
                    help="input shape for PyTorch sources (repeat for several inputs)")
@@ -20,10 +23,14 @@ def register(sub) -> None:
     p.add_argument("--dynamic", action="append", default=[], metavar="NAME:AXES",
                    help="PyTorch sources: keep these input axes dynamic in the ONNX export besides the batch "
                         "(e.g. x:2,3); verified on a second input shape")
+    p.add_argument("--via", metavar="ROUTE",
+                   help="take this converter's route where several reach the target: litert-torch (PyTorch -> "
+                        "TFLite directly, the default when installed) or onnx2tf (through ONNX)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--allow-tf-ops", action="store_true", help="TFLite: allow select TensorFlow ops (Flex)")
-    p.add_argument("--inputs", action="append", default=[], metavar="NAME=FILE.npy|FILE.npz",
-                   help="verify on these inputs instead of generated ones")
+    p.add_argument("--memmap-min-bytes", type=int, default=10000, metavar="N",
+                   help="memmapped: constants of at least N bytes become memory-mapped regions (TF's default 10000)")
+    add_inputs(p, "verify on these inputs instead of generated ones: FILE.npz, NAME=FILE.npy or FILE.npy")
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument("--rtol", type=float, default=1e-3)
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the source")
@@ -60,18 +67,22 @@ def _any_signature(items: list[str]):
 
 
 def cmd_convert(args) -> int:
+    from shipyard.cliargs import check_suffix, data_items, split_list
     from shipyard.convert.api import convert_model, source_model
     from shipyard.convert.options import ConvertOptions
+    from shipyard.convert.planner import target_format
     from shipyard.feeds import load_feeds
     from shipyard.formats import handler
     from shipyard.report.text import render_verification
     from shipyard.verify import VerificationError
 
+    check_suffix(args.output, target_format(args.to))  # ONNX written into f.pb: say so before the work
+    args.inputs = data_items(args)
     opts = ConvertOptions(
         opset=args.opset, allow_tf_ops=args.allow_tf_ops,
-        outputs=[o.strip() for o in args.outputs.split(",")] if args.outputs else None,
+        outputs=split_list(args.output_nodes) or None,
         signature_key=args.signature, input_shape=_input_shapes(args.input_shape), dynamic=_dynamic(args.dynamic),
-        weights=args.weights,
+        weights=args.weights, via=args.via, memmap_min_bytes=args.memmap_min_bytes,
     )
     feeds = None
     if args.inputs:

@@ -11,8 +11,8 @@ from shipyard.atomic import check_output_path
 from shipyard.convert import planner
 from shipyard.convert.options import ConvertOptions
 from shipyard.convert.torch_edges import is_factory
-from shipyard.errors import ModelLoadError, OutputPathError, ShipyardError, UsageError
 from shipyard.data.random import random_feeds
+from shipyard.errors import ModelLoadError, OutputPathError, ShipyardError, UsageError
 from shipyard.model import Model, Signature, TensorSpec
 from shipyard.sniff import open_model
 from shipyard.verify import Exact, Verification, VerificationError, verify
@@ -95,7 +95,7 @@ def convert_model(source: str, to: str, out: Path, opts: ConvertOptions | None =
     if opts.weights is not None and src.format != "torch-module":
         raise UsageError("--weights goes with a package.module:factory source")
     dst = planner.target_format(to)
-    edges = planner.plan(src.format, dst)
+    edges = planner.plan(src.format, dst, opts.via)
     out = _check_out(Path(out), src, dst)
     start = time.perf_counter()
     artifact = planner.run_plan(src, edges, out, opts)

@@ -236,7 +236,7 @@ def _converted(src: Model, opts: ConvertOptions):
     return scope()
 
 
-def check_builtin_ops(path: Path) -> None:
+def check_builtin_ops(path: Path, writer: str = "onnx2tf") -> None:
     """Refuse a TFLite model that needs ops outside LiteRT's builtins (Flex or custom ops)."""
     from shipyard.ops import tflite_ops
 
@@ -247,7 +247,7 @@ def check_builtin_ops(path: Path) -> None:
         other = [c for c in custom if not c.startswith("Flex")]
         what = ([f"TensorFlow op(s) {', '.join(flex)} (Flex, not in LiteRT's builtins)"] if flex else []) + \
                ([f"custom op(s) {', '.join(other)}"] if other else [])
-        raise UnsupportedError(f"the TFLite model onnx2tf wrote needs {'; '.join(what)}",
+        raise UnsupportedError(f"the TFLite model {writer} wrote needs {'; '.join(what)}",
                                hint="replace the ONNX ops that produce them; stock LiteRT runs builtin ops only")
 
 

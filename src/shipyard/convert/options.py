@@ -15,6 +15,8 @@ class ConvertOptions:
     dynamic: dict[str, tuple[int, ...]] = field(default_factory=dict)  # torch sources: input -> axes kept dynamic (besides 0)
     weights: Path | None = None  # a state_dict loaded into a package.module:factory source
     example_feeds: dict = field(default_factory=dict)  # real inputs for tracing/exporting torch sources
+    memmap_min_bytes: int = 10000  # TF memmapped target: Consts this large become ImmutableConst regions
+    via: str | None = None  # the route asked for with --via (e.g. litert-torch, onnx2tf)
     notes: list[str] = field(default_factory=list)  # fixes applied, said to the user
 
     def note(self, text: str) -> None:

@@ -12,6 +12,7 @@ from shipyard.convert.options import ConvertOptions
 from shipyard.deps import native_output_silenced, require
 from shipyard.errors import ConversionError, InputError, UsageError
 from shipyard.model import Model
+from shipyard.report.numbers import a as _a
 
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -52,7 +53,7 @@ def load_weights(module, path: Path) -> None:
 
     model = open_model(path)
     if model.format != "torch-checkpoint":
-        raise UsageError(f"--weights {path}: a {model.format} model, not a state_dict or checkpoint")
+        raise UsageError(f"--weights {path}: {_a(model.format)} model, not a state_dict or checkpoint")
     state = torch_checkpoint.state_dict_of(model)
     try:
         result = module.load_state_dict(state, strict=False)
@@ -79,7 +80,9 @@ def example_inputs(opts: ConvertOptions, names: list[str]):
     if not opts.input_shape:
         raise InputError("a PyTorch source needs its input shape", hint="add --input-shape 1,3,224,224 (or NAME=1,3,224,224)")
     shapes = list(opts.input_shape.values())
-    if len(shapes) != len(names):
+    if len(shapes) < len(names):  # the first arguments; the others keep their defaults
+        names = names[:len(shapes)]
+    elif len(shapes) != len(names):
         names = [f"input_{i}" if len(shapes) > 1 else "input" for i in range(len(shapes))]
     gen = torch.Generator().manual_seed(0)
     return names, tuple(torch.randn(*s, generator=gen) for s in shapes)
@@ -99,7 +102,8 @@ def _input_names(src: Model, module) -> list[str]:
     except AttributeError:
         import inspect
 
-        return [p for p in inspect.signature(module.forward).parameters][: 1]
+        params = inspect.signature(module.forward).parameters.values()
+        return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] or ["input"]
 
 
 def dynamic_axes(opts: ConvertOptions, args: dict, tensor_names: list[str], out_names: list[str]) -> dict:
@@ -125,6 +129,69 @@ def dynamic_axes(opts: ConvertOptions, args: dict, tensor_names: list[str], out_
     return dynamic
 
 
+DYNAMO_MIN_OPSET = 18
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The innermost cause of an exporter failure, on one line (the dynamo exporter wraps the
+    real reason, e.g. torch.export's, in a 'Failed to export the model' banner)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    text = next((line for line in lines if line), type(exc).__name__)
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _dynamic_shapes(args: tuple, names: list[str], dynamic: dict, torch) -> tuple:
+    """``dynamic_axes`` in the dynamo exporter's form: one ``Dim`` per distinct axis name, so
+    the exported dimensions keep the names the TorchScript exporter gives them."""
+    dims: dict[str, object] = {}
+    shapes = []
+    for name, arg in zip(names, args):
+        if not isinstance(arg, torch.Tensor):
+            shapes.append(None)
+            continue
+        axes = dynamic.get(name, {})
+        shapes.append({axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()})
+    return tuple(shapes)
+
+
+def _export_dynamo(module, args, path: Path, names, tensor_names, out_names, dynamic, opts: ConvertOptions, torch):
+    opset = max(opts.opset, DYNAMO_MIN_OPSET)
+    dynamic_shapes = _dynamic_shapes(args, names, dynamic, torch) if dynamic is not None else None
+    torch.onnx.export(module, args, str(path), input_names=tensor_names, output_names=out_names,
+                      dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, external_data=False,
+                      verbose=False, optimize=True)
+    return opset
+
+
+def _export(module, args, path: Path, names, tensor_names, out_names, dynamic, opts: ConvertOptions) -> str:
+    """Export with the dynamo exporter (``torch.export``, opset 18+) and fall back to the
+    TorchScript exporter when it fails; returns a note saying which one wrote the file and why."""
+    torch = require("torch", "Exporting to ONNX")
+    if isinstance(module, torch.jit.ScriptModule):
+        why = "the dynamo exporter does not take TorchScript (ScriptModule) programs"
+    else:
+        try:
+            with warnings.catch_warnings(), native_output_silenced(1, 2):
+                warnings.simplefilter("ignore")
+                opset = _export_dynamo(module, args, path, names, tensor_names, out_names, dynamic, opts, torch)
+            return f"exported by the dynamo exporter (torch.export, opset {opset})"
+        except Exception as exc:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
+            why = f"the dynamo exporter failed ({_first_cause(exc)})"
+            path.unlink(missing_ok=True)
+    try:
+        with warnings.catch_warnings(), native_output_silenced(1, 2):
+            warnings.simplefilter("ignore")
+            # dynamo=False: the TorchScript exporter writes one self-contained file.
+            torch.onnx.export(module, args, str(path), input_names=tensor_names, output_names=out_names,
+                              dynamic_axes=dynamic, opset_version=opts.opset, dynamo=False)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConversionError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}",
+                              hint=why[0].upper() + why[1:]) from exc
+    return f"exported by the TorchScript exporter (opset {opts.opset}): {why}"
+
+
 def to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
     torch = require("torch", "Exporting to ONNX")
     module = _module(src, opts)
@@ -140,18 +207,33 @@ def to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
     out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     dynamic = dynamic_axes(opts, dict(zip(names, args)), tensor_names, out_names)
     with atomic_path(out) as tmp:
-        try:
-            with warnings.catch_warnings(), native_output_silenced(1, 2):
-                warnings.simplefilter("ignore")
-                # dynamo=False: the TorchScript exporter writes one self-contained file (opset 17);
-                # the dynamo exporter splits weights into a .onnx.data file.
-                torch.onnx.export(module, args, str(tmp), input_names=tensor_names, output_names=out_names,
-                                  dynamic_axes=dynamic, opset_version=opts.opset, dynamo=False)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise ConversionError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+        how = _export(module, args, tmp, names, tensor_names, out_names, dynamic, opts)
+    opts.note(how)
     named = [f"{n}[{', '.join(str(a) for a in sorted(axes))}]" for n, axes in dynamic.items() if n in tensor_names]
     opts.note(f"exported with example inputs {[tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args]}; "
               f"dynamic axes: {', '.join(named)}")
+    return Model("onnx", out)
+
+
+def program_to_onnx(src: Model, out: Path, opts: ConvertOptions) -> Model:
+    """A ``torch.export`` program (``.pt2``) to ONNX with the dynamo exporter: the program is
+    already captured, so its own dynamic dimensions carry over and no example input is needed."""
+    torch = require("torch", "Exporting to ONNX")
+    from shipyard.formats import torch_export
+
+    program = torch_export.load(src)
+    sig = torch_export.signature_of(program)
+    opset = max(opts.opset, DYNAMO_MIN_OPSET)
+    with atomic_path(out) as tmp:
+        try:
+            with warnings.catch_warnings(), native_output_silenced(1, 2):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(program, (), str(tmp), input_names=[s.name for s in sig.inputs],
+                                  output_names=[s.name for s in sig.outputs], opset_version=opset, dynamo=True,
+                                  external_data=False, verbose=False, optimize=True)
+        except Exception as exc:  # the exporter raises many kinds
+            raise ConversionError(f"the dynamo ONNX exporter failed on {src.path}: {_first_cause(exc)}") from exc
+    opts.note(f"exported by the dynamo exporter (the torch.export program as saved, opset {opset})")
     return Model("onnx", out)
 
 
