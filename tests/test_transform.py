@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess
 from shipyard.errors import UsageError
 from shipyard.passes.spec import parse_spec
 
@@ -49,10 +49,10 @@ def _graph(path: Path):
     return tf_protos.parse_graph_file(path)[0]
 
 
-def test_graphdef_pipeline_folds_keras_batch_norms(keras_example, tmp_path):
+def test_graphdef_pipeline_folds_keras_batch_norms(keras_example, tmp_path, capsys):
     _, paths, x, ref = keras_example
     out = tmp_path / "opt.pb"
-    proc = run_cli("transform", paths["pb"], "--transforms", FULL_SPEC, "-o", out, "--json")
+    proc = cli_inprocess(capsys, "transform", paths["pb"], "--transforms", FULL_SPEC, "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["after"]["nodes"] < report["before"]["nodes"]
@@ -65,9 +65,9 @@ def test_graphdef_pipeline_folds_keras_batch_norms(keras_example, tmp_path):
         np.testing.assert_allclose(_tf_outputs(out, x[i : i + 1]), ref[i : i + 1], atol=1e-5)
 
 
-def test_text_output_and_human_report(keras_paths, tmp_path):
+def test_text_output_and_human_report(keras_paths, tmp_path, capsys):
     out = tmp_path / "opt.pbtxt"
-    proc = run_cli("transform", keras_paths["pb"], "-t", "remove_device sort_by_execution_order obfuscate_names", "-o", out)
+    proc = cli_inprocess(capsys, "transform", keras_paths["pb"], "-t", "remove_device sort_by_execution_order obfuscate_names", "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "nodes   " in proc.stdout and "size" in proc.stdout and "matches the original" in proc.stdout
     assert out.read_text().lstrip().startswith("node")
@@ -128,13 +128,13 @@ def bn_graph(tmp_path_factory):
     return _bn_graph(tmp_path_factory.mktemp("bn"))
 
 
-def test_fold_old_batch_norms_and_friends(bn_graph, tmp_path):
+def test_fold_old_batch_norms_and_friends(bn_graph, tmp_path, capsys):
     path, (x, ref) = bn_graph
     before = [n.op for n in _graph(path).node]
     assert "FusedBatchNormV3" in before and "BatchNormWithGlobalNormalization" in before
     out = tmp_path / "folded.pb"
     spec = "remove_nodes(op=Identity, op=CheckNumerics) fold_old_batch_norms merge_duplicate_nodes"
-    proc = run_cli("transform", path, "-t", spec, "-o", out, "--outputs", "output")
+    proc = cli_inprocess(capsys, "transform", path, "-t", spec, "-o", out, "--output-nodes", "output")
     assert proc.returncode == 0, proc.stderr
     ops = [n.op for n in _graph(out).node]
     assert not {"FusedBatchNormV3", "BatchNormWithGlobalNormalization", "CheckNumerics"} & set(ops)
@@ -142,11 +142,11 @@ def test_fold_old_batch_norms_and_friends(bn_graph, tmp_path):
     np.testing.assert_allclose(_tf_outputs(out, x), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_weight_rounding_and_quantization_graphdef(bn_graph, tmp_path):
+def test_weight_rounding_and_quantization_graphdef(bn_graph, tmp_path, capsys):
     path, (x, ref) = bn_graph
     for spec, op in (("quantize_weights(minimum_size=16)", "Dequantize"), ("round_weights(num_steps=64)", None)):
         out = tmp_path / "w.pb"
-        proc = run_cli("transform", path, "-t", spec, "-o", out, "--json")
+        proc = cli_inprocess(capsys, "transform", path, "-t", spec, "-o", out, "--json")
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         assert report["verification"][0]["cosine"] > 0.99
@@ -158,12 +158,70 @@ def test_weight_rounding_and_quantization_graphdef(bn_graph, tmp_path):
         np.testing.assert_allclose(y, ref, atol=0.15 * np.abs(ref).max())
 
 
-def test_rename_op_that_changes_results_fails_verification(keras_paths, tmp_path):
+def test_quantize_nodes_runs_on_eight_bit_kernels(keras_example, tmp_path, capsys):
+    """TF's quantize_nodes: Conv2D/MatMul/Relu/MaxPool become their Quantized* kernels, eight-bit
+    tensors flow between them without a Dequantize/QuantizeV2 round trip, outputs stay close."""
+    from conftest import cli_inprocess
+
+    _, paths, x, ref = keras_example
+    out = tmp_path / "q.pb"
+    proc = cli_inprocess(capsys, "transform", paths["pb"], "-t", "remove_training_nodes quantize_nodes fold_constants",
+                         "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    ops = [n.op for n in _graph(out).node]
+    assert {"QuantizedConv2D", "QuantizedMatMul", "QuantizedRelu", "QuantizedMaxPool", "Requantize"} <= set(ops), ops
+    assert "Conv2D" not in ops and "MatMul" not in ops
+    by_name = {n.name: n for n in _graph(out).node}
+    chained = [n.name for n in by_name.values() if n.op.startswith("Quantized")  # fed eight bits by another one
+               and (by_name[n.input[0].split(":")[0]].op.startswith("Quantized")
+                    or by_name[n.input[0].split(":")[0]].op == "Requantize")]
+    assert chained, ops
+    y = _tf_outputs(out, x)
+    cosine = float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref))
+    assert cosine > 0.999 and np.abs(y - ref).max() > 0  # lossy, close
+    assert json.loads(proc.stdout)["verification"][0]["cosine"] > 0.999
+
+
+def test_quantize_nodes_takes_fake_quant_ranges(tmp_path, capsys):
+    """Ranges learned in quantization-aware training (FakeQuantWithMinMaxVars) are the
+    QuantizeV2 ranges: no run-time Min/Max for that tensor."""
+    import tensorflow as tf
+
+    from conftest import cli_inprocess
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3)).astype("float32")
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 4], name="x")
+        fq = tf.quantization.fake_quant_with_min_max_vars(x, tf.constant(-2.0, name="fq_min"), tf.constant(2.0, name="fq_max"),
+                                                         name="fq")
+        tf.nn.relu(tf.matmul(fq, tf.constant(w, name="w"), name="mm"), name="y")
+    src = tmp_path / "fq.pb"
+    src.write_bytes(graph.as_graph_def().SerializeToString())
+    out = tmp_path / "fq_q.pb"
+    proc = cli_inprocess(capsys, "transform", src, "-t", "quantize_nodes", "--input-nodes", "x", "--output-nodes", "y",
+                         "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    by_name = {n.name: n for n in _graph(out).node}
+    quantize = next(n for n in by_name.values() if n.op == "QuantizeV2" and n.input[0] == "fq")
+    assert list(quantize.input[1:]) == ["fq_min", "fq_max"]
+    feed = np.clip(rng.standard_normal((5, 4)), -2, 2).astype("float32")
+    np.testing.assert_allclose(_tf_outputs(out, feed), np.maximum(feed @ w, 0), atol=0.1)
+    assert_clean_error(cli_inprocess(capsys, "transform", src, "-t", "quantize_nodes(input_min=-1)", "-o", tmp_path / "a.pb"),
+                       "give both input_min and input_max")
+    assert_clean_error(cli_inprocess(capsys, "transform", src, "-t", "quantize_nodes(fallback_min=1, fallback_max=x)",
+                                     "-o", tmp_path / "b.pb"), "fallback_max=x): expected a number")
+    assert not (tmp_path / "a.pb").exists() and not (tmp_path / "b.pb").exists()
+
+
+def test_rename_op_that_changes_results_fails_verification(keras_paths, tmp_path, capsys):
     out = tmp_path / "bad.pb"
-    proc = run_cli("transform", keras_paths["pb"], "-t", "rename_op(old_op_name=Softmax, new_op_name=LogSoftmax)", "-o", out)
+    proc = cli_inprocess(capsys, "transform", keras_paths["pb"], "-t", "rename_op(old_op_name=Softmax, new_op_name=LogSoftmax)", "-o", out)
     assert_clean_error(proc, "does not match its source", "nothing was written", code=1)
     assert not out.exists() and not list(tmp_path.iterdir())
-    proc = run_cli("transform", keras_paths["pb"], "-t", "rename_op(old_op_name=Softmax, new_op_name=LogSoftmax)",
+    proc = cli_inprocess(capsys, "transform", keras_paths["pb"], "-t", "rename_op(old_op_name=Softmax, new_op_name=LogSoftmax)",
                    "-o", out, "--force")
     assert proc.returncode == 0 and out.exists() and "DOES NOT match" in proc.stdout
 
@@ -176,11 +234,11 @@ def _onnx_ops(path: Path) -> list[str]:
     return [n.op_type for n in onnx.load(str(path)).graph.node]
 
 
-def test_onnx_folding_and_cleanup(torch_example, tmp_path):
+def test_onnx_folding_and_cleanup(torch_example, tmp_path, capsys):
     _, paths, x, ref = torch_example
     out = tmp_path / "opt.onnx"
     spec = "fold_constants fold_batch_norms remove_nodes(op=Identity) merge_duplicate_nodes sort_by_execution_order slim"
-    proc = run_cli("transform", paths["onnx"], "-t", spec, "-o", out, "--json")
+    proc = cli_inprocess(capsys, "transform", paths["onnx"], "-t", spec, "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["verified"] is True
     assert "BatchNormalization" not in _onnx_ops(out)
@@ -214,12 +272,12 @@ def _conv_bn_model(path: Path) -> Path:
     return path
 
 
-def test_onnx_fold_batch_norms_folds_the_norm_and_the_affine(tmp_path):
+def test_onnx_fold_batch_norms_folds_the_norm_and_the_affine(tmp_path, capsys):
     """onnxscript's rewrite rules fold BatchNormalization into the Conv before it and a Mul/Add
     by constants into the Conv's weights; the pipeline verifies the result against the input."""
     src = _conv_bn_model(tmp_path / "bn.onnx")
     out = tmp_path / "folded.onnx"
-    proc = run_cli("transform", src, "-t", "fold_batch_norms", "-o", out, "--json")
+    proc = cli_inprocess(capsys, "transform", src, "-t", "fold_batch_norms", "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["verified"] is True and any("3 node(s) folded into weights" in n for n in doc["notes"]), doc
@@ -231,18 +289,18 @@ def test_onnx_fold_batch_norms_folds_the_norm_and_the_affine(tmp_path):
         np.testing.assert_allclose(after.run({"x": x})["y"], before.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
 
 
-def test_onnx_fix_shapes_and_float16(torch_example, tmp_path):
+def test_onnx_fix_shapes_and_float16(torch_example, tmp_path, capsys):
     import onnx
 
     paths = torch_example[1]
     out = tmp_path / "fixed.onnx"
-    proc = run_cli("transform", paths["onnx"], "-t", 'fix_shapes(input="2,3,12,12") float16', "-o", out)
+    proc = cli_inprocess(capsys, "transform", paths["onnx"], "-t", 'fix_shapes(input="2,3,12,12") float16', "-o", out)
     assert proc.returncode == 0, proc.stderr
     model = onnx.load(str(out))
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [2, 3, 12, 12]
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
-    bad = run_cli("transform", paths["onnx"], "-t", 'fix_shapes(input="2,3,12")', "-o", tmp_path / "x.onnx")
+    bad = cli_inprocess(capsys, "transform", paths["onnx"], "-t", 'fix_shapes(input="2,3,12")', "-o", tmp_path / "x.onnx")
     assert_clean_error(bad, "rank")
 
 
@@ -276,12 +334,12 @@ def paddle_style_model(path: Path) -> Path:
     return path
 
 
-def test_onnx_lift_constants_and_quantize_weights(tmp_path):
+def test_onnx_lift_constants_and_quantize_weights(tmp_path, capsys):
     import onnx
 
     src = paddle_style_model(tmp_path / "paddle.onnx")
     out = tmp_path / "lifted.onnx"
-    proc = run_cli("transform", src, "-t", "lift_constants quantize_weights(minimum_size=16) obfuscate_names", "-o", out)
+    proc = cli_inprocess(capsys, "transform", src, "-t", "lift_constants quantize_weights(minimum_size=16) obfuscate_names", "-o", out)
     assert proc.returncode == 0, proc.stderr
     model = onnx.load(str(out))
     assert "Constant" not in _onnx_ops(out)
@@ -291,13 +349,13 @@ def test_onnx_lift_constants_and_quantize_weights(tmp_path):
 
 # ---------------------------------------------------------------- listing and bad input
 
-def test_list_shows_every_transform():
-    proc = run_cli("transform", "--list")
+def test_list_shows_every_transform(capsys):
+    proc = cli_inprocess(capsys, "transform", "--list")
     assert proc.returncode == 0
     for name in ("strip_unused_nodes", "fold_old_batch_norms", "quantize_weights", "fix_shapes", "float16", "rename_op"):
         assert name in proc.stdout
     assert "num_steps" in proc.stdout
-    items = json.loads(run_cli("transform", "--list", "--json").stdout)
+    items = json.loads(cli_inprocess(capsys, "transform", "--list", "--json").stdout)
     assert {"name", "params", "description", "formats"} <= set(items[0])
 
 
@@ -310,14 +368,14 @@ def test_list_shows_every_transform():
     ("fix_shapes(shape=1)", ["does not apply to tf-graphdef"]),
     ("remove_nodes(op=Identity", ["bad transform spec"]),
 ])
-def test_bad_specs_are_clean_errors(keras_paths, tmp_path, spec, fragments):
+def test_bad_specs_are_clean_errors(keras_paths, tmp_path, spec, fragments, capsys):
     out = tmp_path / "out.pb"
-    proc = run_cli("transform", keras_paths["pb"], "-t", spec, "-o", out)
+    proc = cli_inprocess(capsys, "transform", keras_paths["pb"], "-t", spec, "-o", out)
     assert_clean_error(proc, *fragments)
     assert not list(tmp_path.iterdir())
 
 
-def test_unsupported_format_and_overwrite(keras_paths, tmp_path):
-    assert_clean_error(run_cli("transform", keras_paths["tflite"], "-t", "fold_constants", "-o", tmp_path / "x.tflite"),
+def test_unsupported_format_and_overwrite(keras_paths, tmp_path, capsys):
+    assert_clean_error(cli_inprocess(capsys, "transform", keras_paths["tflite"], "-t", "fold_constants", "-o", tmp_path / "x.tflite"),
                        "GraphDefs and ONNX")
-    assert_clean_error(run_cli("transform", keras_paths["pb"], "-t", "fold_constants", "-o", keras_paths["pb"]), "overwrite")
+    assert_clean_error(cli_inprocess(capsys, "transform", keras_paths["pb"], "-t", "fold_constants", "-o", keras_paths["pb"]), "overwrite")

@@ -62,6 +62,12 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in [
     Transform("quantize_weights", "store float weights of at least minimum_size elements as 8 bits + Dequantize",
               {"minimum_size": "smallest tensor to quantize, in elements (default 1024)"},
               {GRAPHDEF: f"{_G}:quantize_weights", ONNX: f"{_Q}:quantize_weights_transform"}, lossy=True),
+    Transform("quantize_nodes", "run Conv2D/MatMul/BiasAdd/Relu/Relu6/MaxPool/AvgPool on TF's eight-bit kernels "
+              "(ranges from FakeQuant nodes, input_min/max, fallback_min/max, or measured at run time)",
+              {"input_min": "range of the graph's inputs (with input_max)", "input_max": "see input_min",
+               "fallback_min": "range for every activation without a FakeQuant range (with fallback_max)",
+               "fallback_max": "see fallback_min"},
+              {GRAPHDEF: "shipyard.passes.graphdef_quantize:quantize_nodes"}, lossy=True),
     Transform("obfuscate_names", "replace node names by short meaningless ones (inputs and outputs keep theirs)",
               {}, {GRAPHDEF: f"{_G}:obfuscate_names", ONNX: f"{_O}:obfuscate_names"}),
     Transform("rename_op", "change the op type of every node of one type",
@@ -85,7 +91,10 @@ def transform(name: str, fmt: str) -> Transform:
     t = TRANSFORMS.get(name)
     valid = [n for n, t2 in TRANSFORMS.items() if fmt in t2.impl]
     if t is None:
-        raise UsageError(f"unknown transform '{name}'", hint="valid transforms for " + fmt + ": " + ", ".join(valid))
+        from shipyard.cliargs import did_you_mean
+
+        raise UsageError(f"unknown transform '{name}'{did_you_mean(name, TRANSFORMS)}",
+                         hint="valid transforms for " + fmt + ": " + ", ".join(valid))
     if fmt not in t.impl:
         raise UsageError(f"transform '{name}' does not apply to {fmt} models",
                          hint="valid transforms for " + fmt + ": " + ", ".join(valid))
