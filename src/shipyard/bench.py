@@ -69,10 +69,13 @@ def latency_stats(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
+_IN_WORKER = False  # a spawned measurement worker: the parent shows the progress (one line, no races)
+
+
 def _progress(total: int, label: str):
     from tqdm import tqdm
 
-    show = sys.stderr.isatty() or os.environ.get("SHIPYARD_PROGRESS") == "1"
+    show = not _IN_WORKER and (sys.stderr.isatty() or os.environ.get("SHIPYARD_PROGRESS") == "1")
     return tqdm(total=total, desc=label, unit="run", file=sys.stderr, disable=not show, leave=False)
 
 
@@ -145,6 +148,11 @@ def measure(config: BenchConfig, runs: int = 50, warmup: int = 5, profile: bool 
 
 def _child(config: BenchConfig, kwargs: dict, conn) -> None:
     """Body of the worker process: measure, send back a result or an error (never raise)."""
+    global _IN_WORKER
+    from shipyard import progress
+
+    _IN_WORKER = True
+    progress.off()
     try:
         payload = {"ok": measure(config, **kwargs).to_json(samples=True)}
     except ShipyardError as exc:
@@ -198,7 +206,13 @@ def measure_isolated(config: BenchConfig, **kwargs) -> BenchResult:
 
 def bench(configs: list[BenchConfig], isolate: bool = True, **kwargs) -> list[BenchResult]:
     run = measure_isolated if isolate else measure
-    return [run(c, **kwargs) for c in configs]
+    results = []
+    for i, c in enumerate(configs):  # the terminal spinner shows which configuration of how many, and for how long
+        threads = f"{c.threads}t" if c.threads else "default threads"
+        guard.stage(f"benchmarking {i + 1} of {len(configs)}: {Path(c.model).name} {c.backend or 'default engine'} "
+                    f"{threads} b{c.batch}")
+        results.append(run(c, **kwargs))
+    return results
 
 
 def ratios(results: list[BenchResult]) -> list[float]:

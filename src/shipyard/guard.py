@@ -29,8 +29,12 @@ def _send(kind: str, text: str) -> None:
 
 
 def stage(text: str) -> None:
-    """Say what the process is about to do (reported if it crashes natively)."""
+    """Say what the process is about to do (reported if it crashes natively, and shown by the
+    terminal spinner when it takes a while)."""
     _send("stage", text)
+    from shipyard import progress
+
+    progress.stage(text)
 
 
 def register_temp(path: Path) -> None:

@@ -33,8 +33,11 @@ def register(sub) -> None:
 
 
 def cmd_serve(args) -> int:
+    from shipyard import progress
     from shipyard.errors import UsageError
     from shipyard.serve.server import ServeOptions, read_token, serve
+
+    progress.off()  # a server's stages never end: no spinner beside its log lines
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
