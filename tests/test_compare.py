@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess
 from shipyard.compare import Tolerance
 from shipyard.errors import InputError, UsageError
 from shipyard.verify import OutputDiff, diff, pair_names
@@ -68,8 +68,8 @@ def test_tolerance_per_output_and_pairing():
         pair_names(["a", "b"], ["c"])
 
 
-def test_same_model_through_three_engines_passes(keras_paths):
-    proc = run_cli("compare", keras_paths["keras"], keras_paths["onnx"], keras_paths["tflite"], "--random", "3", "--json")
+def test_same_model_through_three_engines_passes(keras_paths, capsys):
+    proc = cli_inprocess(capsys, "compare", keras_paths["keras"], keras_paths["onnx"], keras_paths["tflite"], "--random", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["passed"] is True
@@ -79,21 +79,21 @@ def test_same_model_through_three_engines_passes(keras_paths):
     assert [c["backend"] for c in doc["candidates"]] == ["onnxruntime", "litert"]
 
 
-def test_perturbed_weights_fail_and_name_the_output(keras_paths, perturbed_onnx):
-    proc = run_cli("compare", keras_paths["onnx"], perturbed_onnx)
+def test_perturbed_weights_fail_and_name_the_output(keras_paths, perturbed_onnx, capsys):
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], perturbed_onnx)
     assert proc.returncode == 1, proc.stderr
     assert "FAIL: Identity:0" in proc.stdout
-    proc = run_cli("compare", keras_paths["onnx"], perturbed_onnx, "--json")
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], perturbed_onnx, "--json")
     doc = json.loads(proc.stdout)
     assert doc["passed"] is False and doc["outputs"]["Identity:0"]["passed"] is False
     # a per-output tolerance wide enough lets it pass
-    proc = run_cli("compare", keras_paths["onnx"], perturbed_onnx, "--atol", "Identity:0:0.1", "--rtol", "0")
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], perturbed_onnx, "--atol", "Identity:0:0.1", "--rtol", "0")
     assert proc.returncode == 0, proc.stdout
 
 
-def test_layerwise_names_the_perturbed_layer(keras_paths, perturbed_onnx, tmp_path):
+def test_layerwise_names_the_perturbed_layer(keras_paths, perturbed_onnx, tmp_path, capsys):
     html = tmp_path / "layers.html"
-    proc = run_cli("compare", keras_paths["onnx"], perturbed_onnx, "--layerwise", "--chunk", "3", "--json",
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], perturbed_onnx, "--layerwise", "--chunk", "3", "--json",
                    "--html", html)
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(proc.stdout)
@@ -104,34 +104,34 @@ def test_layerwise_names_the_perturbed_layer(keras_paths, perturbed_onnx, tmp_pa
     assert html.read_text().count("<svg") >= 1
 
 
-def test_layerwise_across_formats_matches_names_and_layouts(keras_paths):
+def test_layerwise_across_formats_matches_names_and_layouts(keras_paths, capsys):
     """Frozen GraphDef (NHWC) vs the tf2onnx model (NCHW inside) vs TFLite (fused op names)."""
     for other in ("onnx", "tflite"):
-        proc = run_cli("compare", keras_paths["pb"], keras_paths[other], "--layerwise", "--json")
+        proc = cli_inprocess(capsys, "compare", keras_paths["pb"], keras_paths[other], "--layerwise", "--json")
         assert proc.returncode == 0, (other, proc.stdout, proc.stderr)
         doc = json.loads(proc.stdout)
         assert doc["matched_tensors"] >= 5 and doc["first_divergent"] is None
 
 
-def test_bad_inputs_give_clean_errors(keras_paths, tmp_path):
+def test_bad_inputs_give_clean_errors(keras_paths, tmp_path, capsys):
     wrong = tmp_path / "x.npy"
     np.save(wrong, np.zeros((1, 5, 5, 3), np.float32))
-    assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", wrong), "dimension 1 must be 12")
+    assert_clean_error(cli_inprocess(capsys, "compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", wrong), "dimension 1 must be 12")
     two = _two_output_onnx(tmp_path / "two.onnx")
     one = _two_output_onnx(tmp_path / "one.onnx", outputs=("relu",))
-    assert_clean_error(run_cli("compare", two, one), "no counterpart", "neg")
-    assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--html", tmp_path / "nope" / "r.html"),
+    assert_clean_error(cli_inprocess(capsys, "compare", two, one), "no counterpart", "neg")
+    assert_clean_error(cli_inprocess(capsys, "compare", keras_paths["onnx"], keras_paths["tflite"], "--html", tmp_path / "nope" / "r.html"),
                        "does not exist")
-    assert_clean_error(run_cli("compare", keras_paths["onnx"]), "at least two")
-    assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--atol", "x:y"), "--atol")
+    assert_clean_error(cli_inprocess(capsys, "compare", keras_paths["onnx"]), "at least two")
+    assert_clean_error(cli_inprocess(capsys, "compare", keras_paths["onnx"], keras_paths["tflite"], "--atol", "x:y"), "--atol")
     # a tolerance for an output the model does not have is an error, not the default tolerance in silence
-    assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--atol", "Identty:0.01"),
+    assert_clean_error(cli_inprocess(capsys, "compare", keras_paths["onnx"], keras_paths["tflite"], "--atol", "Identty:0.01"),
                        "no output 'Identty'", "did you mean 'Identity'")
 
 
-def test_torchscript_against_its_onnx_export(torch_example):
+def test_torchscript_against_its_onnx_export(torch_example, capsys):
     paths = torch_example[1]
-    proc = run_cli("compare", paths["torchscript"], paths["onnx"], "--shape", "input=2,3,12,12", "--json")
+    proc = cli_inprocess(capsys, "compare", paths["torchscript"], paths["onnx"], "--shape", "input=2,3,12,12", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["passed"] and doc["outputs"]["output"]["paired_by"] == "name"
@@ -202,10 +202,10 @@ def int8_models(keras_example, tmp_path_factory):
 
 
 @pytest.mark.parametrize("variant", ["int8_io", "int8"])
-def test_layerwise_against_int8_tflite_dequantizes(keras_paths, int8_models, variant):
+def test_layerwise_against_int8_tflite_dequantizes(keras_paths, int8_models, variant, capsys):
     """Before: raw int8 compared with floats ('cosine -0.30', first divergence at the first
     layer); an int8-input model was refused. Now every int8 tensor is dequantized first."""
-    proc = run_cli("compare", keras_paths["tflite"], int8_models[variant], "--layerwise", "--inputs", int8_models["x"],
+    proc = cli_inprocess(capsys, "compare", keras_paths["tflite"], int8_models[variant], "--layerwise", "--inputs", int8_models["x"],
                    "--json")
     assert proc.returncode == 1, proc.stderr  # quantization noise is beyond the default atol 1e-4...
     doc = json.loads(proc.stdout)
@@ -217,30 +217,30 @@ def test_layerwise_against_int8_tflite_dequantizes(keras_paths, int8_models, var
     for layer in doc["layers"]:
         assert layer["cosine"] > 0.999 and 0 < layer["rel_l2"] < 0.05, layer
     # ...and within a tolerance that fits it
-    proc = run_cli("compare", keras_paths["tflite"], int8_models[variant], "--layerwise", "--inputs", int8_models["x"],
+    proc = cli_inprocess(capsys, "compare", keras_paths["tflite"], int8_models[variant], "--layerwise", "--inputs", int8_models["x"],
                    "--atol", "0.25")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "other dequantized]" in proc.stdout and "rel_l2 0.0" in proc.stdout
     assert "no divergence" in proc.stdout
 
 
-def test_compare_float_with_int8_io_tflite(keras_paths, int8_models):
+def test_compare_float_with_int8_io_tflite(keras_paths, int8_models, capsys):
     """A full-int8 model's int8 output is dequantized; its int8 input gets the float inputs quantized."""
-    proc = run_cli("compare", keras_paths["tflite"], int8_models["int8_io"], "--inputs", int8_models["x"], "--json")
+    proc = cli_inprocess(capsys, "compare", keras_paths["tflite"], int8_models["int8_io"], "--inputs", int8_models["x"], "--json")
     assert proc.returncode == 1, proc.stderr  # outside the exact default tolerance
     (out,) = json.loads(proc.stdout)["outputs"].values()
     assert out["paired_by"] == "name" and out["cosine"] > 0.999 and out["rel_l2"] < 0.05
     assert out["max_abs"] < 0.02 and out["argmax_agreement"] == 1.0
-    proc = run_cli("compare", keras_paths["tflite"], int8_models["int8_io"], "--inputs", int8_models["x"],
+    proc = cli_inprocess(capsys, "compare", keras_paths["tflite"], int8_models["int8_io"], "--inputs", int8_models["x"],
                    "--atol", "0.02")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rel_l2 0.0" in proc.stdout
 
 
-def test_layerwise_against_onnx_qdq_and_qoperator(keras_paths, int8_models):
+def test_layerwise_against_onnx_qdq_and_qoperator(keras_paths, int8_models, capsys):
     """ONNX: scale and zero point come from the QuantizeLinear/QLinear* nodes; a float tensor X
     pairs with the quantizer's X_QuantizeLinear_Output / X_quantized."""
-    proc = run_cli("compare", keras_paths["onnx"], int8_models["qdq"], "--layerwise", "--inputs", int8_models["x"],
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], int8_models["qdq"], "--layerwise", "--inputs", int8_models["x"],
                    "--atol", "0.5", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(proc.stdout)
@@ -249,7 +249,7 @@ def test_layerwise_against_onnx_qdq_and_qoperator(keras_paths, int8_models):
     assert all(layer["cosine"] > 0.999 and layer["rel_l2"] < 0.05 for layer in doc["layers"]), doc["layers"]
     # QOperator folds each ReLU into its convolution's output range: those tensors differ from the
     # float model's pre-ReLU ones (a real difference, reported), the others agree
-    proc = run_cli("compare", keras_paths["onnx"], int8_models["qoperator"], "--layerwise", "--inputs", int8_models["x"],
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], int8_models["qoperator"], "--layerwise", "--inputs", int8_models["x"],
                    "--chunk", "64", "--json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     doc = json.loads(proc.stdout)
@@ -276,17 +276,17 @@ def _scaled_output_onnx(src, dst, factor=2.0):
     return dst
 
 
-def test_pure_scale_bug_shows_as_relative_error(keras_paths, tmp_path):
+def test_pure_scale_bug_shows_as_relative_error(keras_paths, tmp_path, capsys):
     """Off by a factor 2 everywhere: cosine stays 1, the relative error says 1 (100%)."""
     a = np.array([[0.1, 0.2, 0.7]])
     d = diff("y", a, 2 * a)
     assert d.cosine == pytest.approx(1.0) and d.rel_l2 == pytest.approx(1.0)
     assert diff("y", a, a).rel_l2 == 0.0 and diff("y", a, a * 1.01).rel_l2 == pytest.approx(0.01)
     scaled = _scaled_output_onnx(keras_paths["onnx"], tmp_path / "scaled.onnx")
-    proc = run_cli("compare", keras_paths["onnx"], scaled)
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], scaled)
     assert proc.returncode == 1, proc.stderr
     assert "cosine 1  rel_l2 1  " in proc.stdout, proc.stdout
-    proc = run_cli("compare", keras_paths["onnx"], scaled, "--layerwise")
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], scaled, "--layerwise")
     assert proc.returncode == 1, proc.stderr
     last = [line for line in proc.stdout.splitlines() if line.strip().startswith("DIFF")]
     assert len(last) == 1 and "Identity:0" in last[0] and "cosine 1.000000  rel_l2 1" in last[0], proc.stdout

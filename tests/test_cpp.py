@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess, run_cli
 
 
 def cuda_tagged_copy(src: Path, dst: Path) -> Path:
@@ -129,7 +129,7 @@ def test_bad_input_is_refused_and_nothing_is_written(torch_example, tmp_path):
     out = tmp_path / "proj"
     # a runtime that cannot run the format names the one that can
     assert_clean_error(run_cli("cpp", paths["onnx"], "--runtime", "torch", "-o", out),
-                       "the torch runtime cannot run a onnx model", "--runtime ort")
+                       "the torch runtime cannot run an onnx model", "--runtime ort")
     assert_clean_error(run_cli("cpp", paths["torchscript"], "--runtime", "tf", "-o", out), "--runtime torch")
     # inputs whose shape does not fit the model (the ONNX file declares its input's shape)
     np.save(tmp_path / "wrong.npy", np.zeros((1, 3, 5, 5), np.float32))
@@ -219,7 +219,7 @@ def _session_program(proj: Path, out: Path, *args) -> float:
 
 
 def _shipyard_loss(graph: Path, root: Path, tmp: Path, *steps: str) -> float:
-    proc = run_cli("session", graph, "--feed", f"x={root / 'x.npy'}", "--feed", f"y={root / 'y.npy'}", *steps,
+    proc = run_cli("session", graph, "--inputs", f"x={root / 'x.npy'}", "--inputs", f"y={root / 'y.npy'}", *steps,
                    "--fetch", "loss", "-o", tmp / "fetched.npz")
     assert proc.returncode == 0, proc.stderr
     with np.load(tmp / "fetched.npz") as fetched:
@@ -249,10 +249,10 @@ def test_tf_session_trains_and_checkpoints_interchange(tf_session_project, tf1_g
     assert c_more < py_loss and abs(c_more - py_more) <= 1e-5, (c_more, py_more)
 
 
-def test_tf_session_bad_input(tf1_graph, keras_paths, tmp_path):
-    assert_clean_error(run_cli("cpp", keras_paths["pb"], "--workflow", "session", "-o", tmp_path / "p"),
+def test_tf_session_bad_input(tf1_graph, keras_paths, tmp_path, capsys):
+    assert_clean_error(cli_inprocess(capsys, "cpp", keras_paths["pb"], "--workflow", "session", "-o", tmp_path / "p"),
                        "no train op found")
-    assert_clean_error(run_cli("cpp", tf1_graph["graph"], "--workflow", "session", "--runtime", "ort",
+    assert_clean_error(cli_inprocess(capsys, "cpp", tf1_graph["graph"], "--workflow", "session", "--runtime", "ort",
                                "-o", tmp_path / "p"), "cannot run a tf-graphdef model", "--runtime tf")
     assert not (tmp_path / "p").exists()
 
@@ -264,11 +264,11 @@ def test_tf_session_bad_input(tf1_graph, keras_paths, tmp_path):
     ("onnx", "ort", "ONNXRUNTIME_ROOT", "onnxruntime_c_api.h"),
     ("tflite", "litert", "LITERT_ROOT", "tensorflow/lite/c/c_api.h"),
 ])
-def test_ort_and_litert_projects_name_the_missing_root(keras_paths, tmp_path, fmt, runtime, variable, header):
+def test_ort_and_litert_projects_name_the_missing_root(keras_paths, tmp_path, fmt, runtime, variable, header, capsys):
     """Generation works; CMake stops with a message naming the variable (no headers in any
     registry package here: docs/cpp.md); a root without the headers is named too."""
     out = tmp_path / "proj"
-    proc = run_cli("cpp", keras_paths[fmt], "--runtime", runtime, "-o", out)
+    proc = cli_inprocess(capsys, "cpp", keras_paths[fmt], "--runtime", runtime, "-o", out)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "shipyard-cpp.json").read_text())
     assert manifest["runtime"] == runtime and list(manifest["inputs"].values()) == [p.name for p in (out / "inputs").iterdir()]
@@ -277,7 +277,7 @@ def test_ort_and_litert_projects_name_the_missing_root(keras_paths, tmp_path, fm
     assert configure.returncode != 0 and f"{variable} is not set" in configure.stderr, configure.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_clean_error(run_cli("cpp", keras_paths[fmt], "--runtime", runtime, "-o", tmp_path / "p2", "--build",
+    assert_clean_error(cli_inprocess(capsys, "cpp", keras_paths[fmt], "--runtime", runtime, "-o", tmp_path / "p2", "--build",
                                "--root", empty), "configuring the project failed", variable)
     assert not (tmp_path / "p2").exists()
 
@@ -322,7 +322,7 @@ def test_encrypted_torchscript_decrypts_in_memory(torch_example, tmp_path):
 # -- a real model from a registry package -------------------------------------------------------
 
 
-def test_real_silero_vad_torchscript(tmp_path):
+def test_real_silero_vad_torchscript(tmp_path, capsys):
     """silero-vad's scripted TorchScript (scripts/setup.d/50-real-models.sh): STFT + conv + LSTM with
     an int sample-rate argument and internal state; the program's first call matches Python's."""
     from corpus import MODELS
@@ -332,7 +332,7 @@ def test_real_silero_vad_torchscript(tmp_path):
     feeds = model.inputs()
     for name, value in feeds.items():
         np.save(tmp_path / f"{name}.npy", value)
-    proc = run_cli("cpp", path, "-o", tmp_path / "vad", "--check", "--repeat", "5", "--json",
+    proc = cli_inprocess(capsys, "cpp", path, "-o", tmp_path / "vad", "--check", "--repeat", "5", "--json",
                    *(f"--inputs={name}={tmp_path / f'{name}.npy'}" for name in feeds))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

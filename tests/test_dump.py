@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +23,13 @@ def _layer_outputs(keras_model, x, names):
     return dict(zip(names, (np.asarray(v) for v in sub([x], training=False))))
 
 
-def test_onnx_dump_equals_onnx_reference_evaluator(keras_paths, keras_example, x_file, tmp_path):
+def test_onnx_dump_equals_onnx_reference_evaluator(keras_paths, keras_example, x_file, tmp_path, capsys):
     """Every intermediate from onnxruntime equals onnx's own reference implementation."""
     import onnx
     from onnx.reference import ReferenceEvaluator
 
     out = tmp_path / "onnx.npz"
-    proc = run_cli("dump", keras_paths["onnx"], "--inputs", x_file, "--tensors", "all", "-o", out, "--json")
+    proc = cli_inprocess(capsys, "dump", keras_paths["onnx"], "--inputs", x_file, "--tensors", "all", "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
     dumped = dict(np.load(out))
     model = onnx.load(str(keras_paths["onnx"]))
@@ -41,20 +41,20 @@ def test_onnx_dump_equals_onnx_reference_evaluator(keras_paths, keras_example, x
     np.testing.assert_allclose(dumped["Identity:0"], keras_example[3], rtol=1e-4, atol=1e-6)
 
 
-def test_graphdef_and_tflite_dumps_equal_keras_layers(keras_paths, keras_example, x_file, tmp_path):
+def test_graphdef_and_tflite_dumps_equal_keras_layers(keras_paths, keras_example, x_file, tmp_path, capsys):
     model, _, x, _ = keras_example
     expected = _layer_outputs(model, x, ["relu1", "relu2", "pool", "conv3", "gap"])
     pb_names = ["example_cnn_1/relu1_1/Relu6:0", "example_cnn_1/relu2_1/Relu:0", "example_cnn_1/pool_1/MaxPool2d:0",
                 "example_cnn_1/conv3_1/Relu:0", "example_cnn_1/gap_1/Mean:0"]
     out = tmp_path / "pb.npz"
-    proc = run_cli("dump", keras_paths["pb"], "--inputs", x_file, "--tensors", ",".join(pb_names), "-o", out)
+    proc = cli_inprocess(capsys, "dump", keras_paths["pb"], "--inputs", x_file, "--tensors", ",".join(pb_names), "-o", out)
     assert proc.returncode == 0, proc.stderr
     pb = np.load(out)
     for layer, name in zip(expected, pb_names):
         np.testing.assert_allclose(pb[name], expected[layer], rtol=1e-4, atol=1e-5, err_msg=name)
 
     out = tmp_path / "tflite.npz"
-    proc = run_cli("dump", keras_paths["tflite"], "--inputs", x_file, "-o", out, "--json")
+    proc = cli_inprocess(capsys, "dump", keras_paths["tflite"], "--inputs", x_file, "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
     tfl = np.load(out)
     by_first = {k.split(";")[0]: k for k in tfl.files}  # fused TFLite ops name their tensor "relu;add;conv"
@@ -63,7 +63,7 @@ def test_graphdef_and_tflite_dumps_equal_keras_layers(keras_paths, keras_example
         np.testing.assert_allclose(tfl[key], expected[layer], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
-def test_keras_dump_and_listing(keras_paths, keras_example, x_file, tmp_path):
+def test_keras_dump_and_listing(keras_paths, keras_example, x_file, tmp_path, capsys):
     import keras
 
     from shipyard.runtimes import open_runner
@@ -72,29 +72,29 @@ def test_keras_dump_and_listing(keras_paths, keras_example, x_file, tmp_path):
         listed = [t.name for t in source.tensors()]
     assert listed[:3] == ["conv1", "bn1", "relu1"] and listed[-1] == "probs"
     assert listed == [layer.name for layer in keras_example[0].layers if not isinstance(layer, keras.layers.InputLayer)]
-    proc = run_cli("dump", keras_paths["onnx"], "--list", "--json")
+    proc = cli_inprocess(capsys, "dump", keras_paths["onnx"], "--list", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[-1]["name"] == "Identity:0"
     out = tmp_path / "k.npz"
-    proc = run_cli("dump", keras_paths["keras"], "--inputs", x_file, "--tensors", "bn2,probs", "-o", out)
+    proc = cli_inprocess(capsys, "dump", keras_paths["keras"], "--inputs", x_file, "--tensors", "bn2,probs", "-o", out)
     assert proc.returncode == 0, proc.stderr
     values = np.load(out)
     np.testing.assert_allclose(values["probs"], keras_example[3], rtol=1e-5, atol=1e-6)
 
 
-def test_dump_bad_input(keras_paths, tmp_path, torch_example):
-    assert_clean_error(run_cli("dump", keras_paths["onnx"], "--tensors", "no_such_tensor", "-o", tmp_path / "d.npz"),
+def test_dump_bad_input(keras_paths, tmp_path, torch_example, capsys):
+    assert_clean_error(cli_inprocess(capsys, "dump", keras_paths["onnx"], "--tensors", "no_such_tensor", "-o", tmp_path / "d.npz"),
                        "no tensor named no_such_tensor")
     assert not (tmp_path / "d.npz").exists()
-    assert_clean_error(run_cli("dump", keras_paths["onnx"], "-o", tmp_path / "missing" / "d.npz"), "does not exist")
-    assert_clean_error(run_cli("dump", keras_paths["onnx"], "-o", keras_paths["onnx"]), "overwrite")
-    assert_clean_error(run_cli("dump", keras_paths["onnx"]), "-o dump.npz")
-    assert_clean_error(run_cli("dump", keras_paths["savedmodel"], "-o", tmp_path / "s.npz"), "cannot be exposed")
-    assert_clean_error(run_cli("dump", torch_example[1]["torchscript"], "-o", tmp_path / "t.npz"),
+    assert_clean_error(cli_inprocess(capsys, "dump", keras_paths["onnx"], "-o", tmp_path / "missing" / "d.npz"), "does not exist")
+    assert_clean_error(cli_inprocess(capsys, "dump", keras_paths["onnx"], "-o", keras_paths["onnx"]), "overwrite")
+    assert_clean_error(cli_inprocess(capsys, "dump", keras_paths["onnx"]), "-o dump.npz")
+    assert_clean_error(cli_inprocess(capsys, "dump", keras_paths["savedmodel"], "-o", tmp_path / "s.npz"), "cannot be exposed")
+    assert_clean_error(cli_inprocess(capsys, "dump", torch_example[1]["torchscript"], "-o", tmp_path / "t.npz"),
                        "shape of input 'input' is unknown")  # TorchScript records no input shapes
 
 
-def test_torchscript_dump_equals_eager_torch_modules(torch_example, tmp_path):
+def test_torchscript_dump_equals_eager_torch_modules(torch_example, tmp_path, capsys):
     """Every tensor of the traced graph equals the output of the eager module that made it."""
     import torch
 
@@ -107,12 +107,12 @@ def test_torchscript_dump_equals_eager_torch_modules(torch_example, tmp_path):
         h.remove()
     x_file = tmp_path / "x.npy"
     np.save(x_file, x)
-    proc = run_cli("dump", paths["torchscript"], "--list", "--json")
+    proc = cli_inprocess(capsys, "dump", paths["torchscript"], "--list", "--json")
     assert proc.returncode == 0, proc.stderr
     listed = json.loads(proc.stdout)
     assert [t["op"] for t in listed][:4] == ["aten::_convolution", "aten::batch_norm", "aten::relu", "aten::max_pool2d"]
     out = tmp_path / "t.npz"
-    proc = run_cli("dump", paths["torchscript"], "--inputs", x_file, "-o", out)
+    proc = cli_inprocess(capsys, "dump", paths["torchscript"], "--inputs", x_file, "-o", out)
     assert proc.returncode == 0, proc.stderr
     dumped = np.load(out)
     assert len(listed) == len(seen) == len(module)
@@ -136,11 +136,11 @@ def _cosine(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def test_int8_tflite_dump_is_dequantized(keras_paths, int8_models, x_file, tmp_path):
+def test_int8_tflite_dump_is_dequantized(keras_paths, int8_models, x_file, tmp_path, capsys):
     """Each int8 tensor is written as real values under its name, with the engine's integers,
     scale and zero point beside it; the figures printed are the real values'."""
     out = tmp_path / "int8.npz"
-    proc = run_cli("dump", int8_models["int8_io"], "--inputs", x_file, "-o", out)  # float inputs are quantized
+    proc = cli_inprocess(capsys, "dump", int8_models["int8_io"], "--inputs", x_file, "-o", out)  # float inputs are quantized
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("(dequantized int8, scale ") == 7, proc.stdout
     dumped = np.load(out)
@@ -151,13 +151,13 @@ def test_int8_tflite_dump_is_dequantized(keras_paths, int8_models, x_file, tmp_p
         assert dumped[name].dtype == np.float32 and raw.dtype == np.int8 and scale.shape == zero.shape == (1,)
         np.testing.assert_allclose(dumped[name], (raw.astype(np.float64) - zero[0]) * scale[0], rtol=1e-6, atol=1e-7)
     reference = tmp_path / "float.npz"
-    assert run_cli("dump", keras_paths["tflite"], "--inputs", x_file, "-o", reference).returncode == 0
+    assert cli_inprocess(capsys, "dump", keras_paths["tflite"], "--inputs", x_file, "-o", reference).returncode == 0
     floats = np.load(reference)
     assert set(floats.files) == set(names)  # the float model's tensors, key for key
     for name in names:
         assert _cosine(floats[name], dumped[name]) > 0.999, name
         assert np.abs(floats[name] - dumped[name]).max() < 0.25, name
-    proc = run_cli("dump", int8_models["int8_io"], "--inputs", x_file, "--tensors", "StatefulPartitionedCall_1", "-o",
+    proc = cli_inprocess(capsys, "dump", int8_models["int8_io"], "--inputs", x_file, "--tensors", "StatefulPartitionedCall_1", "-o",
                    tmp_path / "one.npz", "--json")
     assert proc.returncode == 0, proc.stderr
     (stats,) = json.loads(proc.stdout)["tensors"].values()
@@ -165,10 +165,10 @@ def test_int8_tflite_dump_is_dequantized(keras_paths, int8_models, x_file, tmp_p
     assert stats["quantized"]["zero_point"] == [-128] and 0 < stats["min"] <= stats["max"] < 1  # softmax, real values
 
 
-def test_onnx_qoperator_dump_is_dequantized(keras_paths, int8_models, x_file, tmp_path):
+def test_onnx_qoperator_dump_is_dequantized(keras_paths, int8_models, x_file, tmp_path, capsys):
     """ONNX: the scale and zero point are the QLinear*/QuantizeLinear node's inputs."""
     out = tmp_path / "qop.npz"
-    proc = run_cli("dump", int8_models["qoperator"], "--inputs", x_file, "-o", out, "--json")
+    proc = cli_inprocess(capsys, "dump", int8_models["qoperator"], "--inputs", x_file, "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
     tensors = json.loads(proc.stdout)["tensors"]
     quantized = {name: st for name, st in tensors.items() if "quantized" in st}
@@ -179,7 +179,7 @@ def test_onnx_qoperator_dump_is_dequantized(keras_paths, int8_models, x_file, tm
     raw = dumped[f"{pool}_quantized#quantized"]
     assert raw.dtype == np.uint8 and dumped[f"{pool}_quantized"].dtype == np.float32
     reference = tmp_path / "float.npz"
-    assert run_cli("dump", keras_paths["onnx"], "--inputs", x_file, "--tensors", pool, "-o", reference).returncode == 0
+    assert cli_inprocess(capsys, "dump", keras_paths["onnx"], "--inputs", x_file, "--tensors", pool, "-o", reference).returncode == 0
     assert _cosine(np.load(reference)[pool], dumped[f"{pool}_quantized"]) > 0.999
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess, run_cli
 from shipyard.runtimes import open_runner
 from shipyard.verify import diff
 
@@ -48,14 +48,14 @@ def test_bfloat16_is_asked_for_not_taken(keras_paths, images):
     assert cosine > 0.999 and (a.argmax(1) == b.argmax(1)).all()
 
 
-def test_compare_and_bench_accept_openvino_with_profile(keras_paths, tmp_path):
-    proc = run_cli("compare", keras_paths["tflite"], "--backend", "litert,openvino", "--random", "4", "--json")
+def test_compare_and_bench_accept_openvino_with_profile(keras_paths, tmp_path, capsys):
+    proc = cli_inprocess(capsys, "compare", keras_paths["tflite"], "--backend", "litert,openvino", "--random", "4", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     out = doc["candidates"][0]["outputs"] if "candidates" in doc else doc["outputs"]
     figures = next(iter(out.values())) if isinstance(out, dict) else out[0]
     assert figures["max_abs"] < 1e-5
-    proc = run_cli("bench", keras_paths["onnx"], "--backend", "onnxruntime,openvino", "--threads", "1",
+    proc = cli_inprocess(capsys, "bench", keras_paths["onnx"], "--backend", "onnxruntime,openvino", "--threads", "1",
                    "--runs", "10", "--profile", "--json")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)["results"]
@@ -65,7 +65,7 @@ def test_compare_and_bench_accept_openvino_with_profile(keras_paths, tmp_path):
     assert {"Convolution", "GroupConvolution"} & {row["op"] for row in ov["profile"]}
 
 
-def test_a_real_corpus_detector_on_openvino_and_one_it_cannot_read():
+def test_a_real_corpus_detector_on_openvino_and_one_it_cannot_read(capsys):
     from corpus import CORPUS, nudenet_check, nudenet_inputs
 
     detector = CORPUS["nudenet-yolov8n-onnx"]
@@ -77,7 +77,7 @@ def test_a_real_corpus_detector_on_openvino_and_one_it_cannot_read():
     (name, ours), (_, theirs) = next(iter(got.items())), next(iter(ref.items()))
     assert diff(name, theirs, ours).cosine > 0.99999
     # silero-vad keeps its network in If branches whose ranks OpenVINO cannot infer: a clean load error
-    proc = run_cli("run", CORPUS["silero-vad-onnx"].path, "--backend", "openvino", "--random")
+    proc = cli_inprocess(capsys, "run", CORPUS["silero-vad-onnx"].path, "--backend", "openvino", "--random")
     assert_clean_error(proc, "OpenVINO cannot load the model", "unsupported: Conv")
 
 
@@ -90,11 +90,11 @@ def test_missing_openvino_names_the_extra(keras_paths, tmp_path):
     assert len(proc.stderr.strip().splitlines()) <= 2
 
 
-def test_nncf_int8_inside_the_budget_and_faster_form_for_openvino(keras_paths, tmp_path):
+def test_nncf_int8_inside_the_budget_and_faster_form_for_openvino(keras_paths, tmp_path, capsys):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(5).standard_normal((32, 12, 12, 3)).astype("float32"))
     out = tmp_path / "int8.onnx"
-    proc = run_cli("quantize", keras_paths["onnx"], "--mode", "static", "--engine", "nncf", "--calibration", calib,
+    proc = cli_inprocess(capsys, "quantize", keras_paths["onnx"], "--mode", "static", "--engine", "nncf", "--calibration", calib,
                    "-o", out, "--runs", "5", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -108,18 +108,18 @@ def test_nncf_int8_inside_the_budget_and_faster_form_for_openvino(keras_paths, t
     _, f = _outputs(keras_paths["onnx"], "onnxruntime", {"image:0": x})
     a, b = next(iter(f.values())), next(iter(q.values()))
     assert 0 < np.abs(a - b).max() < 0.05  # quantized: close, not identical
-    assert_clean_error(run_cli("quantize", keras_paths["keras"], "--mode", "static", "--engine", "nncf",
+    assert_clean_error(cli_inprocess(capsys, "quantize", keras_paths["keras"], "--mode", "static", "--engine", "nncf",
                                "-o", tmp_path / "k.onnx"), "the nncf engine quantizes ONNX models")
-    assert_clean_error(run_cli("quantize", keras_paths["onnx"], "--mode", "dynamic", "--engine", "nncf",
+    assert_clean_error(cli_inprocess(capsys, "quantize", keras_paths["onnx"], "--mode", "dynamic", "--engine", "nncf",
                                "-o", tmp_path / "d.onnx"), "static (calibrated) int8 only")
     assert not (tmp_path / "k.onnx").exists() and not (tmp_path / "d.onnx").exists()
 
 
-def test_ship_optimize_latency_chooses_measures_and_serves_its_choice(keras_paths, tmp_path):
+def test_ship_optimize_latency_chooses_measures_and_serves_its_choice(keras_paths, tmp_path, capsys):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(6).standard_normal((32, 12, 12, 3)).astype("float32"))
     dist = tmp_path / "dist"
-    proc = run_cli("ship", keras_paths["keras"], "-o", dist, "--optimize", "latency", "--threads", "1",
+    proc = cli_inprocess(capsys, "ship", keras_paths["keras"], "-o", dist, "--optimize", "latency", "--threads", "1",
                    "--engines", "openvino,onnxruntime", "--calibration", calib, "--runs", "10")
     assert proc.returncode == 0, proc.stderr
     assert "optimize for latency" in proc.stdout and "chosen:" in proc.stdout
@@ -165,11 +165,11 @@ def test_ship_optimize_latency_chooses_measures_and_serves_its_choice(keras_path
         assert server.stop() == 0
 
 
-def test_ship_optimize_with_no_candidate_inside_the_budget_exits_1_with_the_table(keras_paths, tmp_path):
+def test_ship_optimize_with_no_candidate_inside_the_budget_exits_1_with_the_table(keras_paths, tmp_path, capsys):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(7).standard_normal((16, 12, 12, 3)).astype("float32"))
     dist = tmp_path / "dist"
-    proc = run_cli("ship", keras_paths["onnx"], "-o", dist, "--optimize", "size", "--targets", "onnx",
+    proc = cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", dist, "--optimize", "size", "--targets", "onnx",
                    "--engines", "onnxruntime", "--precisions", "int8", "--accuracy-budget", "cosine=1",
                    "--calibration", calib, "--runs", "3")
     assert_clean_error(proc, "no candidate is inside the accuracy budget", code=1)
@@ -177,16 +177,16 @@ def test_ship_optimize_with_no_candidate_inside_the_budget_exits_1_with_the_tabl
     manifest = json.loads((dist / "manifest.json").read_text())
     assert manifest["optimize"]["chosen"] is None and manifest["optimize"]["candidates"]
     assert not (dist / "serving" / "model").exists()
-    assert_clean_error(run_cli("ship", keras_paths["onnx"], "-o", tmp_path / "y", "--engines", "openvino"),
+    assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", tmp_path / "y", "--engines", "openvino"),
                        "need --optimize")
-    assert_clean_error(run_cli("ship", keras_paths["onnx"], "-o", tmp_path / "z", "--optimize", "latency",
+    assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", tmp_path / "z", "--optimize", "latency",
                                "--precisions", "int4"), "unknown precision")
 
 
-def test_ship_optimize_throughput_measures_batches_and_size_picks_the_smallest(keras_paths, tmp_path):
+def test_ship_optimize_throughput_measures_batches_and_size_picks_the_smallest(keras_paths, tmp_path, capsys):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(8).standard_normal((16, 12, 12, 3)).astype("float32"))
-    proc = run_cli("ship", keras_paths["onnx"], "-o", tmp_path / "t", "--optimize", "throughput", "--targets", "onnx",
+    proc = cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", tmp_path / "t", "--optimize", "throughput", "--targets", "onnx",
                    "--engines", "onnxruntime,openvino", "--precisions", "fp32", "--calibration", calib, "--runs", "5",
                    "--json")
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess, run_cli
 from shipyard.inspection import inspect_model
 from shipyard.protect import KEY_ENV, AuthenticationError, encrypt_model, generate_key, read_key
 from shipyard.runtimes import open_runner
@@ -35,11 +35,11 @@ def _encrypt(src, fmt, key_file, out):
     return out
 
 
-def test_keygen_is_private_and_never_overwrites(tmp_path):
+def test_keygen_is_private_and_never_overwrites(tmp_path, capsys):
     key = generate_key(tmp_path / "k")
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert len(read_key(key)) == 32
-    assert_clean_error(run_cli("keygen", key), "refusing to overwrite")
+    assert_clean_error(cli_inprocess(capsys, "keygen", "-o", key), "refusing to overwrite")
 
 
 @pytest.mark.parametrize("name", IN_MEMORY)
@@ -71,7 +71,7 @@ def test_torchscript_and_no_plaintext_on_disk(torch_example, key_file, tmp_path)
     assert not any(p.read_bytes()[:4096] == plaintext for p in written)
 
 
-def test_every_flipped_byte_fails_authentication(keras_paths, key_file, tmp_path):
+def test_every_flipped_byte_fails_authentication(keras_paths, key_file, tmp_path, capsys):
     enc = _encrypt(keras_paths["onnx"], "onnx", key_file, tmp_path / "m.enc")
     data = enc.read_bytes()
     for pos in (0, 5, 8, 9, 10, 15, 23, 25, 40, len(data) // 2, len(data) - 1):
@@ -94,26 +94,26 @@ def test_every_flipped_byte_fails_authentication(keras_paths, key_file, tmp_path
     assert not (tmp_path / "x.enc").exists()
 
 
-def test_savedmodel_says_it_cannot_load_from_memory(keras_paths, key_file, tmp_path):
+def test_savedmodel_says_it_cannot_load_from_memory(keras_paths, key_file, tmp_path, capsys):
     enc = _encrypt(keras_paths["savedmodel"], "tf-savedmodel", key_file, tmp_path / "sm.enc")
-    proc = run_cli("inspect", enc, "--key-file", key_file, "--json")
+    proc = cli_inprocess(capsys, "inspect", enc, "--key-file", key_file, "--json")
     assert proc.returncode == 0, proc.stderr  # the signature is read from memory
-    assert_clean_error(run_cli("run", enc, "--key-file", key_file), "cannot be run without writing the plaintext")
+    assert_clean_error(cli_inprocess(capsys, "run", enc, "--key-file", key_file), "cannot be run without writing the plaintext")
 
 
-def test_decrypt_round_trip(keras_paths, key_file, tmp_path):
+def test_decrypt_round_trip(keras_paths, key_file, tmp_path, capsys):
     for name in ("onnx", "tfjs"):
         enc = tmp_path / f"{name}.enc"
-        proc = run_cli("encrypt", keras_paths[name], "-o", enc, "--key-file", key_file)
+        proc = cli_inprocess(capsys, "encrypt", keras_paths[name], "-o", enc, "--key-file", key_file)
         assert proc.returncode == 0, proc.stderr
         out = tmp_path / f"{name}.plain"
-        assert run_cli("decrypt", enc, "-o", out, "--key-file", key_file).returncode == 0
+        assert cli_inprocess(capsys, "decrypt", enc, "-o", out, "--key-file", key_file).returncode == 0
         if keras_paths[name].is_dir():
             assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in keras_paths[name].iterdir())
             assert (out / "model.json").read_bytes() == (keras_paths[name] / "model.json").read_bytes()
         else:
             assert out.read_bytes() == keras_paths[name].read_bytes()
-    assert_clean_error(run_cli("encrypt", enc, "-o", tmp_path / "again", "--key-file", key_file), "already encrypted")
+    assert_clean_error(cli_inprocess(capsys, "encrypt", enc, "-o", tmp_path / "again", "--key-file", key_file), "already encrypted")
 
 
 def test_serve_an_encrypted_model(key_file, tmp_path):

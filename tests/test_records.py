@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, cli_inprocess, run_cli
+from conftest import assert_clean_error, cli_inprocess
 from shipyard import records, tf_example
 from shipyard.records import RecordError
 
@@ -70,7 +70,7 @@ def test_index_count_and_random_access(tmp_path):
         records.read_at(path, 20)
 
 
-def test_corrupt_and_truncated_files_name_the_record(tmp_path):
+def test_corrupt_and_truncated_files_name_the_record(tmp_path, capsys):
     images, labels = _arrays(4)
     path = tmp_path / "d.tfrecord"
     records.write_records(path, (tf_example.encode({"image": i}) for i in images))
@@ -89,10 +89,10 @@ def test_corrupt_and_truncated_files_name_the_record(tmp_path):
     (tmp_path / "zcut.tfrecord").write_bytes(z[: len(z) // 2])
     with pytest.raises(RecordError, match="compressed data ends early|truncated record"):
         list(records.iter_records(tmp_path / "zcut.tfrecord"))
-    assert_clean_error(run_cli("records", "head", tmp_path / "bad.tfrecord"), "corrupt record 2")
+    assert_clean_error(cli_inprocess(capsys, "records", "head", tmp_path / "bad.tfrecord"), "corrupt record 2")
 
 
-def test_cli_and_images_folder(tmp_path):
+def test_cli_and_images_folder(tmp_path, capsys):
     from PIL import Image
 
     for cls in ("cat", "dog"):
@@ -100,13 +100,13 @@ def test_cli_and_images_folder(tmp_path):
         for i in range(2):
             Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
     out = tmp_path / "imgs.tfrecord"
-    proc = run_cli("records", "write", out, "--images", tmp_path / "imgs", "--gzip", "--json")
+    proc = cli_inprocess(capsys, "records", "write", tmp_path / "imgs", "-o", out, "--gzip", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["records"] == 4
-    heads = json.loads(run_cli("records", "head", out, "-n", "4", "--json").stdout)
+    heads = json.loads(cli_inprocess(capsys, "records", "head", out, "-n", "4", "--json").stdout)
     assert [h["features"]["image/class/label"]["values"] for h in heads] == [[0], [0], [1], [1]]
-    assert json.loads(run_cli("records", "count", out, "--json").stdout)["records"] == 4
-    assert_clean_error(run_cli("records", "index", out), "cannot be indexed")
+    assert json.loads(cli_inprocess(capsys, "records", "count", out, "--json").stdout)["records"] == 4
+    assert_clean_error(cli_inprocess(capsys, "records", "index", out), "cannot be indexed")
 
 
 def test_records_feed_a_model(keras_example, tmp_path, capsys):
@@ -114,7 +114,7 @@ def test_records_feed_a_model(keras_example, tmp_path, capsys):
     path = tmp_path / "inputs.tfrecord"
     records.write_records(path, (tf_example.encode({"pixels": img}) for img in x))
     out = tmp_path / "y.npz"
-    proc = run_cli("run", paths["onnx"], "--input", path, "--map", "pixels=image:0", "-o", out)
+    proc = cli_inprocess(capsys, "run", paths["onnx"], "--input", path, "--map", "pixels=image:0", "-o", out)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.load(out)["Identity:0"], ref, rtol=1e-4, atol=1e-5)
     # one feature for a one-input model feeds it whatever its name (as in calibration data)
@@ -145,7 +145,7 @@ def test_encoded_image_records_are_inputs_and_calibration(keras_example, tmp_pat
     files = sorted((tmp_path / "imgs").rglob("*.png"))
     pixels = np.stack([np.asarray(Image.open(f), np.float32) / 255 for f in files])
     out = tmp_path / "imgs.tfrecord"
-    assert cli_inprocess(capsys, "records", "write", out, "--images", tmp_path / "imgs").returncode == 0
+    assert cli_inprocess(capsys, "records", "write", tmp_path / "imgs", "-o", out).returncode == 0
     proc = cli_inprocess(capsys, "run", paths["onnx"], "--input", out, "-o", tmp_path / "y.npz")
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npz")["Identity:0"], np.asarray(model(pixels, training=False)),
@@ -181,19 +181,19 @@ def test_records_calibrate_quantization(keras_example, tmp_path):
     assert report.accuracy is not None and report.outputs[0]["cosine"] > 0.99
 
 
-def test_records_are_inputs_of_compare_and_bench(keras_paths, tmp_path):
+def test_records_are_inputs_of_compare_and_bench(keras_paths, tmp_path, capsys):
     path = tmp_path / "x.tfrecord"
     images = np.random.default_rng(2).standard_normal((3, 12, 12, 3)).astype("float32")
     records.write_records(path, (tf_example.encode({"pixels": img}) for img in images))
-    proc = run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", path, "--map", "pixels=image:0", "--json")
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", path, "--map", "pixels=image:0", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["passed"]
-    proc = run_cli("bench", keras_paths["onnx"], "--inputs", path, "--map", "pixels=image:0", "--runs", "3", "--json")
+    proc = cli_inprocess(capsys, "bench", keras_paths["onnx"], "--inputs", path, "--map", "pixels=image:0", "--runs", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     first = doc[0] if isinstance(doc, list) else doc.get("results", [doc])[0]
     assert first["batch"] == 3  # the three records are one batch
-    assert_clean_error(run_cli("compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", path, "--map", "pixels"),
+    assert_clean_error(cli_inprocess(capsys, "compare", keras_paths["onnx"], keras_paths["tflite"], "--inputs", path, "--map", "pixels"),
                        "expected FEATURE=INPUT")
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,10 @@ def digits(tmp_path_factory):
     return work, tf1, accuracy
 
 
-def test_ship_tf1_graph_with_int8(digits, tmp_path):
+def test_ship_tf1_graph_with_int8(digits, tmp_path, capsys):
     work, tf1, _ = digits
     dist = tmp_path / "dist"
-    proc = run_cli("ship", tf1["graph"], "--checkpoint", tf1["directory"], "-o", dist, "--quantize", "static",
+    proc = cli_inprocess(capsys, "ship", tf1["graph"], "--checkpoint", tf1["directory"], "-o", dist, "--quantize", "static",
                    "--calibration", work / "calib.npz", "--inputs", work / "test.npz", "--runs", "5", "--json")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
@@ -56,31 +56,31 @@ def test_ship_tf1_graph_with_int8(digits, tmp_path):
     assert "<svg" in page and "onnx-int8" in page
 
 
-def test_ship_keras_to_every_target_without_quantization(digits, tmp_path):
+def test_ship_keras_to_every_target_without_quantization(digits, tmp_path, capsys):
     work, _, _ = digits
-    proc = run_cli("ship", work / "digits.keras", "-o", tmp_path / "d", "--targets", "onnx,tflite,tfjs",
+    proc = cli_inprocess(capsys, "ship", work / "digits.keras", "-o", tmp_path / "d", "--targets", "onnx,tflite,tfjs",
                    "--runs", "3", "--inputs", work / "test.npz")
     assert proc.returncode == 0, proc.stderr
     assert "onnx" in proc.stdout and "report:" in proc.stdout
 
 
-def test_a_failing_step_keeps_what_was_made(keras_paths, tmp_path):
+def test_a_failing_step_keeps_what_was_made(keras_paths, tmp_path, capsys):
     dist = tmp_path / "dist"
-    proc = run_cli("ship", keras_paths["onnx"], "-o", dist, "--targets", "onnx,torchscript", "--runs", "3")  # no ONNX -> TorchScript converter
+    proc = cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", dist, "--targets", "onnx,torchscript", "--runs", "3")  # no ONNX -> TorchScript converter
     assert_clean_error(proc, "ship stopped at 'convert'", "manifest.json")
     manifest = json.loads((dist / "manifest.json").read_text())
     assert manifest["complete"] is False and manifest["failed"]["step"] == "convert"
-    assert_clean_error(run_cli("ship", keras_paths["onnx"], "-o", tmp_path / "x", "--quantize", "int4"), "unknown --quantize")
+    assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", tmp_path / "x", "--quantize", "int4"), "unknown --quantize")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "thesis.tex").write_text("keep")
-    assert_clean_error(run_cli("ship", keras_paths["onnx"], "-o", tmp_path / "busy", "--targets", "onnx"), "refusing")
+    assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", tmp_path / "busy", "--targets", "onnx"), "refusing")
     assert (tmp_path / "busy" / "thesis.tex").read_text() == "keep"
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(tmp_path, capsys):
     """The README's first command: train, ship with int8, serve, request."""
-    proc = run_cli("demo", "-o", tmp_path, "--json")
+    proc = cli_inprocess(capsys, "demo", "-o", tmp_path, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     assert doc["keras_accuracy"] > 0.95
@@ -90,7 +90,7 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "dist" / "report.html").is_file()
 
 
-def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path):
+def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path, capsys):
     """An impossible budget: the int8 artifact is rejected (exit 1, not in the distribution, the
     manifest says why); --allow-degraded ships it marked 'degraded'."""
     work, _, _ = digits
@@ -98,7 +98,7 @@ def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path
     args = ("ship", work / "digits.keras", "-o", dist, "--targets", "onnx", "--quantize", "static",
             "--calibration", work / "calib.npz", "--inputs", work / "test.npz", "--runs", "3",
             "--accuracy-budget", "cosine=1,top1=100%,drop=0")
-    proc = run_cli(*args)
+    proc = cli_inprocess(capsys, *args)
     assert_clean_error(proc, "missed the accuracy budget and were not shipped: onnx-int8", code=1)
     manifest = json.loads((dist / "manifest.json").read_text())
     assert [a["name"] for a in manifest["rejected"]] == ["onnx-int8"]
@@ -109,7 +109,7 @@ def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path
     # every output of every float artifact was checked exactly
     for art in manifest["artifacts"]:
         assert art["verification"]["criterion"]["kind"] == "exact" and art["verification"]["outputs"]
-    proc = run_cli(*args, "--allow-degraded", "-o", tmp_path / "degraded")
+    proc = cli_inprocess(capsys, *args, "--allow-degraded", "-o", tmp_path / "degraded")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "degraded" / "manifest.json").read_text())
     degraded = {a["name"]: a for a in manifest["artifacts"]}["onnx-int8"]
