@@ -86,11 +86,11 @@ def test_every_flipped_byte_fails_authentication(keras_paths, key_file, tmp_path
                 del os.environ[KEY_ENV]
     enc.write_bytes(data)
     other = generate_key(tmp_path / "other.key")
-    assert_clean_error(run_cli("run", enc, "--key-file", other), "authentication failed")
-    assert_clean_error(run_cli("inspect", enc), "encrypted: give its key")
+    assert_clean_error(cli_inprocess(capsys, "run", enc, "--key-file", other), "authentication failed")
+    assert_clean_error(cli_inprocess(capsys, "inspect", enc), "encrypted: give its key")
     # encrypting without a key says so (it used to say the plaintext model was encrypted)
     assert KEY_ENV not in os.environ
-    assert_clean_error(run_cli("encrypt", keras_paths["onnx"], "-o", tmp_path / "x.enc"), "encrypting needs a key")
+    assert_clean_error(cli_inprocess(capsys, "encrypt", keras_paths["onnx"], "-o", tmp_path / "x.enc"), "encrypting needs a key")
     assert not (tmp_path / "x.enc").exists()
 
 

@@ -72,7 +72,10 @@ def run(argv: list[str] | None = None) -> int:
     reset_warnings()
     parser = build_parser()
     args = _parse(parser, argv)
+    key_before = os.environ.get("SHIPYARD_MODEL_KEY_FILE")
     if getattr(args, "key_file_path", None) is not None:
+        # for this command only (engines' loaders and child processes read it): an in-process caller's
+        # next command must not decrypt with this one's key
         os.environ["SHIPYARD_MODEL_KEY_FILE"] = str(args.key_file_path)
     from shipyard.atomic import run_scratch
 
@@ -100,6 +103,11 @@ def run(argv: list[str] | None = None) -> int:
               "  hint: run again with SHIPYARD_DEBUG=1 for the traceback, and please report it",
               file=sys.stderr)
         return 1
+    finally:
+        if key_before is None:
+            os.environ.pop("SHIPYARD_MODEL_KEY_FILE", None)
+        else:
+            os.environ["SHIPYARD_MODEL_KEY_FILE"] = key_before
 
 
 def _interrupted(exc: BaseException) -> bool:
