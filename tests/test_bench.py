@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess
 
 LATENCY_KEYS = ("min", "p50", "p90", "p99", "max", "mean")
 
@@ -27,17 +27,17 @@ def _check_figures(doc):
     assert 10 * 2**20 < doc["peak_rss_bytes"] < 4 * 2**30
 
 
-def test_bench_json_single(keras_paths):
-    proc = run_cli("bench", keras_paths["onnx"], "--runs", "20", "--warmup", "2", "--threads", "1", "--json")
+def test_bench_json_single(keras_paths, capsys):
+    proc = cli_inprocess(capsys, "bench", keras_paths["onnx"], "--runs", "20", "--warmup", "2", "--threads", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     _check_figures(doc)
     assert doc["backend"] == "onnxruntime" and doc["runs"] == 20 and doc["threads"] == 1
 
 
-def test_bench_side_by_side_with_batches_and_profile(keras_paths, tmp_path):
+def test_bench_side_by_side_with_batches_and_profile(keras_paths, tmp_path, capsys):
     html = tmp_path / "bench.html"
-    proc = run_cli("bench", keras_paths["onnx"], keras_paths["tflite"], "--batch", "1,4",
+    proc = cli_inprocess(capsys, "bench", keras_paths["onnx"], keras_paths["tflite"], "--batch", "1,4",
                    "--runs", "10", "--warmup", "1", "--profile", "--json", "--html", html)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)["results"]
@@ -53,8 +53,8 @@ def test_bench_side_by_side_with_batches_and_profile(keras_paths, tmp_path):
     assert html.read_text().count("<svg") >= 3
 
 
-def test_bench_tensorflow_step_stats_profile(keras_paths):
-    proc = run_cli("bench", keras_paths["pb"], "--runs", "5", "--warmup", "1", "--profile", "--json")
+def test_bench_tensorflow_step_stats_profile(keras_paths, capsys):
+    proc = cli_inprocess(capsys, "bench", keras_paths["pb"], "--runs", "5", "--warmup", "1", "--profile", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     _check_figures(doc)
@@ -67,8 +67,8 @@ def test_bench_tensorflow_step_stats_profile(keras_paths):
     assert "Relu6" not in ops and "Sub" not in ops
 
 
-def test_bench_text_table(keras_paths):
-    proc = run_cli("bench", keras_paths["onnx"], "--runs", "5", "--threads", "1,2")
+def test_bench_text_table(keras_paths, capsys):
+    proc = cli_inprocess(capsys, "bench", keras_paths["onnx"], "--runs", "5", "--threads", "1,2")
     assert proc.returncode == 0, proc.stderr
     assert "p99" in proc.stdout and "onnxruntime 1t b1" in proc.stdout and "onnxruntime 2t b1" in proc.stdout
 
@@ -93,15 +93,15 @@ def test_bench_flops_per_model_and_per_configuration(keras_paths, capsys):
     assert "FLOP/run" in head and flop_b1.endswith(" K") and flop_b1 != flop_b8
 
 
-def test_bench_bad_arguments(keras_paths, tmp_path):
-    assert_clean_error(run_cli("bench", keras_paths["onnx"], "--threads", "two"), "--threads")
-    assert_clean_error(run_cli("bench", keras_paths["onnx"], "--backend", "litert"), "cannot run an onnx model")
-    assert_clean_error(run_cli("bench", keras_paths["onnx"], "--html", "/proc/nope/r.html"), "does not exist")
+def test_bench_bad_arguments(keras_paths, tmp_path, capsys):
+    assert_clean_error(cli_inprocess(capsys, "bench", keras_paths["onnx"], "--threads", "two"), "--threads")
+    assert_clean_error(cli_inprocess(capsys, "bench", keras_paths["onnx"], "--backend", "litert"), "cannot run an onnx model")
+    assert_clean_error(cli_inprocess(capsys, "bench", keras_paths["onnx"], "--html", "/proc/nope/r.html"), "does not exist")
     wrong = tmp_path / "x.npy"
     import numpy as np
 
     np.save(wrong, np.zeros((1, 3, 12, 12), np.float32))
-    assert_clean_error(run_cli("bench", keras_paths["tflite"], "--inputs", wrong), "expected shape")
+    assert_clean_error(cli_inprocess(capsys, "bench", keras_paths["tflite"], "--inputs", wrong), "expected shape")
 
 
 def _children(pid: int) -> list[int]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, cli_inprocess, run_cli
 from shipyard.errors import ModelFormatError, ModelLoadError
 from shipyard.inspection import inspect_model
 from shipyard.sniff import open_model
@@ -88,7 +88,7 @@ torch.save(torch.nn.Linear(64, 4).state_dict(), {str(path)!r})
     assert "(saved on cpu, cuda:0)" in text and rows["weight"][-4] == "cuda:0" and rows["bias"][-4] == "cpu"
 
 
-def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, capsys):
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -103,23 +103,23 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(ModelLoadError, match="weights_only=True"):
         inspect_model(path)
     assert not marker.exists()
-    assert_clean_error(run_cli("inspect", path), "refused", "system")
-    assert_clean_error(run_cli("run", path, "--random"), "weights, not a program")  # never unpickled
+    assert_clean_error(cli_inprocess(capsys, "inspect", path), "refused", "system")
+    assert_clean_error(cli_inprocess(capsys, "run", path, "--random"), "weights, not a program")  # never unpickled
     assert not marker.exists()
 
 
-def test_bad_checkpoints(tmp_path):
+def test_bad_checkpoints(tmp_path, capsys):
     path = tmp_path / "net.pth"
     torch.save(small_net().state_dict(), path)
     data = path.read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises((ModelFormatError, ModelLoadError)):
         inspect_model(tmp_path / "cut.pth")
-    assert_clean_error(run_cli("inspect", tmp_path / "cut.pth"))
-    assert_clean_error(run_cli("run", path, "--random"), "weights, not a program")
+    assert_clean_error(cli_inprocess(capsys, "inspect", tmp_path / "cut.pth"))
+    assert_clean_error(cli_inprocess(capsys, "run", path, "--random"), "weights, not a program")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes((10**6).to_bytes(8, "little") + b'{"a": 1}' + b"\0" * 30)  # header claims more than the file
-    assert_clean_error(run_cli("inspect", bad))
+    assert_clean_error(cli_inprocess(capsys, "inspect", bad))
 
 
 FACTORIES = '''
@@ -165,7 +165,7 @@ def test_factory_plus_weights_is_a_source(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_torch_export_program_inspects_and_runs(tmp_path):
+def test_torch_export_program_inspects_and_runs(tmp_path, capsys):
     from shipyard.runtimes import open_runner
 
     torch.manual_seed(0)
@@ -182,4 +182,4 @@ def test_torch_export_program_inspects_and_runs(tmp_path):
         np.testing.assert_allclose(got, net(torch.from_numpy(x)).numpy(), atol=1e-6)
     data = (tmp_path / "net.pt2").read_bytes()
     (tmp_path / "cut.pt2").write_bytes(data[: len(data) // 2])
-    assert_clean_error(run_cli("run", tmp_path / "cut.pt2", "--random"))
+    assert_clean_error(cli_inprocess(capsys, "run", tmp_path / "cut.pt2", "--random"))
