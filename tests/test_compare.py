@@ -91,6 +91,34 @@ def test_perturbed_weights_fail_and_name_the_output(keras_paths, perturbed_onnx,
     assert proc.returncode == 0, proc.stdout
 
 
+def test_a_failing_output_says_where_and_how_widely(keras_paths, perturbed_onnx, tmp_path, capsys):
+    """How many elements are outside the tolerance, the worst ones with their indices, the |error|
+    distribution by decade: text, JSON and HTML (checked against onnxruntime run here directly)."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(4).standard_normal((4, 12, 12, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    ref, bad = (ort.InferenceSession(str(p)).run(None, {"image:0": x})[0].astype(np.float64)
+                for p in (keras_paths["onnx"], perturbed_onnx))
+    err = np.abs(ref - bad)
+    outside = int((err > 1e-4 + 1e-3 * np.abs(ref)).sum())
+    worst = [int(i) for i in np.unravel_index(int(err.argmax()), err.shape)]
+    html = tmp_path / "cmp.html"
+    proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], perturbed_onnx, "--inputs", tmp_path / "x.npy",
+                         "--json", "--html", html)
+    assert proc.returncode == 1, proc.stderr
+    d = json.loads(proc.stdout)["outputs"]["Identity:0"]
+    assert d["outside"] == outside > 0 and d["size"] == err.size
+    assert d["worst"][0]["index"] == worst and abs(d["worst"][0]["abs_error"] - err.max()) < 1e-6
+    assert sum(d["histogram"]["decades"].values()) + d["histogram"]["zero"] == err.size
+    text = cli_inprocess(capsys, "compare", keras_paths["onnx"], perturbed_onnx, "--inputs", tmp_path / "x.npy").stdout
+    assert f"outside tolerance: {outside} of {err.size} elements" in text and f"at {worst}:" in text
+    assert "|err| by decade:" in text
+    page = html.read_text()
+    assert f"{outside} of {err.size} elements outside the tolerance" in page and "largest errors" in page
+    assert page.count("<svg") >= 1 and "atol 0.0001" in page
+
+
 def test_layerwise_names_the_perturbed_layer(keras_paths, perturbed_onnx, tmp_path, capsys):
     html = tmp_path / "layers.html"
     proc = cli_inprocess(capsys, "compare", keras_paths["onnx"], perturbed_onnx, "--layerwise", "--chunk", "3", "--json",

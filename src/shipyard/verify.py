@@ -57,6 +57,12 @@ class OutputDiff:
     atol: float | None = None
     rtol: float | None = None
     rel_l2: float | None = None  # ||other - ref|| / ||ref||: 1.0 for an output off by a factor 2, where cosine stays 1
+    outside: int = 0     # elements beyond atol + rtol*|ref| (why a pair fails, and how widely)
+    size: int = 0
+    # the elements with the largest |error|: index, reference value, other value, |error|, what was allowed
+    worst: list = field(default_factory=list)
+    # |error| distribution: counts of exact zeros and per decade ([10^k, 10^(k+1)) for k in decades)
+    histogram: dict = field(default_factory=dict)
     # top-1 agreement where a changed argmax counts only when the reference's own values of the
     # two classes differ by more than TIE of the row's range: closer than that is a tie at 8-bit
     # resolution (256 levels), and a tie broken either way is no error (box coordinates, maps)
@@ -134,10 +140,43 @@ def diff(name: str, ref: np.ndarray, other: np.ndarray, atol: float = 1e-4, rtol
         decisive = _decisive_agreement(a64, ia, ib)
         if a.shape[-1] > TOP_K:
             topk = _topk_agreement(a64, b64, TOP_K)
-    passed = nonfinite == 0 and bool(np.all(err <= atol + rtol * np.abs(a64)))
+    allowed = atol + rtol * np.abs(a64)
+    with np.errstate(invalid="ignore"):
+        beyond = ~(err <= allowed)  # NaN errors count as beyond
+    outside = int(beyond.sum())
+    passed = nonfinite == 0 and outside == 0
     return OutputDiff(name, max_abs, mean_abs, max_rel, cosine, agreement, nonfinite, passed, a.shape, b.shape,
                       mean_rel=mean_rel, top1_agreement=decisive, snr_db=_snr_db(a64, err) if err.size else None, topk_agreement=topk,
-                      nonfinite_ref=bad_a, nonfinite_other=bad_b, atol=atol, rtol=rtol, rel_l2=rel_l2)
+                      nonfinite_ref=bad_a, nonfinite_other=bad_b, atol=atol, rtol=rtol, rel_l2=rel_l2,
+                      outside=outside, size=int(err.size), worst=_worst(a64, b64, err, allowed),
+                      histogram=_decades(err))
+
+
+WORST = 5
+
+
+def _worst(a: np.ndarray, b: np.ndarray, err: np.ndarray, allowed: np.ndarray) -> list[dict]:
+    """The ``WORST`` elements with the largest |error| (NaN first), where they are and what was allowed."""
+    if not err.size:
+        return []
+    flat = np.where(np.isnan(err), np.inf, err).ravel()
+    k = min(WORST, flat.size)
+    top = np.argpartition(-flat, k - 1)[:k]
+    top = top[np.argsort(-flat[top], kind="stable")]
+    return [{"index": [int(i) for i in np.unravel_index(int(j), err.shape)], "ref": float(a.ravel()[j]),
+             "other": float(b.ravel()[j]), "abs_error": float(err.ravel()[j]), "allowed": float(allowed.ravel()[j])}
+            for j in top]
+
+
+def _decades(err: np.ndarray) -> dict:
+    """How many elements have |error| exactly 0, and how many in each decade [10^k, 10^(k+1))."""
+    finite = err[np.isfinite(err)]
+    nonzero = finite[finite > 0]
+    out = {"zero": int(finite.size - nonzero.size), "nonfinite": int(err.size - finite.size), "decades": {}}
+    if nonzero.size:
+        exps, counts = np.unique(np.floor(np.log10(nonzero)).astype(int), return_counts=True)
+        out["decades"] = {int(e): int(c) for e, c in zip(exps, counts)}
+    return out
 
 
 # -- pairing -----------------------------------------------------------------------------

@@ -51,6 +51,24 @@ def _err(v) -> str:
     return error(v)
 
 
+def _failure_details(d) -> list[str]:
+    """Where a failing pair fails: how many elements, the worst ones, and the |error| distribution."""
+    from shipyard.report.numbers import error, plural
+
+    lines = [f"    outside tolerance: {d.outside} of {plural(d.size, 'element')}"]
+    for w in d.worst[:3]:
+        verdict = ">" if not w["abs_error"] <= w["allowed"] else "<="
+        lines.append(f"      at {w['index']}: ref {w['ref']:.6g}, got {w['other']:.6g}, |err| {error(w['abs_error'])} "
+                     f"{verdict} allowed {error(w['allowed'])}")
+    h = d.histogram
+    parts = ([f"0: {h['zero']}"] if h.get("zero") else []) + [f"[1e{e:+03d},1e{e + 1:+03d}): {c}"
+                                                           for e, c in sorted(h["decades"].items())]
+    if h.get("nonfinite"):
+        parts.append(f"nan/inf: {h['nonfinite']}")
+    lines.append("    |err| by decade: " + ", ".join(parts))
+    return lines
+
+
 def render(result) -> str:
     from shipyard.report.numbers import verdict
 
@@ -67,6 +85,8 @@ def render(result) -> str:
                 f"nan/inf {d.nonfinite_ref}/{d.nonfinite_other}  (atol {d.atol:g}, rtol {d.rtol:g})")
             if d.shape_ref != d.shape_other:
                 lines.append(f"    shapes differ: {list(d.shape_ref)} vs {list(d.shape_other)}")
+            elif d.outside:
+                lines += _failure_details(d)
     lines.append(verdict(True) if result.passed else verdict(False) + ": " + ", ".join(
         f"{d.name} ({c.path})" for c in result.candidates for d in c.diffs if not d.passed))
     return "\n".join(lines)

@@ -124,13 +124,42 @@ def compare_page(result) -> str:
         body += [f"<h2>{html.escape(c.path)} ({c.backend})</h2>",
                  _table(["output pair", "verdict", "max abs", "mean abs", "max rel", "cosine", "SNR dB",
                          "argmax", "top-5", "NaN/Inf"], rows)]
-        fig, ax = plt.subplots(figsize=(7, 0.4 * len(c.diffs) + 1.2))
-        values = [max(d.max_abs, 1e-30) if math.isfinite(d.max_abs) else 1e30 for d in c.diffs]
-        ax.barh([d.name for d in c.diffs], values, color=["#4c72b0" if d.passed else "#c44e52" for d in c.diffs])
-        ax.set_xscale("log")
-        ax.set_xlabel("max absolute error")
-        body.append(f"<figure>{_svg(fig)}</figure>")
+        for p, d in zip(c.pairs, c.diffs):
+            body += _error_distribution(plt, p, d)
     return _page("shipyard compare", body)
+
+
+def _error_distribution(plt, pair, d) -> list[str]:
+    """One output pair: how its |error| spreads over decades against the tolerance, and the worst elements."""
+    from shipyard.report.numbers import error, plural
+
+    h = d.histogram or {}
+    decades = sorted(h.get("decades", {}).items())
+    labels = (["0"] if h.get("zero") else []) + [f"1e{e}" for e, _ in decades]
+    counts = ([h["zero"]] if h.get("zero") else []) + [c for _, c in decades]
+    title = f"<h3>{html.escape(pair.ref)} / {html.escape(pair.other)}</h3>"
+    if not counts:
+        return [title, "<p>no elements compared (shapes differ)</p>"]
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    bounds = ([(0.0, 0.0)] if h.get("zero") else []) + [(10.0 ** e, 10.0 ** (e + 1)) for e, _ in decades]
+    atol = d.atol or 0.0
+    ax.bar(range(len(counts)), counts, color=["#c44e52" if lo >= atol and hi > 0 else "#4c72b0" for lo, hi in bounds])
+    ax.set_xticks(range(len(counts)), labels)
+    ax.set_ylim(bottom=0)
+    if atol > 0:  # the absolute tolerance: between the bars wholly below it, or through the decade holding it
+        inside = [i for i, (lo, hi) in enumerate(bounds) if 0 < lo <= atol < hi]
+        pos = (inside[0] - 0.5 + math.log10(atol / bounds[inside[0]][0]) if inside
+               else sum(1 for _, hi in bounds if hi <= atol) - 0.5)  # within a decade: by its log position
+        ax.axvline(pos, color="#222", linestyle="--", zorder=3, label=f"atol {atol:g} (+ rtol {d.rtol:g}·|ref|)")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("|error| (decade of its lower bound)")
+    ax.set_ylabel("elements")
+    worst = _table(["index", "reference", "other", "|error|", "allowed"],
+                   [[str(w["index"]), f"{w['ref']:.6g}", f"{w['other']:.6g}", error(w["abs_error"]), error(w["allowed"])]
+                    for w in d.worst])
+    verdict = (f"<p class='fail'>{d.outside} of {plural(d.size, 'element')} outside the tolerance</p>" if d.outside
+               else f"<p class='ok'>all {plural(d.size, 'element')} within the tolerance</p>")
+    return [title, verdict, f"<figure>{_svg(fig)}</figure>", "<p>largest errors</p>", worst]
 
 
 def layerwise_page(loc) -> str:
