@@ -50,7 +50,11 @@ def test_bench_side_by_side_with_batches_and_profile(keras_paths, tmp_path, caps
     ort_ops = {p["op"] for p in results[0]["profile"]}
     assert "Conv" in ort_ops and abs(sum(p["share"] for p in results[0]["profile"]) - 1) < 1e-6
     assert results[2]["profile"] is None and "LiteRT" in results[2]["profile_note"]
-    assert html.read_text().count("<svg") >= 3
+    page = html.read_text()
+    assert page.count("<svg") >= 3
+    # one box per configuration (not histograms overlaid on one axis), p99 marked, FLOPs per row
+    assert "Latency per configuration" in page and "p99" in page and "Latency histogram" not in page
+    assert "FLOP/run" in page and page.count("<tr>") >= 1 + len(results)
 
 
 def test_bench_tensorflow_step_stats_profile(keras_paths, capsys):

@@ -68,27 +68,32 @@ def write_page(path: Path, text: str) -> None:
 
 def bench_page(results, ratios) -> str:
     plt = _pyplot()
+    from shipyard.report.numbers import count, size
+
     rows = [[r.label, *(r.latency_ms[k] for k in ("min", "p50", "p90", "p99", "max", "mean")),
-             r.throughput_per_s, r.gflops_per_s, r.peak_rss_bytes / 2**20, q] for r, q in zip(results, ratios)]
+             r.throughput_per_s, count(r.flops) if r.flops else None, r.gflops_per_s, size(r.peak_rss_bytes), q]
+            for r, q in zip(results, ratios)]
     body = ["<h2>Latency (ms)</h2>", _table(["config", "min", "p50", "p90", "p99", "max", "mean", "per s",
-                                             "GFLOP/s", "peak RSS MiB", "p50 ratio"], rows)]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for r in results:
-        if r.samples_ms:
-            ax.hist(r.samples_ms, bins=40, alpha=0.6, label=r.label)
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("runs")
-    ax.legend(fontsize=7)
-    body += ["<h2>Latency histogram</h2>", f"<figure>{_svg(fig)}</figure>"]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    keys = ["min", "p50", "p90", "p99", "max"]
-    width = 0.8 / max(len(results), 1)
-    for i, r in enumerate(results):
-        ax.bar([k + i * width for k in range(len(keys))], [r.latency_ms[k] for k in keys], width, label=r.label)
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys)
-    ax.set_ylabel("ms")
-    ax.legend(fontsize=7)
-    body += ["<h2>Percentiles</h2>", f"<figure>{_svg(fig)}</figure>"]
+                                             "FLOP/run", "GFLOP/s", "peak RSS", "p50 ratio"], rows)]
+    measured = [r for r in results if r.samples_ms]
+    if measured:  # one box per configuration: outliers stay visible without hiding the others
+        fig, ax = plt.subplots(figsize=(8, 0.55 * len(measured) + 1.4))
+        ax.boxplot([r.samples_ms for r in measured], vert=False, whis=(1, 99), widths=0.5,
+                   flierprops={"markersize": 2, "alpha": 0.5}, medianprops={"color": "#222"})
+        ax.set_yticks(range(1, len(measured) + 1), [r.label for r in measured], fontsize=7)
+        ax.invert_yaxis()  # the first configuration on top, as in the table
+        for i, r in enumerate(measured, start=1):
+            ax.plot(r.latency_ms["p99"], i, marker="|", markersize=14, color="#c44e52")
+        ax.plot([], [], marker="|", linestyle="", color="#c44e52", label="p99")
+        ax.plot([], [], color="#222", label="p50 (box: p25-p75, whiskers: p1-p99)")
+        spread = max(r.latency_ms["max"] for r in measured) / max(min(r.latency_ms["min"] for r in measured), 1e-9)
+        if spread > 20:  # configurations an order of magnitude apart: a linear axis squeezes the fast ones
+            ax.set_xscale("log")
+        else:
+            ax.set_xlim(left=0)
+        ax.set_xlabel("latency (ms)" + (", log axis" if spread > 20 else ""))
+        ax.legend(fontsize=7, loc="lower right")
+        body += ["<h2>Latency per configuration</h2>", f"<figure>{_svg(fig)}</figure>"]
     for r in results:
         if r.profile:
             top = r.profile[:20][::-1]
