@@ -29,19 +29,22 @@ def _ort(path, x):
 
 
 def test_search_keeps_the_detection_head_in_float(detector, tmp_path, capsys):
+    """The box heads' Concat (inputs 1000x apart) is named by the calibration ranges and kept float
+    before the first trial; the boxes output it makes is judged head by head. (--runs 0: on this
+    15 KB toy int8 runs slower than float, which test_int8_slower_than_float_is_refused covers.)"""
     import onnx
 
     model, calib, x = detector
     out = tmp_path / "det_int8.onnx"
     proc = cli_inprocess(capsys, "quantize", model, "--mode", "static", "--calibration", calib, "-o", out,
-                         "--runs", "3", "--json")
+                         "--runs", "0", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     search = report["search"]
-    assert not search["trials"][0]["passed"]  # fully quantized, the boxes miss the budget...
-    assert report["verification"]["passed"]   # ...and the search brought them inside it
-    kept = {row["node"]: row["op"] for row in search["kept_float"]}
-    assert "Concat" in kept.values() and search["sensitivity"][0]["op"] == "Concat"
+    assert report["verification"]["passed"] and len(search["trials"]) <= 2
+    assert [row["op"] for row in search["kept_from_start"]] == ["Concat"] and search["kept_from_start"][0]["ratio"] > 100
+    kept = {row["node"]: "Concat" for row in search["kept_from_start"]}
+    kept.update({row["node"]: row["op"] for row in search["kept_float"]})
     ops = {n.name: n.op_type for n in onnx.load(str(out)).graph.node}
     assert "QLinearConv" in ops.values()  # the rest is int8
     assert all(ops[name] == op for name, op in kept.items())  # kept nodes stay float ops
@@ -75,7 +78,9 @@ def test_a_looser_budget_needs_no_search(detector, tmp_path, capsys):
                          tmp_path / "q.onnx", "--runs", "0", "--accuracy-budget", "top1=50%", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert len(report["search"]["trials"]) == 1 and report["settings"]["kept_float"] == []
+    # one trial; only the mixed-range Concat, named by the calibration ranges, stays float
+    assert len(report["search"]["trials"]) == 1
+    assert report["settings"]["kept_float"] == [c["node"] for c in report["search"]["kept_from_start"]]
 
 
 @pytest.mark.parametrize(("extra", "fragments"), [

@@ -1,7 +1,7 @@
 """Static int8 quantization with the accuracy budget on the real-model corpus (tests/corpus.py).
 
 Each quantizable model is calibrated and judged on realistic samples (tests/corpus_calibration.py),
-with the default budget (top-1 agreement >= 99% and cosine >= 0.99 on every output vs float, or an
+with the default budget (top-1 agreement >= 99.0% and cosine >= 0.99 on every output vs float, or an
 accuracy drop <= 1 point with labels). The quantized model must be inside the budget, smaller than
 float, and still do the model's task (the same check as the float model in test_real_models.py).
 A model the search cannot bring inside the budget must fail cleanly: VerificationError, nothing
@@ -32,8 +32,9 @@ from test_real_models import artifact_feeds
 # search reached. Their outputs are regressions or maps whose last axis is coordinates, anchors or
 # pixels, not class scores: the budget's top-1 agreement there is an argmax over coordinates, anchors
 # or columns, which float noise of 1e-5 of the output's std already changes (blazeface regressors: 87%
-# agreement; nudenet output0: 48%; ocr-det probability map: 2.4%), so no int8 model, however many
-# nodes stay float, can reach 99%. (model id -> (run the search in the test?, what it reached))
+# agreement; ocr-det probability map: 2.4%), so no int8 model, however many nodes stay float, can
+# reach 99%. (nudenet's output0 was one of them until its boxes/scores Concat was found from the
+# calibration ranges and its parts judged apart: test_mixed_range_concat_is_kept_float_from_the_start.) (model id -> (run the search in the test?, what it reached))
 OUT_OF_BUDGET = {
     # Issue 12's face detector? Not these figures: here the default settings already give regressors
     # cosine 0.986 (not 0.71), top-1 85.7%. The search (~400 trials) keeps no head in float; keeping
@@ -41,24 +42,25 @@ OUT_OF_BUDGET = {
     # hand raises the regressors' top-1 to 95.5% but leaves classificators at cosine 0.98: the heads
     # do not restore it. With a cosine-only budget (min_agreement=0) the search tries 400 trials
     # (338 s) and ends at classificators cosine 0.9882 < 0.99.
+    # Now (time box 240 s): the classificators Concat (heads spanning 9.9 and 221 logits, 22x) is kept
+    # float from the calibration ranges and judged head by head; regressors pass (cosine 0.998, top-1
+    # 100% with ties forgiven); the 8x8 head's logits end at cosine 0.9886 after 248 trials in 241 s.
     "blazeface-tflite": (True, ("regressors [896, 16]: best trial cosine 0.993, top-1 86.2% (1e-5 noise alone: "
                                "87%); classificators cosine 0.98")),
-    # The full search (400 trials, about 20 min here) found the output head /model.22/Concat_25 (score
-    # gain 0.18) and /model.2/cv2/conv/Conv and reached cosine 0.9997, top-1 26.5% (1e-5 noise alone:
-    # 48%); the test asserts the clean failure without it.
-    "nudenet-yolov8n-onnx": (False, ("output0 [22, 2100] (4 box rows + 18 class rows over 2100 anchors): every "
-                                    "setting cosine 0.9996, top-1 6-7%")),
     # Default settings: cosine 0.844, top-1 82.8% (a real loss, not only the metric), yet written with
     # --force the model still finds the three printed lines (precision 1.0, blank bands 0.0). The
     # search ran past 190 trials (> 15 min) without meeting it; the test asserts the clean failure without it.
+    # Time-boxed (240 s) it stops after 27 trials at cosine 0.894 (benchmarks/quantize_corpus.py).
     "ocr-det-onnx": (False, ("sigmoid_0.tmp_0 [288, 480] probability map: cosine 0.844, top-1 82.8% (1e-5 noise "
                             "alone: 2.4%)")),
 }
 # Models onnxruntime's quantizer leaves unquantized: shipyard refuses (UnsupportedError, nothing written).
 NOTHING_TO_QUANTIZE = {
-    "silero-vad-onnx": "every weight lives in Constant nodes inside If subgraphs (8 kHz / 16 kHz branches); the "
-                       "quantizer does not enter subgraphs, so its 'int8' model had no quantized node and was 1.44x "
-                       "larger than float",
+    "silero-vad-onnx": "every weight lives in Constant nodes inside If subgraphs (8 kHz / 16 kHz branches); shipyard "
+                       "lifts them into the subgraphs' initializers, but onnxruntime's calibrator records ranges only "
+                       "in the main graph and its static subgraph quantizer (EnableSubgraph) then fails ('Unable to "
+                       "handle object of type numpy.int64'): no static int8 scales exist for them. Dynamic mode can: "
+                       "test_dynamic_quantization_enters_if_subgraphs",
 }
 FAST = {"ocr-cls-onnx", "fer-keras-h5", "silero-vad-onnx", "nudenet-yolov8n-onnx", "ocr-det-onnx"}
 QUANTIZABLE = ["fer-keras-h5", "silero-vad-onnx", "basic-pitch-savedmodel", "basic-pitch-tflite", "basic-pitch-onnx",
@@ -162,3 +164,97 @@ def test_search_score_counts_only_what_the_budget_judges():
     worst_cosine = max(1 - d.cosine for d in cosine_only.outputs)
     assert agreement_judged.score() > worst_cosine + 0.01  # the boxes' disagreement counts here
     assert cosine_only.score() == pytest.approx(worst_cosine)
+
+
+def test_mixed_range_concat_is_kept_float_from_the_start(tmp_path):
+    """NudeNet (YOLOv8n) ends in Concat(boxes 0..320 px, class scores 0..1): with one int8 scale
+    the scores get 0.7 quantization levels. The search used to miss the budget after 400 trials
+    (about 20 minutes: top-1 over anchors 26%); now the calibration ranges name that Concat before
+    any trial, it stays float, output0 is judged as its two parts (boxes, scores) by cosine, and
+    per-channel weights meet the budget in a couple of trials. The written model still finds the
+    face in the astronaut photo."""
+    import onnx
+
+    model = CORPUS["nudenet-yolov8n-onnx"]
+    calib = tmp_path / "calibration.npz"
+    np.savez(calib, **calibration(model.id))
+    out = tmp_path / "nudenet-int8.onnx"
+    report = quantize_model(model.path, out, Request(mode="static", calibration=str(calib), latency_runs=0,
+                                                     layers=False))
+    assert report.verification["passed"], report.verification["failures"]
+    search = report.search
+    assert [c["node"] for c in search["kept_from_start"]] == ["/model.22/Concat_25"]
+    assert search["kept_from_start"][0]["ratio"] > 100  # 320 px against 0..1 scores
+    assert len(search["trials"]) <= 4 and search["seconds"] < 60
+    parts = {d["name"]: d["cosine"] for d in report.outputs}
+    assert set(parts) == {"output0[0:4]", "output0[4:22]"} and min(parts.values()) >= 0.99
+    ops = {n.name: n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ops["/model.22/Concat_25"] == "Concat" and "QLinearConv" in ops.values()
+    assert out.stat().st_size < 0.4 * model.path.stat().st_size
+    model.check(run_task(model, out, {}))
+
+
+def test_dynamic_quantization_enters_if_subgraphs(tmp_path):
+    """silero-vad keeps its convolutions in the two branches of an If on the sample rate. Dynamic
+    quantization wrote them unquantized (onnxruntime's quantizer skips subgraphs unless told); with
+    EnableSubgraph (and the Constant weights lifted into the branches' initializers) the six Convs of
+    each branch become ConvInteger. The result is judged like any other: here the VAD probability
+    loses too much (cosine about 0.88), so it is refused and nothing written; --force writes it."""
+    from shipyard.quantize.onnx_quant import quantized_op_count
+
+    model = CORPUS["silero-vad-onnx"]
+    calib = tmp_path / "calibration.npz"
+    np.savez(calib, **calibration(model.id))
+    out = tmp_path / "vad-dyn.onnx"
+    req = Request(mode="dynamic", calibration=str(calib), latency_runs=0, layers=False)
+    with pytest.raises(VerificationError, match="output: cosine") as info:
+        quantize_model(model.path, out, req)
+    assert not out.exists() and info.value.verification.outputs[0].cosine < 0.99
+    req.force = True
+    quantize_model(model.path, out, req)
+    assert quantized_op_count(out) >= 12  # 6 ConvInteger (+ their DynamicQuantizeLinear) in each branch
+    assert out.stat().st_size < 0.8 * model.path.stat().st_size
+
+
+def test_int8_slower_than_float_is_refused_not_chosen_silently(tmp_path):
+    """PP-OCR's orientation classifier (MobileNetV3-small x0.35 on 48x192 lines, 0.6 MB) is inside
+    the budget in int8 but runs slower than float on onnxruntime: the model is overhead-bound, and
+    int8 adds nodes rather than saving arithmetic: a QuantizeLinear/DequantizeLinear pair around each
+    op onnxruntime has no int8 kernel for (the 18 Div and 9 HardSigmoid of its hard-swish and SE gates)
+    and NCHW<->NHWC Transposes around the u8s8 QLinearConvs (34). It was written (0.63x the speed)
+    with exit 0; now it is refused with the figures and the advice to keep the float model, nothing
+    written, unless --force."""
+    from shipyard.quantize.request import SlowerThanFloat
+
+    model = CORPUS["ocr-cls-onnx"]
+    calib = tmp_path / "calibration.npz"
+    np.savez(calib, **calibration(model.id))
+    out = tmp_path / "cls-int8.onnx"
+    req = Request(mode="static", calibration=str(calib), latency_runs=100, threads=1, layers=False)
+    with pytest.raises(SlowerThanFloat, match="keep the float model") as info:
+        quantize_model(model.path, out, req)
+    report = info.value.result
+    assert report.verification["passed"] and report.latency_after_ms > report.latency_before_ms
+    assert not out.exists() and not list(tmp_path.glob("*int8*"))
+    req.force = True
+    report = quantize_model(model.path, out, req)
+    assert out.exists()
+    # measured afresh: wherever these figures say "slower", the report says so too
+    slower = report.latency_after_ms > report.latency_before_ms * 1.1
+    assert slower == any("slower than the float model" in w for w in report.warnings)
+
+
+def test_the_search_is_time_boxed(tmp_path):
+    """The search used to stop only at 400 trials (BlazeFace: 1021 s, PP-OCR det: > 15 min). Now no
+    trial starts after its time box: it ends like a search that ran out of trials (the closest model
+    judged, nothing written) and says that time stopped it."""
+    model = CORPUS["ocr-det-onnx"]
+    calib = tmp_path / "calibration.npz"
+    np.savez(calib, x=calibration(model.id)["x"][:16])
+    out = tmp_path / "det-int8.onnx"
+    req = Request(mode="static", calibration=str(calib), latency_runs=0, layers=False, max_seconds=5)
+    with pytest.raises(VerificationError) as info:
+        quantize_model(model.path, out, req)
+    search = info.value.result.search
+    assert search["stopped"] == "time" and not search["met"] and not out.exists()
+    assert 1 <= len(search["trials"]) < 10 and search["seconds"] < 45  # the trial under way when time ran out ends

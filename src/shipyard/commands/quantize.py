@@ -41,6 +41,8 @@ def register(sub) -> None:
                         "at most 1 point of accuracy lost)")
     p.add_argument("--no-search", action="store_true",
                    help="quantize with the settings as given: no other settings, no nodes kept in float by the search")
+    p.add_argument("--max-search-seconds", type=float, default=240, metavar="S",
+                   help="time box of the accuracy search: no trial starts after S seconds (default 240; 0: no limit)")
     p.add_argument("--force", action="store_true", help="write the model even when it misses the accuracy budget")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
@@ -50,10 +52,13 @@ def cmd_quantize(args) -> int:
     from shipyard.errors import UsageError
     from shipyard.quantize import Request, quantize_model
     from shipyard.quantize.report import render
+    from shipyard.quantize.request import SlowerThanFloat
     from shipyard.verify import Budget, VerificationError
 
     if args.samples < 1:
         raise UsageError("--samples must be at least 1")
+    if args.max_search_seconds < 0:
+        raise UsageError("--max-search-seconds must be 0 (no limit) or more")
     from shipyard.feeds import parse_mapping
 
     exclude = tuple(n.strip() for item in args.exclude for n in item.split(",") if n.strip())
@@ -62,10 +67,11 @@ def cmd_quantize(args) -> int:
                   {"size": args.image_size, "layout": args.layout, "mean": args.mean, "std": args.std, "scale": args.scale},
                   args.runs, args.threads, not args.no_layers,
                   mapping=parse_mapping(args.map), budget=Budget.parse(args.accuracy_budget),
-                  search=not args.no_search, force=args.force, engine=args.engine)
+                  search=not args.no_search, force=args.force, engine=args.engine,
+                  max_seconds=args.max_search_seconds or None)
     try:
         report = quantize_model(args.model, args.output, req)
-    except VerificationError as exc:
+    except (VerificationError, SlowerThanFloat) as exc:
         if exc.result is not None:  # the best figures reached, then the one-line error
             print(json.dumps(exc.result.to_json(), indent=2, default=str) if args.json else render(exc.result))
         raise

@@ -13,7 +13,7 @@ from shipyard import guard
 from shipyard.errors import ModelLoadError, UnsupportedError, UsageError
 from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
-from shipyard.quantize.request import Request, calibration_source, finish, measure, samples_and_labels
+from shipyard.quantize.request import Request, calibration_source, check_speed, finish, measure, samples_and_labels
 from shipyard.sniff import open_model
 from shipyard.verify import Verification
 
@@ -66,6 +66,7 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
 
     from shipyard.atomic import atomic_path
     from shipyard.formats.onnx import load_model_proto
+    from shipyard.quantize import heads
     from shipyard.quantize import onnx_quant as oq
     from shipyard.quantize.search import Search
     from shipyard.timing import latency_ms
@@ -93,6 +94,8 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
         # its shape annotations can trip the dynamic quantizer's own inference
         prepared = oq.prepare(proto, Path(work), optimize=req.mode == "static")
 
+        parts: dict = {}  # model outputs made by a mixed-range Concat: judged part by part (quantize.heads)
+
         def evaluate(path: Path) -> Verification:
             try:
                 _, got = model_outputs(Model("onnx", path), feeds, reference=signature, threads=req.threads)
@@ -100,6 +103,8 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                 # onnxruntime's quantizer can write models onnxruntime cannot load (QDQ per-channel on a
                 # Paddle export's fused batch-norm bias, on tf2onnx's transposed conv weights): a failed trial
                 return Verification(req.budget, [], failures=[exc.message])
+            if parts and labels is None:
+                return heads.judge_parts(reference, got, req.budget, parts)
             return judge(reference, got, req.budget, labels)
 
         def latency(path: Path) -> float:
@@ -111,6 +116,19 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
         if req.mode == "static":
             trial_dir = Path(work) / "trials"
             trial_dir.mkdir()
+            mixed = []
+            if req.search:
+                # Concats of very different ranges (a detector's boxes and scores) are kept float from
+                # the start: the calibration ranges show them before any trial does
+                guard.stage("calibrating")
+                try:
+                    ranges = heads.calibration_ranges(prepared, feeds, opts.calibrate_method,
+                                                      Path(work) / f"calibration-{opts.calibrate_method}.json")
+                except Exception:  # noqa: BLE001 -- an optimisation: the first trial calibrates (and reports) as before
+                    ranges = {}
+                mixed = [c for c in heads.mixed_range_concats(prepared, ranges) if c.node not in opts.exclude]
+                parts.update(heads.output_parts(mixed, list(reference)))
+                opts = oq.StaticOptions(**{**opts.__dict__, "exclude": (*opts.exclude, *(c.node for c in mixed))})
             counter = iter(range(10**9))
 
             def build(settings: dict, kept: tuple[str, ...]) -> Path:
@@ -122,16 +140,22 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
             variants = [v.__dict__ for v in (oq.variants(opts) if req.search else [opts])]
             candidates, producers = oq.quantizable_nodes(prepared, opts) if req.search else ({}, {})
             search = Search(build, evaluate, latency if req.latency_runs else None, variants, candidates,
-                            max_trials=req.max_trials,
+                            max_trials=req.max_trials, max_seconds=req.max_seconds,
                             producers=producers, quantized=lambda p: oq.quantized_op_count(p, compute=True) > 0)
             result = search.run()
             chosen = result.chosen
             report.search = result.to_json() if req.search else None
+            if report.search is not None:
+                report.search["kept_from_start"] = [c.to_json() for c in mixed]
+                report.search["judged_in_parts"] = {k: {"axis": a, "sizes": z} for k, (a, z) in parts.items()}
             report.settings = _static_settings(oq.StaticOptions(**chosen.settings), chosen.kept_float)
             if not oq.quantized_op_count(result.trials[0].path):  # the fully quantized first try
-                raise UnsupportedError(f"{model.path}: onnxruntime's quantizer quantized no node of this model (it does "
-                                       f"not enter If/Loop subgraphs, where this model keeps its computation)",
-                                       hint="nothing was written; --mode weights or float16 handle subgraphs")
+                raise UnsupportedError(f"{model.path}: onnxruntime's quantizer quantized no node of this model: its "
+                                       f"computation lives in If/Loop subgraphs, and onnxruntime's calibrator records "
+                                       f"ranges only in the main graph (its subgraph quantizer, EnableSubgraph, then "
+                                       f"fails for lack of them), so static int8 has no scales there",
+                                       hint="nothing was written; --mode dynamic (no ranges needed), weights or float16 "
+                                            "quantize weights inside subgraphs")
             shutil.copyfile(chosen.path, tmp)
             verification = chosen.verification
         else:
@@ -151,6 +175,8 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
             guard.stage("measuring per-layer quantization error")
             report.layers = oq.layer_errors(prepared, feeds[:16], opts)
         finish(report, verification, req, f"the {req.mode}-quantized model")
+        if req.mode == "static":
+            check_speed(report, req, "the int8 model", model, Model("onnx", tmp), feeds[0])
     return report
 
 

@@ -198,8 +198,10 @@ def quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude) -> dict:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_dynamic
 
+    # EnableSubgraph: weights inside If/Loop bodies too (silero-vad keeps all of them there); dynamic
+    # quantization needs no calibrated ranges, which onnxruntime's calibrator cannot take inside subgraphs
     ort_dynamic(str(src), str(out), per_channel=per_channel, weight_type=QuantType.QUInt8,
-                nodes_to_exclude=list(exclude))
+                nodes_to_exclude=list(exclude), extra_options={"EnableSubgraph": True})
     return {"format": "dynamic (activations quantized at run time)", "weights": "uint8", "per_channel": per_channel}
 
 

@@ -1,6 +1,7 @@
 """The quantization report: size, latency and error of the quantized model against its float one."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 
@@ -33,6 +34,7 @@ class QuantizeReport:
 
 
 def render(r: QuantizeReport) -> str:
+    from shipyard.report.numbers import error, percent, plural
     from shipyard.report.text import human_bytes
 
     lines = [f"{r.source} -> {r.output}", f"  mode         {r.mode} ({r.format})"]
@@ -41,7 +43,7 @@ def render(r: QuantizeReport) -> str:
         lines.append(f"  why          {r.settings['why']}")
     c = r.calibration
     if c:
-        lines.append(f"  calibration  {c.get('source')}, {c.get('samples')} samples")
+        lines.append(f"  calibration  {c.get('source')}, {plural(c.get('samples'), 'sample')}")
     ratio = r.size_after / r.size_before if r.size_before else 0
     lines.append(f"  size         {human_bytes(r.size_before)} -> {human_bytes(r.size_after)} ({ratio:.2f}x)")
     if r.latency_before_ms and r.latency_after_ms:
@@ -50,23 +52,32 @@ def render(r: QuantizeReport) -> str:
     for d in r.outputs:
         agree = ""
         if d.get("argmax_agreement") is not None:
-            agree = f", top-1 agreement {d['argmax_agreement']:.3f}"
+            agree = f", top-1 agreement {percent(d['argmax_agreement'])}"
             if d.get("top1_agreement") is not None and d["top1_agreement"] != d["argmax_agreement"]:
-                agree += f" ({d['top1_agreement']:.3f} with near-ties forgiven)"
-        lines.append(f"  error        {d['name']}: max abs {d['max_abs']:.4g}, mean abs {d['mean_abs']:.4g}, "
+                agree += f" ({percent(d['top1_agreement'])} with near-ties forgiven)"
+        lines.append(f"  error        {d['name']}: max abs {error(d['max_abs'])}, mean abs {error(d['mean_abs'])}, "
                      f"cosine {d['cosine']:.5f}{agree}")
     if r.accuracy:
         a = r.accuracy
-        lines.append(f"  accuracy     float {a['float']:.4f} -> quantized {a['quantized']:.4f} "
-                     f"({a['samples']} labelled samples)")
+        lines.append(f"  accuracy     float {percent(a['float'])} -> quantized {percent(a['quantized'])} "
+                     f"({plural(a['samples'], 'labelled sample')})")
     if r.verification is not None:
         v = r.verification
         lines.append(f"  budget       {_budget_text(r.budget)}: "
                      + ("inside" if v["passed"] else "MISSED (" + "; ".join(v["failures"]) + ")"))
     if r.search:
         s = r.search
-        lines.append(f"  search       {len(s['trials'])} quantized model(s) tried; chosen: "
+        took = f" in {s['seconds']:.1f} s" if s.get("seconds") is not None else ""
+        stopped = {"time": " (stopped by its time box)", "trials": " (stopped at its trial limit)"}.get(s.get("stopped"), "")
+        lines.append(f"  search       {len(s['trials'])} quantized model(s) tried{took}{stopped}; chosen: "
                      + ", ".join(f"{k}={v}" for k, v in s["chosen"]["settings"].items() if k != "exclude"))
+        for row in s.get("kept_from_start", []):
+            lines.append(f"  kept float   {_short(row['node'])} (Concat, from the start: {row['why']})")
+        for name, part in s.get("judged_in_parts", {}).items():
+            bounds = [sum(part["sizes"][:i]) for i in range(len(part["sizes"]) + 1)]
+            lines.append(f"  judged       {name} in parts along axis {part['axis']} ("
+                         + ", ".join(f"[{a}:{b}]" for a, b in itertools.pairwise(bounds))
+                         + "), each by cosine: its rows run over anchors, where top-1 agreement means nothing")
         if s["sensitivity"]:
             lines.append("  nodes whose quantization hurts the outputs most (score gained when kept float alone):")
             for row in s["sensitivity"][:5]:
@@ -92,7 +103,9 @@ def render(r: QuantizeReport) -> str:
 def _budget_text(b: dict | None) -> str:
     if not b:
         return "budget"
-    return (f"top-1 >= {b['min_agreement']:.0%}, cosine >= {b['min_cosine']:g}, "
+    from shipyard.report.numbers import percent
+
+    return (f"top-1 >= {percent(b['min_agreement'])}, cosine >= {b['min_cosine']:g}, "
             f"accuracy drop <= {b['max_accuracy_drop'] * 100:g} pt")
 
 

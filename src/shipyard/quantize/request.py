@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shipyard import guard
-from shipyard.errors import InputError, UsageError
+from shipyard.errors import InputError, ShipyardError, UsageError
 from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
 from shipyard.quantize.search import MIN_SAMPLES
@@ -37,6 +37,7 @@ class Request:
     force: bool = False    # write the model even when it misses the budget
     engine: str = "onnxruntime"  # ONNX static int8: onnxruntime's quantizer, or "nncf" (QDQ for OpenVINO)
     max_trials: int = 400  # quantized models the accuracy search may build (ship --optimize caps it)
+    max_seconds: float | None = 240.0  # the search's time box: no trial starts after it (None: no limit)
 
 
 def calibration_source(req: Request, report: QuantizeReport):
@@ -85,6 +86,46 @@ def finish(report: QuantizeReport, verification: Verification, req: Request, wha
                             hint="nothing was written; the best figures reached are above. Keep more nodes in float "
                                  "(--exclude), give more representative --calibration data, relax --accuracy-budget, "
                                  "or write it anyway with --force")
+
+
+SLOWER_MARGIN = 0.10  # median latencies closer than this are the noise of a shared CPU, not "slower"
+
+
+class SlowerThanFloat(ShipyardError):
+    """The quantized model is inside the budget but runs slower than its float model: int8 exists
+    to be faster, so it is not written (unless ``--force``); the float model is the one to ship."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None, result: QuantizeReport | None = None):
+        super().__init__(message, hint=hint)
+        self.result = result
+
+
+def check_speed(report: QuantizeReport, req: Request, what: str, ref_model: Model, new_model: Model, feed) -> None:
+    """Refuse (or, with --force, warn about) a quantized model measured slower than float: on a
+    tiny model the Quantize/DequantizeLinear pairs around the ops onnxruntime has no int8 kernel
+    for, and its layout Transposes, cost more than int8 arithmetic saves. A first verdict of
+    "slower" is measured twice more, the two models alternating, and each keeps its best median:
+    a burst of load on a shared CPU must not refuse a model that is in fact faster."""
+    from shipyard.timing import latency_ms
+
+    before, after = report.latency_before_ms, report.latency_after_ms
+    if not (req.latency_runs and before and after) or after <= before * (1 + SLOWER_MARGIN):
+        return
+    for _ in range(2):
+        before = min(before, latency_ms(ref_model, feed, req.latency_runs, req.threads))
+        after = min(after, latency_ms(new_model, feed, req.latency_runs, req.threads))
+    report.latency_before_ms, report.latency_after_ms = before, after
+    if after <= before * (1 + SLOWER_MARGIN):
+        return
+    message = (f"{what} is inside the accuracy budget but runs slower than the float model ({after:.3f} ms against "
+               f"{before:.3f} ms, best median of 3x{req.latency_runs} runs, batch 1): keep the float model")
+    if req.force:
+        report.warnings.append("written with --force although it " + message.split(" is inside the accuracy budget but ", 1)[1])
+        return
+    raise SlowerThanFloat(message, result=report,
+                          hint="nothing was written; ship the float model (or --force to write the int8 one anyway)")
 
 
 def measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, req: Request,

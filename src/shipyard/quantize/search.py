@@ -21,6 +21,7 @@ engine. No library does this across onnxruntime and TFLite, hence this module.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class SearchResult:
     trials: list[Trial] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)   # node, op, gain (score saved by keeping it float)
     kept_float: list[dict] = field(default_factory=list)    # the chosen float nodes, each with its gain when added
+    seconds: float = 0.0
+    stopped: str | None = None  # why the search ended before the budget held ("time": its time box ran out)
 
     @property
     def met(self) -> bool:
@@ -59,7 +62,8 @@ class SearchResult:
 
     def to_json(self) -> dict:
         return {"met": self.met, "chosen": self.chosen.to_json(), "kept_float": self.kept_float,
-                "sensitivity": self.sensitivity[:20], "trials": [t.to_json() for t in self.trials]}
+                "sensitivity": self.sensitivity[:20], "trials": [t.to_json() for t in self.trials],
+                "seconds": round(self.seconds, 1), "stopped": self.stopped}
 
 
 Build = Callable[[dict, tuple[str, ...]], Path]
@@ -72,16 +76,33 @@ class Search:
 
     def __init__(self, build: Build, evaluate: Evaluate, latency: Latency | None, variants: list[dict],
                  candidates: dict[str, str], max_trials: int = 400, max_float_fraction: float = 0.5,
-                 producers: dict[str, list[str]] | None = None, quantized: Callable[[Path], bool] | None = None):
+                 producers: dict[str, list[str]] | None = None, quantized: Callable[[Path], bool] | None = None,
+                 max_seconds: float | None = None):
         self.build, self.evaluate, self.latency = build, evaluate, latency
         self.variants, self.candidates = variants, candidates
         self.producers = producers or {}  # node -> the candidates feeding it (its neighbourhood)
         self.quantized = quantized        # whether a built model still computes anything in int8
         self.max_trials = max_trials
+        # The time box: no trial starts after it (one under way finishes). A search that ran out of
+        # time ends like one that ran out of trials: the closest model, judged, and why it stopped.
+        self.max_seconds = max_seconds
+        self.started = time.monotonic()
         # A "quantized" model that keeps most of its nodes in float is the float model, slower:
         # past this share the budget is declared out of reach.
         self.max_float = max(1, int(len(candidates) * max_float_fraction))
         self.trials: list[Trial] = []
+
+    def _exhausted(self) -> bool:
+        return len(self.trials) >= self.max_trials or (
+            self.max_seconds is not None and time.monotonic() - self.started >= self.max_seconds)
+
+    def run(self) -> SearchResult:
+        self.started = time.monotonic()
+        result = self._run()
+        result.seconds = time.monotonic() - self.started
+        if not result.met and self._exhausted():
+            result.stopped = ("time" if len(self.trials) < self.max_trials else "trials")
+        return result
 
     def _try(self, settings: dict, kept: tuple[str, ...]) -> Trial:
         path = self.build(settings, kept)
@@ -92,11 +113,13 @@ class Search:
         self.trials.append(trial)
         return trial
 
-    def run(self) -> SearchResult:
+    def _run(self) -> SearchResult:
         # Variants come fastest first (the engine module orders them): the first that meets the
         # budget is the fastest one that does.
         first = []
         for i, settings in enumerate(self.variants):
+            if first and self._exhausted():
+                break
             guard.stage(f"quantizing: settings {i + 1}/{len(self.variants)} ({_label(settings)})")
             first.append(self._try(settings, ()))
             if first[-1].verification.passed:
@@ -128,7 +151,7 @@ class Search:
         names = [n for n in (among if among is not None else self.candidates) if n not in kept]
         ranked = []
         for i, name in enumerate(names):
-            if len(self.trials) >= self.max_trials:
+            if self._exhausted():
                 break
             group = (name, *(p for p in self._ancestors(name, groups) if p not in kept)) if groups else (name,)
             if groups and (len(group) == 1 or (groups > 1 and len(group) == 1 + len(
@@ -152,7 +175,7 @@ class Search:
         once another is float (the inputs of a Concat that was forced to one scale)."""
         kept: tuple[str, ...] = ()
         state, sensitivity, rows = base, [], []
-        while len(kept) < self.max_float and len(self.trials) < self.max_trials:
+        while len(kept) < self.max_float and not self._exhausted():
             # After the first full round, only the most sensitive nodes and the neighbours of
             # the kept ones are measured again: a round over every node of a MobileNet-size
             # model would spend the whole trial budget on two or three nodes.
@@ -199,7 +222,7 @@ class Search:
         float share allows does not. Where many nodes each help a little (a detector's score
         head), this finds in a dozen trials what greedy rounds of re-measuring take hundreds for."""
         order = [r["node"] for r in sensitivity if r["gain"] > 0][:self.max_float]
-        if len(order) < 2 or len(self.trials) >= self.max_trials:
+        if len(order) < 2 or self._exhausted():
             return None
         guard.stage(f"keeping the {len(order)} most sensitive nodes in float together")
         best = self._try(base.settings, tuple(order))
@@ -207,7 +230,7 @@ class Search:
             best.path.unlink(missing_ok=True)
             return None
         lo, hi = 1, len(order)  # the first hi nodes pass
-        while lo < hi and len(self.trials) < self.max_trials:
+        while lo < hi and not self._exhausted():
             mid = (lo + hi) // 2
             guard.stage(f"keeping the {mid} most sensitive nodes in float")
             t = self._try(base.settings, tuple(order[:mid]))
@@ -238,7 +261,7 @@ class Search:
         """Drop each kept node (least sensitive first) that the budget holds without."""
         kept = list(best.kept_float)
         for name in reversed(list(best.kept_float)):
-            if len(kept) <= 1 or len(self.trials) >= self.max_trials:
+            if len(kept) <= 1 or self._exhausted():
                 break
             trial_kept = tuple(n for n in kept if n != name)
             t = self._try(best.settings, trial_kept)

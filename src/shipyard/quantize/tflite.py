@@ -192,7 +192,8 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
             variants = [{"per_channel": True}, {"per_channel": False}] if req.search else [{"per_channel": True}]
             result = Search(build, evaluate, latency if req.latency_runs else None, variants,
                             {k: v for k, v in candidates.items() if k not in req.exclude} if req.search else {},
-                            producers=producers, quantized=_computes_in_int8, max_trials=req.max_trials).run()
+                            producers=producers, quantized=_computes_in_int8, max_trials=req.max_trials,
+                            max_seconds=req.max_seconds).run()
             data = result.chosen.path.read_bytes()
             verification = result.chosen.verification
             report.search = result.to_json() if req.search else None
