@@ -187,8 +187,10 @@ def _export(module, args, path: Path, names, tensor_names, out_names, dynamic, o
             torch.onnx.export(module, args, str(path), input_names=tensor_names, output_names=out_names,
                               dynamic_axes=dynamic, opset_version=opts.opset, dynamo=False)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ConversionError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}",
-                              hint=why[0].upper() + why[1:]) from exc
+        from shipyard.errors import engine_message
+
+        raise ConversionError(f"torch.onnx.export failed: {engine_message(exc)}",
+                              hint=f"this was the TorchScript exporter: {why}") from exc
     return f"exported by the TorchScript exporter (opset {opts.opset}): {why}"
 
 
