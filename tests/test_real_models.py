@@ -246,3 +246,17 @@ def test_ocr_recogniser_reads_handwritten_digits():
     with open_runner(CORPUS["ocr-rec-onnx"].path) as runner:
         read = [ctc_decode(next(iter(runner.run(f).values()))[0]).replace(" ", "") for f in feeds]
     assert digit_accuracy(read, labels) >= 0.7, list(zip(labels, read))[:10]
+
+
+def test_two_runners_of_a_stateful_torchscript_model_do_not_share_its_state():
+    """silero-vad keeps its LSTM state and audio context inside the scripted module: each call
+    changes what the next returns. Runners of one file used to share one cached module, so a second
+    runner (another test, a second servable, compare a.jit a.jit) started from the first one's state."""
+    model = next(m for m in MODELS if m.id == "silero-vad-jit")
+    feeds = model.inputs()
+    with open_runner(model.path) as first:
+        once = first.run(feeds)["output"]
+        twice = first.run(feeds)["output"]
+    assert not np.array_equal(once, twice)  # the model is stateful: same input, new answer
+    with open_runner(model.path) as second:
+        np.testing.assert_array_equal(second.run(feeds)["output"], once)  # a fresh runner starts fresh

@@ -19,8 +19,9 @@ _SCALAR_TYPES = {"Float": "float32", "Double": "float64", "Half": "float16", "BF
                  "Bool": "bool"}
 
 
-@lru_cache(maxsize=4)
 def load(model: Model, device: str = "cpu"):
+    """A fresh module for each caller: a scripted model can keep state between calls (silero-vad's
+    ``_state`` and ``_context``), so two runners of one file must not share one (a cached module did)."""
     torch = require("torch", "Loading a TorchScript model")
     data = model.in_memory()
     source = io.BytesIO(data) if data is not None else str(model.path)
@@ -97,11 +98,11 @@ def scalar_args(module) -> set[str]:
 
 
 def signature(model: Model) -> Signature:
-    return signature_of(load(model))
+    return signature_of(_inspected(model))
 
 
 def summarize(model: Model) -> Summary:
-    module = load(model)
+    module = _inspected(model)
     sig = signature_of(module)
     params = 0
     param_bytes: dict[str, int] = {}
@@ -125,3 +126,9 @@ def summarize(model: Model) -> Summary:
         version=f"archive version {version}",
         details={"flops_unavailable": "TorchScript graphs carry no shapes to count FLOPs from; convert to ONNX to count them"},
     )
+
+
+@lru_cache(maxsize=4)
+def _inspected(model: Model):
+    """One loaded module per file for reading its graph (signature, summary): never run."""
+    return load(model)
