@@ -54,6 +54,9 @@ def test_ship_tf1_graph_with_int8(digits, tmp_path, capsys):
         any((dist / "serving").glob("*_onnx_int8/1/model.onnx"))
     page = (dist / "report.html").read_text()
     assert "<svg" in page and "onnx-int8" in page
+    # real data: no warning; the environment that produced the figures is recorded
+    assert manifest["warnings"] == [] and "warning:" not in page
+    assert manifest["environment"]["packages"]["onnxruntime"] and "Environment" in page
 
 
 def test_ship_keras_to_every_target_without_quantization(digits, tmp_path, capsys):
@@ -62,6 +65,20 @@ def test_ship_keras_to_every_target_without_quantization(digits, tmp_path, capsy
                    "--runs", "3", "--inputs", work / "test.npz")
     assert proc.returncode == 0, proc.stderr
     assert "onnx" in proc.stdout and "report:" in proc.stdout
+
+
+def test_random_data_is_a_warning_in_the_manifest_and_the_report(keras_paths, tmp_path, capsys):
+    """No --inputs and no --calibration: the figures only compare artifacts with each other, and the
+    int8 ranges were fitted to noise; both are said where a reader of the report will see them."""
+    out = tmp_path / "r"
+    assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["keras"], "-o", out, "--runs", "0"), "--runs must be")
+    proc = cli_inprocess(capsys, "ship", keras_paths["keras"], "-o", out, "--targets", "onnx", "--quantize", "static",
+                         "--runs", "2")
+    assert proc.returncode in (0, 1), proc.stderr  # the int8 artifact may miss the budget on noise
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert any("evaluated on random data" in w for w in manifest["warnings"])
+    assert any("int8 calibrated on random data" in w for w in manifest["warnings"])
+    assert (out / "report.html").read_text().count("warning:") == 2
 
 
 def test_a_failing_step_keeps_what_was_made(keras_paths, tmp_path, capsys):

@@ -49,6 +49,8 @@ def cmd_ship(args) -> int:
     from shipyard.ship.render import render_manifest
     from shipyard.verify import Budget
 
+    if args.runs < 1:
+        raise UsageError("--runs must be at least 1: ship measures every artifact it makes")
     if (args.engines or args.precisions) and not args.optimize:
         raise UsageError("--engines and --precisions need --optimize")
     from shipyard.cliargs import split_list

@@ -62,6 +62,8 @@ class Manifest:
     rejected: list[Artifact] = field(default_factory=list)   # quantized artifacts that missed the budget
     budget: dict | None = None
     optimize: dict | None = None     # ship --optimize: every candidate, the chosen one and why
+    environment: dict = field(default_factory=lambda: environment())  # what produced and measured it
+    warnings: list[str] = field(default_factory=list)   # what a reader must know before trusting the figures
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,8 @@ class Manifest:
             "artifacts": [asdict(a) for a in self.artifacts],
             "rejected": [asdict(a) for a in self.rejected],
             "optimize": self.optimize,
+            "environment": self.environment,
+            "warnings": self.warnings,
             "complete": self.failed is None,
             "failed": self.failed,
         }
@@ -82,3 +86,24 @@ class Manifest:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=2, default=str))
         return path
+
+
+# The packages whose versions decide what an artifact computes and how fast (read from their
+# metadata, nothing imported).
+_PACKAGES = ("numpy", "onnx", "onnxruntime", "tensorflow", "ai-edge-litert", "torch", "openvino", "tf2onnx", "onnx2tf")
+
+
+def environment() -> dict:
+    """Python, the machine and the versions of the engines and converters installed."""
+    import os
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "packages": versions}

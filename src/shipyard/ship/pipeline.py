@@ -244,6 +244,9 @@ class Pipeline:
         from shipyard.quantize import Request
 
         made = {}
+        if mode == "static" and not self.req.calibration:
+            self.manifest.warnings.append("int8 calibrated on random data: its ranges were not fitted to real inputs; "
+                                          "give --calibration with representative samples")
         request = Request(mode, self.req.calibration, latency_runs=0, layers=False, budget=self.req.budget,
                           threads=self.req.threads)
         if self.req.optimize:
@@ -346,6 +349,9 @@ class Pipeline:
                                    "samples": len(self.samples), "labelled": self.labels is not None,
                                    "data": source.description, "accuracy": reference_accuracy,
                                    "outputs": list(self.ref_outputs)}
+        if not getattr(source, "measured", True):
+            self.manifest.warnings.append(f"evaluated on {source.description}: the figures compare artifacts with each "
+                                          "other, not with the task; give --inputs with real samples (labels give accuracy)")
         failures = []
         for art in list(self.manifest.artifacts):
             float_like = art.quantization == "float32"

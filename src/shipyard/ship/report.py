@@ -31,9 +31,10 @@ def write_report(pipeline) -> None:
 
     manifest = pipeline.manifest
     table = rows(manifest)
-    body = [f"<p>Source <code>{html.escape(manifest.source['path'])}</code> ({manifest.source['format']}); "
+    warnings = [f"<p class='fail'>warning: {html.escape(w)}</p>" for w in manifest.warnings]
+    body = warnings + [(f"<p>Source <code>{html.escape(manifest.source['path'])}</code> ({manifest.source['format']}); "
             f"reference <code>{html.escape(str(manifest.reference.get('model')))}</code> on "
-            f"{manifest.reference.get('samples')} samples of {html.escape(str(manifest.reference.get('data')))}.</p>",
+            f"{manifest.reference.get('samples')} samples of {html.escape(str(manifest.reference.get('data')))}.</p>"),
             "<h2>Pipeline</h2>",
             _table(["step", "status", "seconds"], [[s["step"], s["status"], s["seconds"]] for s in manifest.steps]),
             "<h2>Artifacts</h2>",
@@ -48,9 +49,11 @@ def write_report(pipeline) -> None:
     axes[0].set_xlabel("p50 latency (ms, batch 1)")
     axes[0].invert_yaxis()
     accuracy = [r["accuracy"] if r["accuracy"] is not None else (r["top1_agreement"] or 0) for r in table]
-    axes[1].barh(names, [a * 100 for a in accuracy], color="#55a868")
+    bars = axes[1].barh(names, [a * 100 for a in accuracy], color="#55a868")
     axes[1].set_xlabel("accuracy (%)" if manifest.reference.get("labelled") else "top-1 agreement with the reference (%)")
-    axes[1].set_xlim(min(accuracy + [1.0]) * 100 - 5, 100.5)
+    axes[1].set_xlim(0, 100)  # from zero: a zoomed axis made 95% look like 0; the labels carry the decimals
+    axes[1].bar_label(bars, [numbers.percent(a) for a in accuracy], label_type="center", fontsize=8, color="white")
+    axes[0].set_xlim(left=0)
     axes[1].invert_yaxis()
     if manifest.optimize:
         opt = manifest.optimize
@@ -60,6 +63,10 @@ def write_report(pipeline) -> None:
                         [["*" if c["chosen"] else "", c["artifact"], c["precision"], c["engine"], c["threads"], c["p50_ms"],
                           c["throughput_per_s"], numbers.size(c["size_bytes"]),
                           "chosen" if c["chosen"] else (c["reason"] or "ok")] for c in opt["candidates"]])]
+    env = manifest.environment
     body += ["<h2>Accuracy and latency</h2>", f"<figure>{_svg(fig)}</figure>",
-             "<h2>Graph</h2>", _graph_svg(pipeline)]
+             "<h2>Graph</h2>", _graph_svg(pipeline),
+             "<h2>Environment</h2>",
+             _table(["", ""], [["python", env.get("python")], ["platform", env.get("platform")], ["CPUs", env.get("cpus")],
+                               *[[k, v] for k, v in env.get("packages", {}).items()]])]
     write_page(pipeline.out / "report.html", _page(f"shipyard ship: {pipeline.name}", body))
