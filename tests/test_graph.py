@@ -61,6 +61,11 @@ def test_dot_without_graphviz_and_bad_input(keras_paths, tmp_path, torch_example
     proc = run_cli("graph", keras_paths["onnx"], "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().startswith("digraph")
+    # a GraphDef's Placeholder is drawn once, as the input, and the input is connected
+    pb_dot = tmp_path / "pb.dot"
+    assert run_cli("graph", keras_paths["pb"], "-o", pb_dot).returncode == 0
+    text = pb_dot.read_text()
+    assert "i0 ->" in text and "Placeholder" not in text
     assert_clean_error(run_cli("graph", keras_paths["onnx"], "-o", tmp_path / "g.png"), ".svg, .dot or .html")
     assert_clean_error(run_cli("graph", torch_example[1]["torchscript"], "-o", tmp_path / "t.svg"), "not supported")
     assert_clean_error(run_cli("graph", keras_paths["onnx"], "-o", tmp_path / "no" / "g.svg"), "does not exist")

@@ -145,11 +145,16 @@ def to_dot(graph: Graph, title: str):
                            node_attr={"shape": "box", "style": "rounded,filled", "fillcolor": "#e8f0fe",
                                       "fontname": "Helvetica", "fontsize": "10"},
                            edge_attr={"fontname": "Helvetica", "fontsize": "8", "color": "#555555"})
-    producer = {o: f"n{i}" for i, n in enumerate(graph.nodes) for o in n.outputs}
     ids_in = {name: f"i{k}" for k, name in enumerate(graph.inputs)}  # no ':' in ids: DOT reads it as a port
+    # A GraphDef's Placeholder is a node and a graph input at once: draw it once, as the input, so
+    # the input is connected to what reads it (it used to float beside its own Placeholder box)
+    feeds_only = {i for i, n in enumerate(graph.nodes) if not n.inputs and n.outputs and all(o in ids_in for o in n.outputs)}
+    producer = {o: (ids_in[o] if i in feeds_only else f"n{i}") for i, n in enumerate(graph.nodes) for o in n.outputs}
     for name in graph.inputs:
         dot.node(ids_in[name], f"input {name}\n{_shape_text(graph.shapes.get(name))}", shape="ellipse", fillcolor="#d7f5dd")
     for i, n in enumerate(graph.nodes):
+        if i in feeds_only:
+            continue
         dot.node(f"n{i}", f"{n.op}\n{n.name}" if n.op != n.name else n.op, tooltip=n.name)
         for t in n.inputs:
             src = producer.get(t) or ids_in.get(t)
