@@ -32,7 +32,7 @@ def _commands(page: Path) -> list[tuple[str, list[str]]]:
             continue
         argv = []
         for word in words[1:]:
-            if word in ("&", "&&", "|", ";") or re.fullmatch(r"\d?>.*", word):
+            if word in ("&", "&&", "|", "||", ";") or re.fullmatch(r"\d?>.*", word):
                 break
             argv.append(word)
         out.append((step.text, argv))
