@@ -257,7 +257,12 @@ def test_resume_after_killed_run_every_example_once(tmp_path, mlp):
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGKILL)  # no chance to clean up or to finish the shard in flight
     proc.wait()
-    time.sleep(0.5)  # the worker child dies with its parent (PR_SET_PDEATHSIG)
+    # the worker child dies with its parent (PR_SET_PDEATHSIG), but on a loaded machine not at once: wait
+    # for the writers named in the temporaries to be gone, or the rerun rightly keeps a live writer's file
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(
+            Path(f"/proc/{p.name.split('.tmp-')[1].split('-')[0]}").exists() for p in out.iterdir() if ".tmp-" in p.name):
+        time.sleep(0.1)
     first = json.loads((out / "manifest.json").read_text())
     assert 2 <= len(first["shards"]) < 8 and not first["complete"]
     rerun = subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True, timeout=300)
