@@ -35,12 +35,12 @@ class RecordSource(ArraySource):
             if limit is not None and i >= limit:
                 break
             for name, value in tf_example.decode(data).items():
+                key = (mapping or {}).get(name, name)
                 if isinstance(value, list):  # bytes: encoded images are inputs, names and ids are not
                     if len(value) != 1 or not looks_like_image(value[0]):
                         continue
                     value = value[0]
-                    self.images.add((mapping or {}).get(name, name))
-                key = (mapping or {}).get(name, name)
+                    self.images.add(key)
                 if len(columns.setdefault(key, [])) < i:
                     first_missing.setdefault(key, len(columns[key]))
                 columns[key].append(value)

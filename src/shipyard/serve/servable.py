@@ -54,20 +54,28 @@ class Servable:
                                on_batch=on_batch, stats=self.stats)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._engine_call(self._run_checked, feeds)  # validated in submit()
+
+    def _engine_call(self, run, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``run(feeds)`` with the engine's error told to the client in its words, without server paths."""
         try:
-            return self._run_checked(feeds)  # validated in submit()
+            return run(feeds)
         except Exception as exc:  # the engine's own error types; the request already passed validation
             text = without_paths(engine_message(exc), self.version_dir, f"{self.name}/{self.version}")
             raise EngineError(f"{self.backend} rejected the input: {text}") from exc
 
     def submit(self, feeds: dict[str, np.ndarray]) -> Future:
         """Validate against the signature (a wrong request is a 400 here) and queue it."""
+        return self._queue(self.batcher, self.signature, feeds)
+
+    def _queue(self, batcher: Batcher, signature: Signature, feeds: dict[str, np.ndarray]) -> Future:
+        """Validate and queue; a refused request counts as a failure in the statistics."""
         start = time.perf_counter()
         try:
-            return self.batcher.submit(validate_feeds(self.signature, feeds))
+            return batcher.submit(validate_feeds(signature, feeds))
         except UnavailableError:
             raise  # draining: the manager sends the request to the next version, which counts it
-        except Exception:
+        except Exception:  # the refusal goes on to the client as it is; it is only counted here
             self.stats.refused(int((time.perf_counter() - start) * 1e9))
             raise
 
@@ -100,14 +108,7 @@ class Servable:
         if name == SERVED:
             return self.submit(feeds)
         runner, batcher = self._other(name)
-        start = time.perf_counter()
-        try:
-            return batcher.submit(validate_feeds(runner.signature, feeds))
-        except UnavailableError:
-            raise
-        except Exception:
-            self.stats.refused(int((time.perf_counter() - start) * 1e9))
-            raise
+        return self._queue(batcher, runner.signature, feeds)
 
     def _other(self, name: str):
         with self._others_lock:
@@ -116,11 +117,7 @@ class Servable:
                 runner = self.runner.for_signature(name)
 
                 def run(feeds, runner=runner):
-                    try:
-                        return runner.run(feeds)
-                    except Exception as exc:  # as _run: the engine's words, without server paths
-                        text = without_paths(engine_message(exc), self.version_dir, f"{self.name}/{self.version}")
-                        raise EngineError(f"{self.backend} rejected the input: {text}") from exc
+                    return self._engine_call(runner.run, feeds)
 
                 batcher = Batcher(run, self.config.batching, workers=self.config.max_concurrency,
                                   batchable=_batch_dim_dynamic(runner.signature), name=f"{self.name}-{self.version}-{name}",
