@@ -203,6 +203,12 @@ def test_records_write_reads_data_first_and_writes_with_o(capsys, tmp_path):
      "--outputs in ship is deprecated; use --output-nodes"),
     (["dump", "m.onnx", "-o", "d.npz", "--batch", "3"], "random", 3, "--batch in dump is deprecated; use --random N"),
     (["cpp", "m.onnx", "-o", "p", "--batch", "3"], "random", 3, "--batch in cpp is deprecated; use --random N"),
+    (["ship", "m.onnx", "-o", "dist", "--quantize", "static"], "quantize", "static",
+     "--quantize in ship is deprecated; use --mode MODE"),
+    (["ship", "m.onnx", "-o", "dist", "--samples", "8"], "samples", 8,
+     "--samples in ship is deprecated; use --eval-samples N"),
+    (["quantize", "m.onnx", "--mode", "static", "-o", "q.onnx", "--samples", "8"], "samples", 8,
+     "--samples in quantize is deprecated; use --calibration-samples N"),
 ])
 def test_old_spellings_parse_to_the_new_option(capsys, argv, dest, value, line):
     from shipyard.cliargs import reset_warnings
@@ -220,11 +226,36 @@ def test_old_spellings_parse_to_the_new_option(capsys, argv, dest, value, line):
     (["batch", "m.onnx", "-o", "out", "-i", "shards/*.npy"], "inputs", ["shards/*.npy"]),
     (["dump", "m.onnx", "-o", "d.npz", "--random", "3"], "random", 3),
     (["compare", "a.onnx", "b.onnx", "--random"], "random", 1),
+    (["ship", "m.onnx", "-o", "dist", "--mode", "static"], "quantize", "static"),
+    (["ship", "m.onnx", "-o", "dist", "--eval-samples", "8"], "samples", 8),
+    (["ship", "m.onnx", "-o", "dist", "--calibration-samples", "8"], "calibration_samples", 8),
+    (["quantize", "m.onnx", "--mode", "static", "-o", "q.onnx", "--calibration-samples", "8"], "samples", 8),
+    (["bench", "m.onnx", "--quiet"], "quiet", True),
+    (["ship", "m.onnx", "-o", "dist", "-q"], "quiet", True),
 ])
 def test_the_new_spellings(capsys, argv, dest, value):
     args = build_parser().parse_args(argv)
     assert getattr(args, dest) == value
     assert not capsys.readouterr().err
+
+
+def test_quantization_mode_and_sample_counts_are_spelt_alike_in_quantize_and_ship():
+    """One spelling per meaning: --mode is the quantization mode in both; calibration and
+    evaluation sample counts have a name each (the old --samples meant one in each command)."""
+    from shipyard.commands.ship import QUANTIZE_MODES
+    from shipyard.ship.pipeline import QUANTIZE
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def visible(command):
+        return {s: a for a in sub[command]._actions for s in a.option_strings if a.help is not argparse.SUPPRESS}
+
+    quantize, ship = visible("quantize"), visible("ship")
+    assert set(quantize["--mode"].choices) | {"none"} == set(ship["--mode"].choices) == set(QUANTIZE) == set(QUANTIZE_MODES)
+    assert "--samples" not in quantize and "--samples" not in ship and "--quantize" not in ship
+    assert "calibration" in quantize["--calibration-samples"].help and "calibration" in ship["--calibration-samples"].help
+    assert "evaluation" in ship["--eval-samples"].help
 
 
 def test_docs_use_no_deprecated_spelling(capsys):

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from conftest import assert_clean_error, run_cli
-from shipyard.graph_view import Graph, Node, auto_depth, collapse
+from shipyard.graph_view import Graph, Node, auto_depth, collapse, overview
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None and not os.environ.get("CI"), reason="Graphviz 'dot' not installed (scripts/setup)")
 
@@ -54,6 +54,63 @@ def test_collapse_and_auto_depth_logic():
     assert len(collapse(g, 1).nodes) == 3 and len(collapse(g, 2).nodes) == 12
     assert auto_depth(g, 100) is None and auto_depth(g, 12) == 2 and auto_depth(g, 5) == 1
     assert collapse(g, 1).nodes[0].op == "8 ops: Convx4, Relux4"
+
+
+def _mobilenet_like() -> Graph:
+    """MobileNetV2's naming as tf2onnx writes it: every layer under the model's one scope
+    (``mobilenetv2_1.00_224_1/block_3_expand_1/...``, Keras 3's ``_1`` suffix), the convolutions
+    unscoped (``Conv__339``), residual Adds inside blocks."""
+    top = "mobilenetv2_1.00_224_1"
+    nodes, prev, k = [], "input:0", 339
+    for layer, op in [("Conv1_relu_1/Relu6", "Clip"), ("expanded_conv_depthwise_relu_1/Relu6", "Clip"),
+                      ("expanded_conv_project_BN_1/add", "Add")]:
+        nodes.append(Node(f"Conv__{k}", "Conv", [prev], [f"Conv__{k}:0"]))
+        nodes.append(Node(f"{top}/{layer}", op, [f"Conv__{k}:0"], [f"{top}/{layer}:0"]))
+        prev, k = f"{top}/{layer}:0", k + 2
+    for b in range(1, 17):
+        start = prev
+        for part in ("expand_relu", "depthwise_relu"):
+            nodes.append(Node(f"Conv__{k}", "Conv", [prev], [f"Conv__{k}:0"]))
+            nodes.append(Node(f"{top}/block_{b}_{part}_1/Relu6", "Clip", [f"Conv__{k}:0"], [f"{top}/block_{b}_{part}_1/Relu6:0"]))
+            prev, k = f"{top}/block_{b}_{part}_1/Relu6:0", k + 2
+        nodes.append(Node(f"Conv__{k}", "Conv", [prev], [f"Conv__{k}:0"]))
+        nodes.append(Node(f"{top}/block_{b}_add_1/Add", "Add", [f"Conv__{k}:0", start], [f"{top}/block_{b}_add_1/Add:0"]))
+        prev, k = f"{top}/block_{b}_add_1/Add:0", k + 2
+    for layer, op in [("out_relu_1/Relu6", "Clip"), ("global_average_pooling2d_1/Mean", "GlobalAveragePool"),
+                      ("predictions_1/MatMul", "MatMul"), ("predictions_1/Softmax", "Softmax")]:
+        nodes.append(Node(f"{top}/{layer}", op, [prev], [f"{top}/{layer}:0"]))
+        prev = f"{top}/{layer}:0"
+    return Graph(nodes, inputs=["input:0"], outputs=[prev])
+
+
+def test_a_big_graph_collapses_into_its_blocks_not_one_box():
+    """MobileNetV2 used to become one box of "121 ops" (its one top scope): each block is a box."""
+    g = _mobilenet_like()
+    by_scope = collapse(g, auto_depth(g, 60))  # the old way: the model's scope as one box of 55 ops
+    assert max(int(n.op.split()[0]) for n in by_scope.nodes if " ops: " in n.op) > len(g.nodes) / 3
+    drawn, groups, how = overview(g, 60)
+    assert how == "blocks" and 16 <= len(drawn.nodes) <= 60
+    names = [n.name for n in drawn.nodes]
+    for b in (1, 9, 16):
+        assert f"mobilenetv2_1.00_224_1/block_{b}" in names
+        box = groups[f"mobilenetv2_1.00_224_1/block_{b}"]  # the unscoped convolutions joined their block
+        assert sorted(n.op for n in box) == ["Add", "Clip", "Clip", "Conv", "Conv", "Conv"]
+    assert any(" ... " in n for n in names)  # the head's layers, one after another, chained into one box
+    assert overview(g, 500) == (g, {}, None)  # small enough: drawn as it is
+
+
+@needs_dot
+def test_html_graph_boxes_expand_in_the_page(keras_paths, tmp_path):
+    out = tmp_path / "g.html"
+    proc = run_cli("graph", keras_paths["pb"], "-o", out, "--max-nodes", "12", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["collapsed"] == "blocks" and 8 <= info["drawn_nodes"] <= 12
+    assert max(info["boxes"].values()) < info["nodes"] / 2  # not one box holding the model
+    page = out.read_text()
+    for k, name in enumerate(info["boxes"]):  # each box links to its own drawing, folded below
+        assert f'href="#box{k}"' in page and f"<details id='box{k}'>" in page and name in page
+    assert page.count("<svg") == 1 + len(info["boxes"])
 
 
 def test_dot_without_graphviz_and_bad_input(keras_paths, tmp_path, torch_example):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -51,10 +52,58 @@ def test_no_spinner_off_a_terminal_or_when_turned_off(keras_paths, tmp_path):
     assert code == 0 and "\x1b[2K" not in out and "converting keras" not in out
 
 
-def test_bench_shows_which_configuration_of_how_many(keras_paths):
-    """Each configuration runs in its own process; the parent's line says which one is running."""
+def test_bench_shows_a_bar_of_configurations_with_rate_and_eta(keras_paths):
+    """Each configuration runs in its own process; the parent's bar says which one of how many,
+    how many per second and the time left."""
     code, out = _on_a_terminal("bench", keras_paths["pb"], keras_paths["onnx"], "--runs", "5", "--warmup", "1")
     assert code == 0, out
-    assert "benchmarking 1 of 2: frozen.pb" in out, out
+    bars = [line for line in out.split("\r") if "benchmarking  " in line and "1/2" in line]
+    assert bars, out
+    assert re.search(r"benchmarking  █*░+  1/2  \d+\.\d+ config/s  eta \d+ s  model\.onnx", bars[-1]), bars[-1]
     table = out.rsplit("\x1b[2K", 1)[1]
     assert table.startswith("latency in ms") and "benchmarking" not in table
+
+
+def test_quiet_turns_the_bar_off(keras_paths):
+    code, out = _on_a_terminal("bench", keras_paths["pb"], keras_paths["onnx"], "--runs", "5", "--warmup", "1",
+                               "--quiet")
+    assert code == 0 and "\x1b[2K" not in out and "benchmarking" not in out and "latency in ms" in out, out
+
+
+def test_ship_steps_are_counted_with_the_current_stage_beside_them(keras_paths, tmp_path):
+    code, out = _on_a_terminal("ship", keras_paths["keras"], "-o", tmp_path / "dist", "--targets", "onnx",
+                               "--runs", "3")
+    assert code == 0, out
+    bars = [line for line in out.split("\r") if "shipping model.keras  " in line]
+    assert any(re.search(r"  \d/9  (\d+\.\d+ step/s  eta \d+ s|– step/s)  \S", b) for b in bars), bars
+    assert any("converting" in b for b in bars), bars  # the step's own stage beside the bar
+    code, out = _on_a_terminal("ship", keras_paths["keras"], "-o", tmp_path / "quiet", "--targets", "onnx",
+                               "--runs", "3", "-q")
+    assert code == 0 and "\x1b[2K" not in out and "· inspect" not in out and "shipped" in out, out
+
+
+_COUNTED = """
+import os, sys, time
+os.environ["SHIPYARD_PROGRESS"] = "1"
+from shipyard import guard, progress
+progress.DELAY_S = 0.2
+for i in range(4):  # what the quantization search says as each trial starts (it knows nothing of bars)
+    guard.stage(f"measuring sensitivity at the outputs: {i + 1}/4")
+    time.sleep(0.5)
+guard.stage("calibrating")
+time.sleep(0.5)
+print("done")
+"""
+
+
+def test_a_stage_that_says_i_of_n_gets_a_bar():
+    """Modules that only call guard.stage (the quantization search: ``...: 5/120``) get a bar with
+    a rate and the time left; the next plain stage is a spinner again."""
+    proc = subprocess.run([sys.executable, "-c", _COUNTED], check=False, capture_output=True, timeout=60)
+    err = proc.stderr.decode()  # bytes: text mode would turn the "\r" redraws into line ends
+    assert proc.returncode == 0, err
+    lines = [line for line in err.split("\r") if line.strip("\x1b[2K")]
+    bars = [line for line in lines if "measuring sensitivity at the outputs  " in line]
+    assert any(re.search(r"  [23]/4  \d\.\d\d/s  eta \d+ s · \d+ s", b) for b in bars), lines
+    assert any("calibrating ·" in line and "/4" not in line for line in lines), lines
+    assert proc.stdout == b"done\n"

@@ -74,3 +74,13 @@ def test_compare_reports_render(keras_paths, tmp_path):
     proc = run_cli("compare", keras_paths["onnx"], keras_paths["onnx"], "--layerwise", "--html", page)
     assert proc.returncode == 0, proc.stderr
     assert_renders(page, tmp_path)
+
+
+def test_ship_report_with_quantization_sensitivity_renders(keras_paths, tmp_path):
+    dist = tmp_path / "dist"
+    proc = run_cli("ship", keras_paths["onnx"], "-o", dist, "--targets", "onnx", "--mode", "static", "--runs", "3")
+    assert proc.returncode == 0, proc.stderr
+    text = (dist / "report.html").read_text()
+    assert "Quantization sensitivity" in text and "onnx-int8" in text
+    assert not re.search(r"""(src|href)=["']https?://""", text)
+    assert_renders(dist / "report.html", tmp_path)

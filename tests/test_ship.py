@@ -27,7 +27,7 @@ def digits(tmp_path_factory):
 def test_ship_tf1_graph_with_int8(digits, tmp_path, capsys):
     work, tf1, _ = digits
     dist = tmp_path / "dist"
-    proc = cli_inprocess(capsys, "ship", tf1["graph"], "--checkpoint", tf1["directory"], "-o", dist, "--quantize", "static",
+    proc = cli_inprocess(capsys, "ship", tf1["graph"], "--checkpoint", tf1["directory"], "-o", dist, "--mode", "static",
                    "--calibration", work / "calib.npz", "--inputs", work / "test.npz", "--runs", "5", "--json")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
@@ -72,7 +72,7 @@ def test_random_data_is_a_warning_in_the_manifest_and_the_report(keras_paths, tm
     int8 ranges were fitted to noise; both are said where a reader of the report will see them."""
     out = tmp_path / "r"
     assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["keras"], "-o", out, "--runs", "0"), "--runs must be")
-    proc = cli_inprocess(capsys, "ship", keras_paths["keras"], "-o", out, "--targets", "onnx", "--quantize", "static",
+    proc = cli_inprocess(capsys, "ship", keras_paths["keras"], "-o", out, "--targets", "onnx", "--mode", "static",
                          "--runs", "2")
     assert proc.returncode in (0, 1), proc.stderr  # the int8 artifact may miss the budget on noise
     manifest = json.loads((out / "manifest.json").read_text())
@@ -87,7 +87,8 @@ def test_a_failing_step_keeps_what_was_made(keras_paths, tmp_path, capsys):
     assert_clean_error(proc, "ship stopped at 'convert'", "manifest.json")
     manifest = json.loads((dist / "manifest.json").read_text())
     assert manifest["complete"] is False and manifest["failed"]["step"] == "convert"
-    assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", tmp_path / "x", "--quantize", "int4"), "unknown --quantize")
+    assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", tmp_path / "x", "--quantize", "int4"), "unknown --mode 'int4'",
+                       "--quantize in ship is deprecated; use --mode MODE")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "thesis.tex").write_text("keep")
     assert_clean_error(cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", tmp_path / "busy", "--targets", "onnx"), "refusing")
@@ -112,7 +113,7 @@ def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path
     manifest says why); --allow-degraded ships it marked 'degraded'."""
     work, _, _ = digits
     dist = tmp_path / "dist"
-    args = ("ship", work / "digits.keras", "-o", dist, "--targets", "onnx", "--quantize", "static",
+    args = ("ship", work / "digits.keras", "-o", dist, "--targets", "onnx", "--mode", "static",
             "--calibration", work / "calib.npz", "--inputs", work / "test.npz", "--runs", "3",
             "--accuracy-budget", "cosine=1,top1=100%,drop=0")
     proc = cli_inprocess(capsys, *args)
@@ -132,3 +133,33 @@ def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path
     degraded = {a["name"]: a for a in manifest["artifacts"]}["onnx-int8"]
     assert degraded["status"] == "degraded" and degraded["failures"]
     assert (tmp_path / "degraded" / degraded["path"]).is_file()
+
+
+def test_ship_records_which_layers_quantization_hurts_most(capsys, keras_paths, tmp_path):
+    """manifest.json and report.html name the top nodes of each quantized artifact and what each
+    costs: the search's sensitivity at the outputs when int8 misses the budget (here a budget no
+    int8 model meets, so the artifact is rejected and the figures say why), otherwise the noise
+    each layer adds."""
+    from shipyard.ship.sensitivity import MEASURES
+
+    dist = tmp_path / "strict"
+    proc = cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", dist, "--targets", "onnx", "--mode", "static",
+                         "--runs", "3", "--accuracy-budget", "cosine=0.99999999")
+    assert proc.returncode == 1, proc.stderr
+    manifest = json.loads((dist / "manifest.json").read_text())
+    rejected = {a["name"]: a for a in manifest["rejected"]}
+    s = rejected["onnx-int8"]["sensitivity"]
+    assert s["measure"] == "outputs" and s["unit"] == MEASURES["outputs"][0] and s["nodes"]
+    costs = [n["cost"] for n in s["nodes"]]
+    assert costs == sorted(costs, reverse=True) and all(n["node"] and n["op"] for n in s["nodes"])
+    page = (dist / "report.html").read_text()
+    assert "Quantization sensitivity" in page and s["nodes"][0]["node"] in page
+
+    dist = tmp_path / "default"
+    proc = cli_inprocess(capsys, "ship", keras_paths["onnx"], "-o", dist, "--targets", "onnx", "--mode", "static",
+                         "--runs", "3")
+    assert proc.returncode == 0, proc.stderr
+    arts = {a["name"]: a for a in json.loads((dist / "manifest.json").read_text())["artifacts"]}
+    assert arts["onnx"]["sensitivity"] is None  # float: nothing quantized
+    s = arts["onnx-int8"]["sensitivity"]
+    assert s["measure"] in MEASURES and s["nodes"] and all(isinstance(n["cost"], float) for n in s["nodes"])

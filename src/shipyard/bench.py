@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -72,11 +71,21 @@ def latency_stats(samples_ms: list[float]) -> dict[str, float]:
 _IN_WORKER = False  # a spawned measurement worker: the parent shows the progress (one line, no races)
 
 
-def _progress(total: int, label: str):
-    from tqdm import tqdm
+class _Runs:
+    """The timed runs of one in-process measurement as counted progress (a spawned worker draws
+    none: its parent's bar counts the configurations)."""
 
-    show = not _IN_WORKER and (sys.stderr.isatty() or os.environ.get("SHIPYARD_PROGRESS") == "1")
-    return tqdm(total=total, desc=label, unit="run", file=sys.stderr, disable=not show, leave=False)
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.n, self.shown = total, label, 0, 0.0
+
+    def update(self) -> None:
+        self.n += 1
+        now = time.monotonic()
+        if not _IN_WORKER and (now - self.shown > 0.2 or self.n == self.total):  # no lock taken per run
+            from shipyard import progress
+
+            progress.inner(self.label, self.n, self.total, unit="run")
+            self.shown = now
 
 
 def _flops(model: str) -> float | None:
@@ -119,15 +128,15 @@ def measure(config: BenchConfig, runs: int = 50, warmup: int = 5, profile: bool 
         feeds = model_feeds(runner.signature, inputs, seed, config.batch, shapes, mapping)
         guard.stage(f"benchmarking {config.model} on {runner.backend}")
         samples = []
-        with _progress(warmup + runs, f"{Path(config.model).name} {runner.backend}") as bar:
-            for _ in range(warmup):
-                runner.run(feeds)
-                bar.update()
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                runner.run(feeds)
-                samples.append((time.perf_counter() - t0) * 1e3)
-                bar.update()
+        bar = _Runs(warmup + runs, f"{Path(config.model).name} {runner.backend}")
+        for _ in range(warmup):
+            runner.run(feeds)
+            bar.update()
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            runner.run(feeds)
+            samples.append((time.perf_counter() - t0) * 1e3)
+            bar.update()
         backend = runner.backend
     batch = next((int(v.shape[0]) for v in feeds.values() if v.ndim), config.batch)
     stats = latency_stats(samples)
@@ -205,13 +214,17 @@ def measure_isolated(config: BenchConfig, **kwargs) -> BenchResult:
 
 
 def bench(configs: list[BenchConfig], isolate: bool = True, **kwargs) -> list[BenchResult]:
+    from shipyard import progress
+
     run = measure_isolated if isolate else measure
     results = []
-    for i, c in enumerate(configs):  # the terminal spinner shows which configuration of how many, and for how long
+    for i, c in enumerate(configs):  # the terminal bar: which configuration of how many, the rate, the time left
         threads = f"{c.threads}t" if c.threads else "default threads"
-        guard.stage(f"benchmarking {i + 1} of {len(configs)}: {Path(c.model).name} {c.backend or 'default engine'} "
-                    f"{threads} b{c.batch}")
+        what = f"{Path(c.model).name} {c.backend or 'default engine'} {threads} b{c.batch}"
+        guard.stage(f"benchmarking {i + 1} of {len(configs)}: {what}")
+        progress.count("benchmarking", i, len(configs), unit="config", detail=what)
         results.append(run(c, **kwargs))
+    progress.done()
     return results
 
 

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             command.add_argument("--key-file", dest="key_file_path", type=Path, default=None, metavar="KEY",
                                  help="key for encrypted models (or set $SHIPYARD_MODEL_KEY_FILE)")
+        command.add_argument("-q", "--quiet", action="store_true",
+                             help="no progress on the terminal (as SHIPYARD_PROGRESS=0)")
     return parser
 
 
@@ -73,6 +75,9 @@ def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
     key_before = os.environ.get("SHIPYARD_MODEL_KEY_FILE")
+    progress_before = os.environ.get("SHIPYARD_PROGRESS")
+    if getattr(args, "quiet", False):  # for this command and the processes it starts
+        os.environ["SHIPYARD_PROGRESS"] = "0"
     if getattr(args, "key_file_path", None) is not None:
         # for this command only (engines' loaders and child processes read it): an in-process caller's
         # next command must not decrypt with this one's key
@@ -104,10 +109,11 @@ def run(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
-        if key_before is None:
-            os.environ.pop("SHIPYARD_MODEL_KEY_FILE", None)
-        else:
-            os.environ["SHIPYARD_MODEL_KEY_FILE"] = key_before
+        for name, before in (("SHIPYARD_MODEL_KEY_FILE", key_before), ("SHIPYARD_PROGRESS", progress_before)):
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -175,27 +175,18 @@ def data_items(args) -> list[str]:
 
 # -- output file names -------------------------------------------------------------------
 
-_SUFFIXES = {  # format -> suffixes a file of it may carry
-    "onnx": (".onnx",), "tflite": (".tflite",), "tf-graphdef": (".pb", ".pbtxt"), "keras": (".keras", ".h5"),
-    "torchscript": (".pt", ".pth", ".jit", ".torchscript"), "tf-memmapped": (".mmpb", ".pb"),
-    "torch-export": (".pt2",),
-}
-_FORMAT_WORDS = {"onnx": "ONNX", "tflite": "TFLite", "tf-graphdef": "GraphDef", "keras": "Keras",
-                 "torchscript": "TorchScript", "tf-memmapped": "memmapped GraphDef", "tf-savedmodel": "SavedModel",
-                 "tfjs": "TF.js", "torch-export": "torch.export"}
-
-
 def check_suffix(path, fmt: str) -> None:
     """Warn when ``path``'s extension says another format than the ``fmt`` written into it
     (``convert x.pb --to onnx -o f.pb`` would write ONNX into a .pb)."""
     from pathlib import Path
 
+    from shipyard.formats import registry  # the suffixes and names of formats
+
     suffix = Path(path).suffix.lower()
-    known = {s for group in _SUFFIXES.values() for s in group}
-    if not suffix or suffix not in known or suffix in _SUFFIXES.get(fmt, ()):
+    if not suffix or suffix not in registry.model_file_suffixes() or suffix in registry.file_suffixes(fmt):
         return
-    what = _FORMAT_WORDS.get(fmt, fmt)
-    own = _SUFFIXES.get(fmt)
+    what = registry.get(fmt).word
+    own = registry.file_suffixes(fmt)
     better = f"; name it {Path(path).with_suffix(own[0]).name}" if own else "; give it a folder name"
     warn(f"{path}: writing {_article(what)} {what} model into a {suffix} file name{better}")
 

@@ -36,7 +36,15 @@ class OpsReport:
 def _wrong_format(model: Model, target: str, wants: str) -> UnsupportedError:
     return UnsupportedError(f"--for {target} lists the ops of {wants} models; {model.path} is {model.format}",
                             hint=f"convert it first (shipyard convert), or pick --for "
-                                 f"{ {'onnx': 'ort', 'tflite': 'tflite'}.get(model.format, 'tf') }")
+                                 f"{_ops_target(model)}")
+
+
+def _ops_target(model: Model) -> str:
+    """The ``--for`` target that lists ``model``'s ops (``ops`` in the format registry); ``tf``,
+    which explains what it reads, for a format no target lists."""
+    from shipyard.formats import registry
+
+    return registry.get(model.format).ops_target or "tf"
 
 
 def ort_ops(model: Model) -> OpsReport:
@@ -130,5 +138,5 @@ def list_ops(path: str | Path | Model, target: str | None = None) -> OpsReport:
     from shipyard.inspection import as_model
 
     model = as_model(path)
-    target = target or {"onnx": "ort", "tflite": "tflite"}.get(model.format, "tf")
+    target = target or _ops_target(model)
     return {"ort": ort_ops, "tflite": tflite_ops, "tf": tf_ops}[target](model)

@@ -1,5 +1,5 @@
 """Per-op time from each engine's own profiler: onnxruntime's JSON trace and TensorFlow's
-step stats, OpenVINO's performance counters. (LiteRT's Python API exposes no op profiler, so LiteRT gets a note instead.)"""
+step stats, OpenVINO's performance counters, LiteRT's op profiler (through its C API)."""
 from __future__ import annotations
 
 import json
@@ -31,21 +31,30 @@ def _table(times_us: dict[str, float], calls: dict[str, int], runs: int):
 
 def profile_ops(config, feeds: dict[str, np.ndarray], runs: int):
     """``(rows, note)``: per-op-type time per run, sorted by time, or ``(None, why not)``."""
+    from shipyard.formats import registry
     from shipyard.inspection import as_model
     from shipyard.runtimes import DEFAULT_BACKEND, backend_name
 
     model = as_model(config.model)
     backend = backend_name(config.backend) if config.backend else DEFAULT_BACKEND[model.format]
-    if backend == "onnxruntime":
-        return _onnxruntime(model, config.threads, feeds, runs), None
-    if backend == "openvino":
-        return _openvino(model, config.threads, feeds, runs), None
-    if backend == "tensorflow" and model.format in ("tf-graphdef", "tf-checkpoint", "tfjs"):
-        return _tensorflow(model, config.threads, feeds, runs), None
-    why = {"litert": "LiteRT's Python interpreter has no op profiler (its C++ benchmark_model has)",
-           "torch": "TorchScript runs as one fused call; use torch.profiler on the eager module",
+    # Which engines' profilers see a format's ops is declared with the format (``profilers``).
+    if backend in registry.get(model.format).profilers:
+        profiler = {"onnxruntime": _onnxruntime, "openvino": _openvino, "tensorflow": _tensorflow,
+                    "litert": _litert}[backend]
+        return profiler(model, config.threads, feeds, runs), None
+    why = {"torch": "TorchScript runs as one fused call; use torch.profiler on the eager module",
            "tensorflow": "Keras/SavedModel functions run as one call; freeze to a GraphDef for per-op times"}
     return None, why.get(backend, "no profiler for this backend")
+
+
+def _litert(model, threads, feeds, runs):
+    """LiteRT's own op profiler (XNNPACK's operators as it ran them), through libLiteRt's C API:
+    see runtimes/litert_profile.py."""
+    from shipyard.runtimes.litert_profile import op_rows, profile_summary
+
+    summary = profile_summary(str(model.path), feeds, runs, threads=threads, warmup=WARMUP)
+    rows = [OpTime(op, ms, calls, share) for op, ms, calls, share in op_rows(summary, runs)]
+    return sorted(rows, key=lambda r: r.total_ms, reverse=True)
 
 
 def _onnxruntime(model, threads, feeds, runs):

@@ -22,6 +22,16 @@ from shipyard.model import Model, tensor_name
 
 # What optimizer.minimize() returns: a grouping NoOp, or the global-step increment.
 _TRAIN_OP_TYPES = {"NoOp", "AssignAdd", "AssignAddVariableOp"}
+# What the workflow loads: a GraphDef, or a checkpoint's .meta graph (both with their variables).
+SESSION_FORMATS = ("tf-graphdef", "tf-checkpoint")
+
+
+def check_session_model(model: Model, shown: str | Path | None = None) -> None:
+    """Refuse a model the session workflow (``shipyard session``, ``cpp --workflow session``) cannot load."""
+    if model.format not in SESSION_FORMATS:
+        from shipyard.report.numbers import a
+
+        raise UsageError(f"{shown or model.path}: {a(model.format)} model; the session workflow needs a GraphDef or .meta")
 
 
 @dataclass

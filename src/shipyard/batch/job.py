@@ -4,7 +4,6 @@ record each in the manifest as it finishes, and summarise."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -171,27 +170,32 @@ def _row(shard: shards.Shard, name: str, manifest, results: list[dict[str, Any]]
 
 
 class _Progress:
-    """One self-rewriting line on a terminal: shards done, examples, examples/s."""
+    """Shards done of all, with examples/s and the time left, on the terminal's progress line
+    (:mod:`shipyard.progress`: off when not a terminal, with SHIPYARD_PROGRESS=0 or --quiet)."""
 
     def __init__(self, total: int, skipped: int, enabled: bool | None):
+        from shipyard import progress
+
         self.total, self.skipped = total, skipped
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = progress.enabled() if enabled is None else enabled
         self.start = time.perf_counter()
-        self.shown = False
+        if self.enabled:
+            progress.count("batch", skipped, total, unit="shard")
 
     def update(self, finished: int, examples: int, failed: int) -> None:
         if not self.enabled:
             return
+        from shipyard import progress
+
         rate = examples / max(time.perf_counter() - self.start, 1e-9)
-        text = (f"shards {self.skipped + finished}/{self.total}"
-                + (f" ({self.skipped} skipped)" if self.skipped else "") + (f", {failed} failed" if failed else "")
-                + f", {examples:,} examples, {rate:,.0f} examples/s")
-        print("\r" + text, end="", file=sys.stderr, flush=True)
-        self.shown = True
+        detail = (f"{self.skipped} skipped, " if self.skipped else "") + (f"{failed} failed, " if failed else "") \
+            + f"{examples:,} examples, {rate:,.0f} examples/s"
+        progress.count("batch", self.skipped + finished, self.total, unit="shard", detail=detail)
 
     def close(self) -> None:
-        if self.shown:
-            print(file=sys.stderr)
+        from shipyard import progress
+
+        progress.done()
 
 
 def render(summary: dict[str, Any]) -> str:

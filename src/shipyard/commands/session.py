@@ -5,8 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-from shipyard.report.numbers import a as _a
-
 
 class _Step(argparse.Action):
     """Keep --restore/--init/--run/--fetch/--save in the order they were given."""
@@ -43,12 +41,11 @@ def cmd_session(args) -> int:
     from shipyard.atomic import atomic_path, check_output_path
     from shipyard.data.arrays import load_array
     from shipyard.errors import UsageError
-    from shipyard.session import GraphSession
+    from shipyard.session import GraphSession, check_session_model
     from shipyard.sniff import open_model
 
     model = open_model(args.graph)
-    if model.format not in ("tf-graphdef", "tf-checkpoint"):
-        raise UsageError(f"{args.graph}: {_a(model.format)} model; the session workflow needs a GraphDef or .meta")
+    check_session_model(model, args.graph)
     out = check_output_path(args.output, model.path) if args.output else None
     feeds = {}
     from shipyard.cliargs import split_list

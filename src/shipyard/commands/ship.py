@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# the modes of ship --mode (shipyard.ship.pipeline.QUANTIZE; kept here so --help imports no pipeline)
+QUANTIZE_MODES = ("none", "weights", "dynamic", "static", "float16")
+
 
 def register(sub) -> None:
     p = sub.add_parser("ship", help="inspect, freeze, optimise, convert, quantize, verify, bench and package a model")
@@ -11,23 +14,30 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="the distribution directory (DIST/)")
     p.add_argument("--targets", help="comma-separated: onnx, tflite, tfjs, torchscript (default onnx,tflite,tfjs; "
                                      "with --optimize onnx,tflite)")
-    p.add_argument("--quantize", default="none", help="none, weights, dynamic, static or float16")
+    from shipyard.cliargs import Deprecated, add_nodes
+
+    p.add_argument("--mode", dest="quantize", default="none", choices=list(QUANTIZE_MODES),
+                   help="quantization mode: none (default), weights, dynamic, static or float16 (as in quantize --mode)")
+    p.add_argument("--quantize", dest="quantize", action=Deprecated, new="--mode MODE", where="ship", store="store")
     p.add_argument("--calibration", metavar="DATA", help="calibration data: .npz/.npy, TFRecord or a folder of images")
     p.add_argument("--inputs", "--input", "-i", metavar="DATA",
                    help="evaluation data (labels in it give accuracy); default: calibration")
-    from shipyard.cliargs import add_nodes
-
     add_nodes(p, "output", "output node names, comma-separated (default: detected, training outputs left out)", "ship",
               old="--outputs")
     p.add_argument("--checkpoint", help="checkpoint prefix or directory for a GraphDef with variables")
-    p.add_argument("--samples", type=int, default=64, help="evaluation samples (default 64)")
+    p.add_argument("--eval-samples", dest="samples", type=int, default=64, metavar="N",
+                   help="evaluation samples every artifact is verified on (default 64)")
+    p.add_argument("--samples", dest="samples", type=int, action=Deprecated, new="--eval-samples N", where="ship",
+                   store="store")
+    p.add_argument("--calibration-samples", type=int, default=100, metavar="N",
+                   help="at most this many calibration samples for --mode (default 100, as in quantize)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per artifact (default 30)")
     p.add_argument("--threads", type=int, default=1, help="engine threads for verification and benchmarks "
                                                           "(--optimize: the target; 1 and N are tried)")
     p.add_argument("--optimize", choices=["latency", "throughput", "size"],
                    help="choose the fastest (or smallest) artifact x engine x precision x threads inside the accuracy "
                         "budget, each measured in its own process; the serving repository serves it (int8 candidates "
-                        "are made unless --quantize says otherwise)")
+                        "are made unless --mode says otherwise)")
     p.add_argument("--engines", help="--optimize: comma-separated engines to consider (default: every installed one "
                                      "of onnxruntime, openvino, litert, tensorflow)")
     p.add_argument("--precisions", help="--optimize: comma-separated precisions to consider: fp32, bf16, int8 "
@@ -51,6 +61,9 @@ def cmd_ship(args) -> int:
 
     if args.runs < 1:
         raise UsageError("--runs must be at least 1: ship measures every artifact it makes")
+    for flag, n in (("--eval-samples", args.samples), ("--calibration-samples", args.calibration_samples)):
+        if n < 1:
+            raise UsageError(f"{flag} must be at least 1")
     if (args.engines or args.precisions) and not args.optimize:
         raise UsageError("--engines and --precisions need --optimize")
     from shipyard.cliargs import split_list
@@ -60,11 +73,14 @@ def cmd_ship(args) -> int:
         model=args.model, out=args.output, targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
         quantize=args.quantize, calibration=args.calibration, inputs=args.inputs,
         outputs=split_list(args.output_nodes) or None,
-        checkpoint=args.checkpoint, samples=args.samples, bench_runs=args.runs, threads=args.threads, name=args.name,
+        checkpoint=args.checkpoint, samples=args.samples, calibration_samples=args.calibration_samples,
+        bench_runs=args.runs, threads=args.threads, name=args.name,
         budget=Budget.parse(args.accuracy_budget), allow_degraded=args.allow_degraded, optimize=args.optimize,
         engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else None,
         precisions=tuple(e.strip() for e in args.precisions.split(",") if e.strip()) if args.precisions else None,
     )
+    if args.quiet:  # no "· step" lines either
+        req.progress = lambda text: None
     manifest = Pipeline(req).run()
     print(json.dumps(manifest.to_json(), indent=2, default=str) if args.json else render_manifest(manifest, args.output))
     if manifest.optimize is not None:

@@ -47,9 +47,11 @@ def cmd_transform(args) -> int:
 
 
 def render_listing(items: list[dict]) -> str:
+    from shipyard.formats import registry
+
     lines = []
     for t in items:
-        fmts = ", ".join("GraphDef" if f == "tf-graphdef" else "ONNX" for f in t["formats"])
+        fmts = ", ".join(registry.get(f).word for f in t["formats"])
         lines.append(f"{t['name']:<24} [{fmts}]  {t['description']}")
         for name, what in t["params"].items():
             lines.append(f"    {name}: {what}")

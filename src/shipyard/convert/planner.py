@@ -26,7 +26,6 @@ TARGETS = {
 }
 # The names `convert --help` and its errors show (one per format; the others in TARGETS are aliases).
 TARGET_NAMES = ("onnx", "tflite", "tfjs", "savedmodel", "keras", "torchscript", "pb", "memmapped")
-DIRECTORY_TARGETS = {"tfjs", "tf-savedmodel"}
 SUFFIX = registry.suffixes()  # format -> the suffix of an intermediate file (formats/registry.py)
 
 

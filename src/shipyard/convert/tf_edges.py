@@ -21,26 +21,42 @@ from shipyard.model import Model, tensor_name
 
 
 def frozen_graph_of(src: Model, opts: ConvertOptions):
-    """The frozen GraphDef (TensorBoard proto) of any TensorFlow source, in memory."""
-    from shipyard.convert import freeze
+    """The frozen GraphDef (TensorBoard proto) of any TensorFlow source, in memory, through the
+    function the format registry names for the source's format (``frozen``)."""
+    from shipyard.formats import capability
+
+    freeze = capability(src.format, "frozen")
+    if freeze is None:
+        raise UsageError(f"{src.format} is not a TensorFlow graph format")
+    return freeze(src, opts)
+
+
+def frozen_from_graphdef(src: Model, opts: ConvertOptions):
+    """A GraphDef is frozen already: only pruned to ``--outputs`` when they are given."""
     from shipyard.formats.tf_freeze import prune_for_inference
 
-    if src.format == "tf-graphdef":
-        graph_def, _ = tf_graph.load(src)
-        return prune_for_inference(graph_def, opts.outputs) if opts.outputs else graph_def
-    if src.format == "keras":
-        from shipyard.formats import keras
+    graph_def, _ = tf_graph.load(src)
+    return prune_for_inference(graph_def, opts.outputs) if opts.outputs else graph_def
 
-        return keras.frozen_graph_def(src)
-    if src.format == "tf-savedmodel":
-        from shipyard.formats import tf_saved
 
-        # Recorded for the rest of the chain: a TFLite target carries the signature under its key.
-        opts.signature_key = tf_saved.pick_signature_key(tf_saved.serving_meta(src), opts.signature_key)
-        return tf_saved.frozen_graph_def(src, opts.signature_key)
-    if src.format == "tf-checkpoint":
-        return freeze.freeze_checkpoint(src, opts.outputs)
-    raise UsageError(f"{src.format} is not a TensorFlow graph format")
+def frozen_from_keras(src: Model, opts: ConvertOptions):
+    from shipyard.formats import keras
+
+    return keras.frozen_graph_def(src)
+
+
+def frozen_from_savedmodel(src: Model, opts: ConvertOptions):
+    from shipyard.formats import tf_saved
+
+    # Recorded for the rest of the chain: a TFLite target carries the signature under its key.
+    opts.signature_key = tf_saved.pick_signature_key(tf_saved.serving_meta(src), opts.signature_key)
+    return tf_saved.frozen_graph_def(src, opts.signature_key)
+
+
+def frozen_from_checkpoint(src: Model, opts: ConvertOptions):
+    from shipyard.convert import freeze
+
+    return freeze.freeze_checkpoint(src, opts.outputs)
 
 
 def to_graphdef(src: Model, out: Path, opts: ConvertOptions) -> Model:

@@ -28,7 +28,6 @@ from shipyard.cpp.project import (
 from shipyard.cpp.targets import TARGETS
 from shipyard.errors import UnsupportedError, UsageError
 from shipyard.model import Model, Signature
-from shipyard.report.numbers import a as _a
 
 
 def _c_or_null(text: str | None) -> str:
@@ -134,6 +133,7 @@ def _fetch_all(sess, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str
 
 
 def prepare(model: Model, args) -> SessionJob:
-    if model.format not in ("tf-graphdef", "tf-checkpoint"):
-        raise UsageError(f"{model.path}: {_a(model.format)} model; the session workflow needs a GraphDef or .meta")
+    from shipyard.session import check_session_model
+
+    check_session_model(model)
     return SessionJob(model, args)

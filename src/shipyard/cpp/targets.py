@@ -31,8 +31,8 @@ TARGETS = {
     "litert": Target("litert", "litert", ("tflite",), "litert_main.cpp", "LITERT_ROOT", ".tflite"),
 }
 ALIASES = {"tensorflow": "tf", "onnxruntime": "ort", "tflite": "litert", "libtorch": "torch", "pytorch": "torch"}
-DEFAULT = {"torchscript": "torch", "tf-graphdef": "tf", "tf-checkpoint": "tf", "onnx": "ort", "tflite": "litert",
-           "tf-memmapped": "tf"}
+# format -> the target that loads it (each format is loaded by one target)
+DEFAULT = {fmt: t.name for t in TARGETS.values() for fmt in t.formats}
 # A TF memory-mapped graph needs TF's C++ API (MemmappedEnv; the C API cannot set a session's Env).
 MEMMAPPED_TEMPLATE, MEMMAPPED_SUFFIX = "tf_memmapped_main.cpp", ".mmpb"
 # What to do with a format no C/C++ runtime here loads directly.

@@ -17,6 +17,20 @@ def handler(fmt: str) -> ModuleType:
     return importlib.import_module(get(fmt).module)
 
 
+def capability(fmt: str, field: str):
+    """The function ``fmt``'s registry declaration names for ``field`` (``graph_reader``,
+    ``frozen``, ``quantizer``), imported now; None when the format has none. The declaration holds a
+    ``"module:function"`` string so that the registry stays pure data and the features that
+    use a capability keep their code."""
+    from shipyard.formats.registry import get
+
+    ref = getattr(get(fmt), field)
+    if not ref:
+        return None
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def model_files(path: Path, fmt: str) -> dict[str, Path] | None:
     """The files a model consists of when they are not simply its folder's ({name relative to
     the model: path}): a TF.js model's model.json and the weight files it names, checked to lie

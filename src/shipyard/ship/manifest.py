@@ -44,6 +44,7 @@ class Artifact:
     status: str = "shipped"       # "rejected": missed the accuracy budget, not in the distribution;
                                   # "degraded": missed it but kept (--allow-degraded)
     failures: list[str] = field(default_factory=list)
+    sensitivity: dict | None = None  # quantized: the layers quantization hurts most (ship/sensitivity.py)
 
     def worst(self, key: str, pick=min):
         """The worst value of one figure over every verified output (None when not verified)."""

@@ -44,7 +44,8 @@ class ShipRequest:
     inputs: str | None = None          # evaluation data (.npz/.npy/TFRecord/images), labels optional
     outputs: list[str] | None = None
     checkpoint: str | None = None
-    samples: int = 64                  # evaluation samples
+    samples: int = 64                  # evaluation samples (--eval-samples)
+    calibration_samples: int = 100     # at most this many calibration samples (--calibration-samples)
     bench_runs: int = 30
     threads: int | None = 1
     name: str | None = None
@@ -68,7 +69,7 @@ class ShipFailed(ShipyardError):
 class Pipeline:
     def __init__(self, req: ShipRequest):
         if req.quantize not in QUANTIZE:
-            raise UsageError(f"unknown --quantize '{req.quantize}'", hint="one of: " + ", ".join(QUANTIZE))
+            raise UsageError(f"unknown --mode '{req.quantize}'", hint="one of: " + ", ".join(QUANTIZE))
         bad = [t for t in req.targets if t not in TARGETS]
         if bad:
             from shipyard.cliargs import did_you_mean
@@ -112,9 +113,12 @@ class Pipeline:
                  ("optimize", self.choose) if self.req.optimize else ("bench", self.bench), ("ops", self.ops),
                  ("package", self.package)]
         try:
-            for name, step in steps:
+            from shipyard import progress
+
+            for i, (name, step) in enumerate(steps):
                 self.req.progress(f"{name}")
                 guard.stage(f"shipping {self.source.display}: {name}")
+                progress.count(f"shipping {self.source.path.name}", i, len(steps), unit="step", detail=name)
                 start = time.perf_counter()
                 try:
                     detail = step()
@@ -129,6 +133,7 @@ class Pipeline:
 
             write_report(self)
         finally:
+            progress.done()
             shutil.rmtree(self.work, ignore_errors=True)
         return self.manifest
 
@@ -242,13 +247,16 @@ class Pipeline:
         if mode == "none":
             return None
         from shipyard.quantize import Request
+        from shipyard.ship import sensitivity
 
         made = {}
         if mode == "static" and not self.req.calibration:
             self.manifest.warnings.append("int8 calibrated on random data: its ranges were not fitted to real inputs; "
                                           "give --calibration with representative samples")
-        request = Request(mode, self.req.calibration, latency_runs=0, layers=False, budget=self.req.budget,
-                          threads=self.req.threads)
+        # layers: when int8 is inside the budget at once (no search sensitivities), the noise each
+        # layer adds is measured for the report's sensitivity section (not under --optimize: time)
+        request = Request(mode, self.req.calibration, samples=self.req.calibration_samples, latency_runs=0,
+                          layers=not self.req.optimize, budget=self.req.budget, threads=self.req.threads)
         if self.req.optimize:
             # --optimize weighs int8 against float on every engine: the settings variants, then a few
             # nodes kept in float, not the full node-by-node search (400 trials would take hours
@@ -266,8 +274,9 @@ class Pipeline:
                 report = self._quantize_one(f"onnx-{label}", "onnx", path, out, request)
                 if report is None:
                     continue
-                self._add(Model("onnx", out), f"onnx-{label}", f"{mode} ({report.settings.get('format', '')})".strip(),
-                          report.warnings + _kept_note(report))
+                added = self._add(Model("onnx", out), f"onnx-{label}",
+                                  f"{mode} ({report.settings.get('format', '')})".strip(), report.warnings + _kept_note(report))
+                added.sensitivity = sensitivity.from_report(report)
             elif art.format == "tflite":
                 from shipyard.convert.options import ConvertOptions
                 from shipyard.convert.tf_edges import graphdef_to_savedmodel
@@ -277,7 +286,8 @@ class Pipeline:
                 report = self._quantize_one(f"tflite-{label}", "tflite", saved.path, out, request)
                 if report is None:
                     continue
-                self._add(Model("tflite", out), f"tflite-{label}", mode, report.warnings + _kept_note(report))
+                added = self._add(Model("tflite", out), f"tflite-{label}", mode, report.warnings + _kept_note(report))
+                added.sensitivity = sensitivity.from_report(report)
             elif art.format == "tfjs":
                 from shipyard.convert.tfjs_writer import write_graph_model
                 from shipyard.formats.tfjs import full_graph_def
@@ -321,10 +331,13 @@ class Pipeline:
         try:
             return quantize_model(src, out, replace(request, force=self.req.allow_degraded))
         except VerificationError as exc:
+            from shipyard.ship.sensitivity import from_report
+
             self.manifest.rejected.append(Artifact(name, fmt, "", request.mode, status="rejected",
                                                    verification=exc.verification.to_json(),
                                                    failures=list(exc.verification.failures),
-                                                   notes=["missed the accuracy budget while quantizing; not written"]))
+                                                   notes=["missed the accuracy budget while quantizing; not written"],
+                                                   sensitivity=from_report(exc.result)))  # why it missed
             return None
 
     def verify(self) -> dict:

@@ -13,15 +13,12 @@ from shipyard.ship.render import rows
 def _graph_svg(pipeline) -> str:
     """The reference model drawn with Graphviz, when the drawing tools are installed."""
     try:
-        from shipyard.graph_view import auto_depth, collapse, read_graph, render, to_dot
+        from shipyard.graph_view import overview, read_graph, render, to_dot
 
-        graph = read_graph(pipeline.reference)
-        depth = auto_depth(graph, 60)
-        if depth is not None:
-            graph = collapse(graph, depth)
-        text = render(to_dot(graph, pipeline.name), "svg").decode("utf-8")
+        graph, _, how = overview(read_graph(pipeline.reference), 60)
+        text = render(to_dot(graph, pipeline.name + (f" (collapsed by {how})" if how else "")), "svg").decode("utf-8")
         return text[text.index("<svg"):]
-    except Exception as exc:  # drawing is optional: Graphviz missing, or a format it cannot draw
+    except Exception as exc:  # noqa: BLE001 -- drawing is optional: Graphviz missing, or a format it cannot draw
         return f"<p>(graph not drawn: {html.escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})</p>"
 
 
@@ -64,7 +61,10 @@ def write_report(pipeline) -> None:
                           c["throughput_per_s"], numbers.size(c["size_bytes"]),
                           "chosen" if c["chosen"] else (c["reason"] or "ok")] for c in opt["candidates"]])]
     env = manifest.environment
+    from shipyard.ship.sensitivity import html_section
+
     body += ["<h2>Accuracy and latency</h2>", f"<figure>{_svg(fig)}</figure>",
+             *html_section([*manifest.artifacts, *manifest.rejected]),
              "<h2>Graph</h2>", _graph_svg(pipeline),
              "<h2>Environment</h2>",
              _table(["", ""], [["python", env.get("python")], ["platform", env.get("platform")], ["CPUs", env.get("cpus")],
