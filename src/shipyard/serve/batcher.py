@@ -38,18 +38,25 @@ ALONE: contextvars.ContextVar[bool] = contextvars.ContextVar("shipyard_serve_alo
 
 
 class _Item:
-    __slots__ = ("enqueued", "feeds", "future", "key", "rows")
+    __slots__ = ("enqueued", "feeds", "future", "rows")
 
     def __init__(self, feeds: dict[str, np.ndarray], batchable: bool):
         self.feeds = feeds
         self.future: Future = Future()
         self.enqueued = time.perf_counter()
-        first = next(iter(feeds.values()), None)
-        rows = first.shape[0] if first is not None and first.ndim else 0
-        same_rows = batchable and rows > 0 and all(v.ndim and v.shape[0] == rows for v in feeds.values())
-        self.rows = rows if same_rows else 0
-        # Requests can share an engine call only if everything but the batch dimension agrees.
-        self.key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in feeds.items()) if same_rows else None
+        rows = 0  # the batch dimension every input shares; 0: this request cannot be merged
+        if batchable:
+            for v in feeds.values():
+                if not v.ndim or not v.shape[0] or (rows and v.shape[0] != rows):
+                    rows = 0
+                    break
+                rows = v.shape[0]
+        self.rows = rows
+
+    def key(self) -> tuple:
+        """Requests can share an engine call only if everything but the batch dimension agrees
+        (computed by the worker that merges, not for a request that runs alone)."""
+        return tuple((k, v.dtype.str, v.shape[1:]) for k, v in self.feeds.items())
 
 
 class Batcher:
@@ -120,7 +127,7 @@ class Batcher:
             if item is _STOP:
                 return
             batch = [item]
-            if item.key is not None:
+            if item.rows:
                 carry = self._fill(batch)
             with self._slots:
                 self._timed_execute(batch)
@@ -138,7 +145,7 @@ class Batcher:
     def _fill(self, batch: list[_Item]):
         """Add compatible queued requests to ``batch``; returns an item that did not fit."""
         cfg = self.config
-        rows = batch[0].rows
+        rows, key = batch[0].rows, batch[0].key()
         deadline = batch[0].enqueued + cfg.max_queue_delay_ms / 1e3
         while rows < cfg.max_batch_size and rows not in cfg.preferred_batch_sizes:
             timeout = deadline - time.perf_counter()
@@ -146,7 +153,7 @@ class Batcher:
                 nxt = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 return None
-            if nxt is _STOP or nxt.key != batch[0].key or rows + nxt.rows > cfg.max_batch_size:
+            if nxt is _STOP or not nxt.rows or rows + nxt.rows > cfg.max_batch_size or nxt.key() != key:
                 return nxt
             batch.append(nxt)
             rows += nxt.rows

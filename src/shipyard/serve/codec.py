@@ -37,10 +37,26 @@ def kserve_datatype(dtype: str) -> str:
     return _NUMPY_TO_KSERVE.get(dtype, "BYTES" if dtype in ("string", "object") else dtype.upper())
 
 
+_KSERVE_OF_DTYPE: dict[np.dtype, str] = {}
+
+
+def kserve_datatype_of(dtype: np.dtype) -> str:
+    """:func:`kserve_datatype` of an array's dtype, remembered per dtype: numpy computes
+    ``dtype.name`` in Python on every access (a sixth of encoding a tiny model's answer)."""
+    kind = _KSERVE_OF_DTYPE.get(dtype)
+    if kind is None:
+        kind = _KSERVE_OF_DTYPE[dtype] = kserve_datatype(dtype.name)  # bounded: the dtypes models output
+    return kind
+
+
+_NUMPY_DTYPES = {k: np.dtype(v) for k, v in KSERVE_TYPES.items()}
+
+
 def numpy_dtype(datatype: Any) -> np.dtype:
-    if not isinstance(datatype, str) or datatype not in KSERVE_TYPES:
+    dtype = _NUMPY_DTYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
         raise InputError(f"unknown datatype {datatype!r}", hint="datatypes: " + ", ".join(KSERVE_TYPES))
-    return np.dtype(KSERVE_TYPES[datatype])
+    return dtype
 
 
 def check_shape(shape: Any, what: str) -> tuple[int, ...]:
@@ -76,7 +92,7 @@ class Limits:
                     if isinstance(want, int) and want >= 0 and want != got:
                         raise InputError(f"{what}: dimension {axis} must be {want}, got {got} "
                                          f"(expected shape {list(spec.shape)}, given {list(shape)})")
-        self.used += math.prod(shape) * (1 if dtype == object else dtype.itemsize)
+        self.used += math.prod(shape) * (1 if dtype.kind == "O" else dtype.itemsize)
         if self.max_bytes is not None and self.used > self.max_bytes:
             raise TooLargeError(f"{what}: the request's tensors take {self.used} bytes, above the limit of "
                                 f"{self.max_bytes} bytes", hint="raise --max-request-mb, or send smaller batches")
@@ -86,7 +102,7 @@ def from_values(values: Any, datatype: str, shape: tuple[int, ...], what: str) -
     """A tensor from JSON ``data`` (nested or flat lists)."""
     dtype = numpy_dtype(datatype)
     try:
-        if dtype == object:
+        if dtype.kind == "O":
             arr = np.array([v.encode() if isinstance(v, str) else v for v in _flatten(values)], dtype=object)
             if not all(isinstance(v, bytes) for v in arr):
                 raise ValueError("BYTES values must be strings")

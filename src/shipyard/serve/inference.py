@@ -97,7 +97,7 @@ def to_rest(response: InferResponse, request: InferRequest, dumps) -> tuple[byte
     asked for it by name, or for every output with ``binary_data_output``."""
     tensors, blobs = [], []
     for name, arr in response.outputs.items():
-        entry: dict[str, Any] = {"name": name, "datatype": codec.kserve_datatype(arr.dtype.name), "shape": list(arr.shape)}
+        entry: dict[str, Any] = {"name": name, "datatype": codec.kserve_datatype_of(arr.dtype), "shape": list(arr.shape)}
         if request.binary.get(name, request.binary_default):
             blob = codec.to_bytes(arr)
             entry["parameters"] = {"binary_data_size": len(blob)}

@@ -222,11 +222,14 @@ class Manager:
                                        + (f" ({'; '.join(errors)})" if errors else ""))
             return max(live, key=lambda s: s.version).servable
 
-    def submit(self, name: str, feeds, version: int | None = None, label: str | None = None) -> tuple[Servable, Future]:
+    def submit(self, name: str, feeds, version: int | None = None, label: str | None = None,
+               resolved: Servable | None = None) -> tuple[Servable, Future]:
         """Queue one request on the right version; a version that starts draining between the
-        lookup and the queueing sends the request to its successor instead."""
+        lookup and the queueing sends the request to its successor instead. ``resolved``: what
+        the caller's own ``resolve(name, version, label)`` returned (it checked the request
+        against that version's signature), tried first."""
         for _ in range(5):
-            servable = self.resolve(name, version, label)
+            servable, resolved = resolved or self.resolve(name, version, label), None
             try:
                 return servable, servable.submit(feeds)
             except UnavailableError:

@@ -2,7 +2,9 @@
 extension), plus /metrics and /openapi.json, as one Starlette app.
 
 Model names in URLs are looked up in the manager's table only; they never touch a path.
-Inference runs on the batcher's threads; handlers only await its futures.
+Inference runs on the batcher's threads (a tiny model's lone request at once, see batcher.py);
+handlers only await its futures. ``POST /v2/models/M[/versions/V]/infer``, the hot path, is a bare
+ASGI handler (``_infer_asgi``) answering what the Starlette route answers, byte for byte.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -47,6 +49,51 @@ def access_line(ts: float, protocol_name: str, method: str, path: str, model: st
 _quote = json.encoder.encode_basestring_ascii  # json.dumps' own string escaping (ensure_ascii)
 
 
+def write_access_line(line: str) -> None:
+    """Log ``line`` on the access logger at INFO. Where every handler the record would reach is a
+    plain StreamHandler writing the bare message (what ``shipyard serve`` configures) and nothing
+    filters, the line is written to their streams as ``StreamHandler.emit`` would, under each
+    handler's lock, without building a LogRecord: the same bytes for ~1 us instead of ~25 (the
+    record and the handler chain, measured in-process on a tiny model's request). Any other set-up
+    (a file, a formatter, a filter, pytest's capture) gets the record through ``logging``."""
+    handlers = _plain_handlers(access_log)
+    if handlers is None:
+        # handle(makeRecord(...)) is what info() does, less finding the caller's frame on the stack
+        access_log.handle(_access_record(line))
+        return
+    for h in handlers:
+        with h.lock:
+            try:
+                h.stream.write(line + h.terminator)
+                h.flush()
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 - what StreamHandler.emit does with a failing stream
+                h.handleError(_access_record(line))
+
+
+def _access_record(line: str) -> logging.LogRecord:
+    return access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line, None, None)
+
+
+def _plain_handlers(logger: logging.Logger) -> list[logging.StreamHandler] | None:
+    """The handlers an INFO record of ``logger`` reaches (its own, then its ancestors' while it
+    propagates), if each is a StreamHandler formatting ``%(message)s`` and no filter applies;
+    None otherwise, or when no handler would take it (logging's last resort)."""
+    if logger.filters:
+        return None
+    found, current = [], logger
+    while current is not None:
+        for h in current.handlers:
+            fmt = h.formatter
+            if (type(h) is not logging.StreamHandler or h.filters or h.level > logging.INFO or h.lock is None
+                    or not (fmt is None or (type(fmt) is logging.Formatter and fmt._fmt == "%(message)s"))):
+                return None
+            found.append(h)
+        current = current.parent if current.propagate else None
+    return found or None
+
+
 def _url_path(scope) -> str:
     """``request.url.path`` without building the whole URL (host header scan, urlsplit): the
     same escaping Starlette's URL applies to the decoded path."""
@@ -63,6 +110,29 @@ class _ASGI3:
 
     async def __call__(self, scope, receive, send) -> None:
         await self.handle(scope, receive, send)
+
+
+def _error_answer(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """(status, JSON body, headers but content-length) of an error answer: the message of a
+    client's error, only the class of an internal one (logged here with its traceback)."""
+    code, _ = status_of(exc)
+    message = str(exc.message if hasattr(exc, "message") else exc) if code != 500 else f"internal error: {exc.__class__.__name__}"
+    if code == 500:
+        logging.getLogger("shipyard.serve").exception("internal error")
+    return code, _dumps({"error": message}), _AUTH_HEADERS if code == 401 else _JSON_HEADERS
+
+
+def _raw_headers(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
+    """What ``Response(body, headers=..., media_type=...)`` sends: the given headers, then
+    content-length, then content-type (the last of ``headers`` here)."""
+    return [*headers[:-1], (b"content-length", str(len(body)).encode()), headers[-1]]
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
+_BINARY_TYPE = (b"content-type", b"application/octet-stream")
+_JSON_HEADERS = [_JSON_TYPE]
+_AUTH_HEADERS = [(b"www-authenticate", b"Bearer"), _JSON_TYPE]
+_EMPTY = memoryview(b"")
 
 
 class JSON(Response):
@@ -98,6 +168,15 @@ class RestAPI(protocol.Frontend):
         ``_handle``), ~15 % of a tiny model's request."""
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             path = scope["path"]
+            if path.startswith("/v2/models/") and path.endswith("/infer"):
+                parts = path[len("/v2/models/"):].split("/")
+                if len(parts) == 2 or (len(parts) == 4 and parts[1] == "versions"):
+                    self._in_flight += 1
+                    try:
+                        await self._infer_asgi(scope, receive, send, parts)
+                    finally:
+                        self._in_flight -= 1
+                    return
             handler = self.kserve if path.startswith("/v2/models/") else self.tfs if path.startswith("/v1/models/") else None
             if handler is not None:
                 scope["path_params"] = {"rest": path[len("/v2/models/"):]}
@@ -116,19 +195,28 @@ class RestAPI(protocol.Frontend):
         self.check_bearer(request.headers.get("authorization", ""))
 
     async def _body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+        return await self._read_body(request.receive, request.headers.get("content-length"))
+
+    async def _read_body(self, receive, declared: str | None) -> bytes:
+        """The whole body, refused as soon as it is known to exceed --max-request-mb (by its
+        Content-Length, or while it arrives); a client gone before its end is a ClientGoneError."""
         if declared and declared.isascii() and declared.isdigit() and int(declared) > self.max_request_bytes:
             raise TooLargeError(f"request body of {declared} bytes is above the limit of {self.max_request_bytes}")
         chunks, size = [], 0
-        try:
-            async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGoneError(f"the client disconnected after {size} bytes of the body")
+            if message["type"] != "http.request":
+                continue
+            chunk = message.get("body", b"")
+            if chunk:
                 size += len(chunk)
                 if size > self.max_request_bytes:
                     raise TooLargeError(f"request body above the limit of {self.max_request_bytes} bytes")
                 chunks.append(chunk)
-        except ClientDisconnect:
-            raise ClientGoneError(f"the client disconnected after {size} bytes of the body") from None
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _handle(self, request: Request, protocol_name: str, model: str, work, public: bool = False) -> Response:
         start = time.perf_counter()
@@ -137,21 +225,49 @@ class RestAPI(protocol.Frontend):
                 self._check_auth(request)
             response = await work()
             code = response.status_code
-        except Exception as exc:
-            code, _ = status_of(exc)
-            message = str(exc.message if hasattr(exc, "message") else exc) if code != 500 else f"internal error: {exc.__class__.__name__}"
-            if code == 500:
-                logging.getLogger("shipyard.serve").exception("internal error")
-            response = JSON({"error": message}, status_code=code,
-                                    headers={"WWW-Authenticate": "Bearer"} if code == 401 else None)
+        except Exception as exc:  # noqa: BLE001 - every error is answered; internal ones logged by _error_answer
+            code, body, headers = _error_answer(exc)
+            response = Response(body, status_code=code)
+            response.raw_headers = _raw_headers(headers, body)
+        self._done(protocol_name, request.method, request.scope, model, code, start)
+        return response
+
+    def _done(self, protocol_name: str, method: str, scope, model: str, code: int, start: float) -> None:
+        """What every answer records: the request metrics and the access log line."""
         elapsed = time.perf_counter() - start
         self.metrics.observe_request(self.metric_model(model), protocol_name, code, elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            line = access_line(round(time.time(), 3), protocol_name, request.method, _url_path(request.scope), model,
+            line = access_line(round(time.time(), 3), protocol_name, method, _url_path(scope), model,
                                code, round(elapsed * 1e3, 3))
-            # handle(makeRecord(...)) is what info() does, less finding the caller's frame on the stack
-            access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line, None, None))
-        return response
+            write_access_line(line)
+
+    async def _infer_asgi(self, scope, receive, send, parts: list[str]) -> None:
+        """``POST /v2/models/NAME[/versions/V]/infer`` as a bare ASGI handler: what :meth:`kserve`
+        and :meth:`_handle` do for it (the same checks, answers, errors, metrics and access log
+        line), without Starlette's Request and Response objects around it (headers read from the
+        scope in one pass, the answer sent as the two ASGI messages a Response sends)."""
+        start = time.perf_counter()
+        name = parts[0]
+        authorization, declared, header_len = "", None, None
+        for key, value in scope["headers"]:  # first occurrence wins, as Starlette's Headers.get
+            if key == b"content-length":
+                if declared is None:
+                    declared = value.decode("latin-1")
+            elif key == b"inference-header-content-length":
+                if header_len is None:
+                    header_len = value.decode("latin-1")
+            elif key == b"authorization" and not authorization:
+                authorization = value.decode("latin-1")
+        try:
+            self.check_bearer(authorization)
+            version = protocol.parse_version(parts[2]) if len(parts) == 4 else None
+            raw = await self._read_body(receive, declared)
+            code, body, headers = 200, *await self._kserve_answer(name, version, raw, header_len)
+        except Exception as exc:  # noqa: BLE001 - as in _handle
+            code, body, headers = _error_answer(exc)
+        self._done("kserve", "POST", scope, name, code, start)
+        await send({"type": "http.response.start", "status": code, "headers": _raw_headers(headers, body)})
+        await send({"type": "http.response.body", "body": body})
 
     async def _json(self, request: Request) -> Any:
         body = await self._body(request)
@@ -160,11 +276,12 @@ class RestAPI(protocol.Frontend):
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InputError(f"the body is not valid JSON ({exc})") from None
 
-    async def _infer(self, name: str, feeds, version: int | None = None, label: str | None = None):
+    async def _infer(self, name: str, feeds, version: int | None = None, label: str | None = None,
+                     servable=None):
         # Alone, a request may run at once on this thread (a tiny model, see batcher.py); with others
         # in flight it is queued, so that the batcher can merge them into one engine call.
         ALONE.set(self._in_flight <= 1)  # this task's context only
-        servable, future = self.manager.submit(name, feeds, version, label)
+        servable, future = self.manager.submit(name, feeds, version, label, resolved=servable)
         if future.done():  # a tiny model's batch of one ran at once (see batcher.py): no loop round trip
             return servable, future.result()
         return servable, await asyncio.wrap_future(future)
@@ -257,26 +374,33 @@ class RestAPI(protocol.Frontend):
 
     async def _kserve_infer(self, request: Request, name: str, version: int | None) -> Response:
         raw = await self._body(request)
-        header_len = request.headers.get(HEADER_LENGTH)
+        body, headers = await self._kserve_answer(name, version, raw, request.headers.get(HEADER_LENGTH))
+        response = Response(body)
+        response.raw_headers = _raw_headers(headers, body)
+        return response
+
+    async def _kserve_answer(self, name: str, version: int | None, raw: bytes,
+                             header_len: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """A KServe v2 inference: (answer body, its headers but content-length; content-type last)."""
         if header_len is not None:
             if not (header_len.isascii() and header_len.isdigit()) or int(header_len) > len(raw):
                 raise InputError(f"{HEADER_LENGTH} must be a byte count within the body")
             head, binary = raw[:int(header_len)], memoryview(raw)[int(header_len):]
         else:
-            head, binary = raw, memoryview(b"")
+            head, binary = raw, _EMPTY
         try:
             body = _loads(head)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InputError(f"the inference header is not valid JSON ({exc})") from None
-        limits = self.limits(self.manager.resolve(name, version))
-        infer = inference.from_rest(body, binary, limits)
-        servable, outputs = await self._infer(name, infer.inputs, version)
+        servable = self.manager.resolve(name, version)
+        infer = inference.from_rest(body, binary, self.limits(servable))
+        servable, outputs = await self._infer(name, infer.inputs, version, servable=servable)
         reply = inference.InferResponse(name, str(servable.version), inference.outputs_for(infer, outputs), infer.id)
         head_out, blobs = inference.to_rest(reply, infer, _dumps)
         if not blobs:
-            return Response(head_out, media_type="application/json")
-        return Response(b"".join([head_out, *blobs]), media_type="application/octet-stream",  # one copy
-                        headers={"Inference-Header-Content-Length": str(len(head_out))})
+            return head_out, _JSON_HEADERS
+        return b"".join([head_out, *blobs]), [  # one copy
+            (b"inference-header-content-length", str(len(head_out)).encode()), _BINARY_TYPE]
 
     async def repository_index(self, request: Request) -> Response:
         async def work() -> Response:
