@@ -29,6 +29,11 @@ def cuda_tagged_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+# A session fixture is built once per xdist worker: the tests that share the libtorch build (about
+# 90 s of compiling) run on one worker so it is built once per run.
+_ONE_TORCH_BUILD = pytest.mark.xdist_group("cpp-torch-project")
+
+
 @pytest.fixture(scope="session")
 def torch_project(torch_example, tmp_path_factory):
     """A libtorch project for the example CNN, generated, built and checked once."""
@@ -41,6 +46,7 @@ def torch_project(torch_example, tmp_path_factory):
     return root / "proj", json.loads(proc.stdout)
 
 
+@_ONE_TORCH_BUILD
 def test_torch_generates_builds_and_matches_python(torch_project, torch_example):
     proj, report = torch_project
     _, _, x, ref = torch_example
@@ -61,6 +67,7 @@ def test_torch_generates_builds_and_matches_python(torch_project, torch_example)
     np.testing.assert_array_equal(np.load(proj / "inputs/input.npy"), x)
 
 
+@_ONE_TORCH_BUILD
 def test_torch_program_loads_a_model_saved_on_gpu(torch_project, torch_example, tmp_path):
     """torch::jit::load(path, torch::kCPU): storages tagged cuda:0 load on a machine without CUDA."""
     import torch
@@ -86,6 +93,7 @@ def test_torch_program_loads_a_model_saved_on_gpu(torch_project, torch_example, 
     assert timing["runs"] == 2
 
 
+@_ONE_TORCH_BUILD
 def test_check_fails_beyond_tolerance(torch_project, tmp_path):
     """The check judges the program's real outputs: against another model's outputs it fails (exit 1)."""
     import torch
@@ -107,6 +115,7 @@ def test_check_fails_beyond_tolerance(torch_project, tmp_path):
     assert err.value.exit_code == 1 and "output" in str(err.value)
 
 
+@_ONE_TORCH_BUILD
 def test_torch_program_rejects_bad_input_files(torch_project, tmp_path):
     proj, _ = torch_project
     bad = tmp_path / "in"
