@@ -84,6 +84,24 @@ def test_a_request_with_company_in_flight_is_queued_for_merging():
         batcher.close()
 
 
+def test_without_batching_company_in_flight_does_not_queue_a_tiny_request():
+    """Requests that cannot share an engine call (no dynamic batching, the default) gain nothing
+    from the queue: with others in flight a tiny model's request still runs at once."""
+    from shipyard.serve.batcher import ALONE
+
+    batcher, threads = _recording_batcher(BatchingConfig())  # max_batch_size 1
+    try:
+        batcher.submit({"x": np.ones((1, 4), "float32")}).result(5)  # measured on the worker
+        token = ALONE.set(False)
+        try:
+            assert batcher.submit({"x": np.ones((1, 4), "float32")}).done()
+        finally:
+            ALONE.reset(token)
+        assert threads == ["batcher-t-0", threading.current_thread().name]
+    finally:
+        batcher.close()
+
+
 def test_inline_errors_reach_the_caller_like_queued_ones():
     calls = []
 

@@ -137,6 +137,7 @@ def spawn(cmd: list[str], env: dict[str, str], ready_url: str, cwd: Path | None 
 
 
 ACCESS_LOG = False  # --access-log: shipyard logs every request (to /dev/null) as it does by default
+MAX_BATCH = 32  # --max-batch-size: shipyard's dynamic batching (1 = off, serve's default)
 
 
 def start_shipyard(model: Path, work: Path, port: int, src: Path = HERE.parents[1] / "src") -> subprocess.Popen:
@@ -146,7 +147,7 @@ def start_shipyard(model: Path, work: Path, port: int, src: Path = HERE.parents[
     target.unlink(missing_ok=True)  # the repository is reused from model to model
     target.symlink_to(model)
     (repo / "m" / "config.json").write_text(json.dumps(
-        {"threads": 1, "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0, "max_queue_size": 1024}}))
+        {"threads": 1, "batching": {"max_batch_size": MAX_BATCH, "max_queue_delay_ms": 0, "max_queue_size": 1024}}))
     env = {**os.environ, "PYTHONPATH": str(src)}
     return spawn([sys.executable, "-m", "shipyard", "serve", str(repo), "--rest-port", str(port),
                   "--grpc-port", "-1", *([] if ACCESS_LOG else ["--no-access-log"])], env,
@@ -239,11 +240,14 @@ def main() -> int:
     parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ served as 'shipyard-base'")
     parser.add_argument("--mlp-binary", action="store_true", help="also send the MLP binary tensors")
     parser.add_argument("--protocols", nargs="+", help="only these protocol labels ('v2 json', 'v2 binary', 'json')")
+    parser.add_argument("--max-batch-size", type=int, default=32,
+                        help="shipyard's dynamic batching limit (1: no batching, serve's default)")
     parser.add_argument("--access-log", action="store_true",
                         help="shipyard with its access log on (its default; the peers have none)")
     args = parser.parse_args()
-    global ACCESS_LOG
+    global ACCESS_LOG, MAX_BATCH
     ACCESS_LOG = args.access_log
+    MAX_BATCH = args.max_batch_size
     if args.baseline_src is not None and "shipyard-base" not in args.servers:
         args.servers.insert(1, "shipyard-base")
     starters = {"shipyard": start_shipyard, "bare": start_bare, "pytriton": start_pytriton,

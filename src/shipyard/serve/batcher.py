@@ -8,8 +8,8 @@ Written here because the engines batch nothing themselves and the Python batcher
 (BentoML's, Ray's) come inside whole serving frameworks.
 
 A request that would make a batch of one anyway (nothing queued, an engine slot free, no queue
-delay to wait for, and, as the caller says through ``ALONE``, no other request in flight that
-could join it) to a model whose calls take under ``INLINE_BELOW_S`` runs at once on the
+delay to wait for, and, when batching is on, no other request in flight that could join it, as
+the caller says through ``ALONE``) to a model whose calls take under ``INLINE_BELOW_S`` runs at once on the
 caller's thread: the hand-off to a worker and back (two thread wake-ups, GIL hand-overs and an
 event-loop wake-up) cost a tiny model more than its engine call. The same slots bound engine
 calls in flight to ``workers`` either way, and the same metrics and statistics are recorded.
@@ -88,8 +88,9 @@ class Batcher:
             if self._closed:
                 raise UnavailableError("this model version is being unloaded")
             cost = self._call_s
+            # Other requests in flight matter only when they could share this one's engine call.
             inline = (self._may_inline and cost is not None and cost < INLINE_BELOW_S and self._queue.empty()
-                      and ALONE.get() and self._slots.acquire(blocking=False))
+                      and (not self._batchable or ALONE.get()) and self._slots.acquire(blocking=False))
             if not inline:
                 try:
                     self._queue.put_nowait(item)
