@@ -5,8 +5,11 @@ int8 (``optimizations=[DEFAULT]`` + representative_dataset), all on the same rea
 (tests/corpus_calibration.py) and judged by the same ``shipyard.verify.judge`` with the default
 Budget (top-1 agreement >= 99% and cosine >= 0.99 on every output, or <= 1 point of accuracy drop
 with labels); an output made by a mixed-range Concat (a detector's boxes and scores) is judged part by
-part, by cosine, for every method alike, as shipyard judges it (shipyard.quantize.heads). The search
-runs with its default time box (240 s); "search s" includes calibration.
+part, by cosine, for every method alike, as shipyard judges it (shipyard.quantize.heads). Each output's
+agreement is the decision it encodes (shipyard.verify.output_kind): top-1 over the last axis for class
+scores, decisions at > 0.5 for probability maps (basic-pitch's posteriorgrams, PP-OCR det's text map:
+"decisions" in the table), none for single values. The search runs with its default time box (240 s);
+"search s" includes calibration.
 
 Latency: median of N runs, batch 1, 1 thread, on each format's engine (onnxruntime for ONNX,
 LiteRT for TFLite). Target of issue 12: every model inside the budget at <= 0.4x float size and no
@@ -48,8 +51,12 @@ def verdict(v) -> str:
         a = v.accuracy
         text = f"acc {a['reference']:.1%}->{a['candidate']:.1%}"
     else:
-        agree = [d.argmax_agreement for d in v.outputs if d.argmax_agreement is not None]
-        text = (f"top1 {min(agree):.1%}, " if agree else "") + f"cos {min(d.cosine for d in v.outputs):.4f}"
+        # the agreement each output was judged by: top-1 for class scores, thresholded decisions
+        # for probability maps (verify.output_kind), none for values
+        names = {"scores": "top1", "probabilities": "decisions"}
+        judged = [(d.judged_agreement, names.get(d.kind, d.kind)) for d in v.outputs if d.judged_agreement is not None]
+        worst = min(judged, default=None)
+        text = (f"{worst[1]} {worst[0]:.1%}, " if worst else "") + f"cos {min(d.cosine for d in v.outputs):.4f}"
     return ("PASS " if v.passed else "MISS ") + text
 
 

@@ -1,7 +1,8 @@
 """Static int8 quantization with the accuracy budget on the real-model corpus (tests/corpus.py).
 
 Each quantizable model is calibrated and judged on realistic samples (tests/corpus_calibration.py),
-with the default budget (top-1 agreement >= 99.0% and cosine >= 0.99 on every output vs float, or an
+with the default budget (agreement >= 99.0% — top-1 for class scores, thresholded decisions for probability
+maps — and cosine >= 0.99 on every output vs float, or an
 accuracy drop <= 1 point with labels). The quantized model must be inside the budget, smaller than
 float, and still do the model's task (the same check as the float model in test_real_models.py).
 A model the search cannot bring inside the budget must fail cleanly: VerificationError, nothing
@@ -36,17 +37,9 @@ from test_real_models import artifact_feeds
 # reach 99%. (nudenet's output0 was one of them until its boxes/scores Concat was found from the
 # calibration ranges and its parts judged apart: test_mixed_range_concat_is_kept_float_from_the_start.) (model id -> (run the search in the test?, what it reached))
 OUT_OF_BUDGET = {
-    # Issue 12's face detector? Not these figures: here the default settings already give regressors
-    # cosine 0.986 (not 0.71), top-1 85.7%. The search (~400 trials) keeps no head in float; keeping
-    # all ten head nodes (regressor_8/16, classificator_8/16, their Reshapes, both Concats) float by
-    # hand raises the regressors' top-1 to 95.5% but leaves classificators at cosine 0.98: the heads
-    # do not restore it. With a cosine-only budget (min_agreement=0) the search tries 400 trials
-    # (338 s) and ends at classificators cosine 0.9882 < 0.99.
-    # Now (time box 240 s): the classificators Concat (heads spanning 9.9 and 221 logits, 22x) is kept
-    # float from the calibration ranges and judged head by head; regressors pass (cosine 0.998, top-1
-    # 100% with ties forgiven); the 8x8 head's logits end at cosine 0.9886 after 248 trials in 241 s.
-    "blazeface-tflite": (True, ("regressors [896, 16]: best trial cosine 0.993, top-1 86.2% (1e-5 noise alone: "
-                               "87%); classificators cosine 0.98")),
+    # (blazeface-tflite was here: the search missed after 326 trials / 241 s at classificators[512:896]
+    # cosine 0.9886; the search by stretches of the graph meets the budget in 38 trials:
+    # test_blazeface_meets_the_budget_by_keeping_a_stretch_float.)
     # Default settings: cosine 0.844, top-1 82.8% (a real loss, not only the metric), yet written with
     # --force the model still finds the three printed lines (precision 1.0, blank bands 0.0). The
     # search ran past 190 trials (> 15 min) without meeting it; the test asserts the clean failure without it.
@@ -54,6 +47,18 @@ OUT_OF_BUDGET = {
     "ocr-det-onnx": (False, ("sigmoid_0.tmp_0 [288, 480] probability map: cosine 0.844, top-1 82.8% (1e-5 noise "
                             "alone: 2.4%)")),
 }
+# Sigmoid posteriorgrams (basic-pitch) and a CTC recogniser (PP-OCR rec) whose int8 loss is spread over
+# the whole graph: no stretch of it kept in float closes 1% of the gap (tried: 8 stretches of 27-41 nodes
+# each; the first or second half of the graph float: basic-pitch onset cosine 0.966 / 0.960, ocr-rec
+# 0.963 / 0.961), and every other node in float is the float model. Judged by what they decide
+# (test_a_posteriorgram_is_judged_by_its_note_decisions): basic-pitch onsets agree on ~34% of the
+# notes either model plays, ocr-rec's top-1 94%.
+OUT_OF_BUDGET.update({
+    "basic-pitch-onnx": (True, "onset cosine 0.966, note decisions 34% agreement"),
+    "basic-pitch-tflite": (True, "through its ONNX conversion: the same graph as basic-pitch-onnx"),
+    "basic-pitch-savedmodel": (True, "TFLite int8 of the same model (see benchmarks/quantize_corpus.py)"),
+    "ocr-rec-onnx": (True, "softmax_11.tmp_0 cosine 0.951-0.965, top-1 93.7-94.9%"),
+})
 # Models onnxruntime's quantizer leaves unquantized: shipyard refuses (UnsupportedError, nothing written).
 NOTHING_TO_QUANTIZE = {
     "silero-vad-onnx": "every weight lives in Constant nodes inside If subgraphs (8 kHz / 16 kHz branches); shipyard "
@@ -259,3 +264,55 @@ def test_the_search_is_time_boxed(tmp_path):
     search = info.value.result.search
     assert search["stopped"] == "time" and not search["met"] and not out.exists()
     assert 1 <= len(search["trials"]) < 10 and search["seconds"] < 45  # the trial under way when time ran out ends
+
+
+def test_a_posteriorgram_is_judged_by_its_note_decisions(tmp_path):
+    """basic-pitch's three outputs are sigmoid posteriorgrams (frames x 88 pitches, frames x 264
+    contour bins), nearly all values below 0.1. The budget judged them by the argmax of each frame —
+    which near-zero pitch is largest — and reported the onsets at 16% top-1 agreement, a figure of
+    noise that also steered the search. Now each is read as probabilities (values in [0, 1] not
+    summing to 1) and judged by its decisions at 0.5 over the elements either model calls positive,
+    and the report says so. The int8 model still misses the budget, on figures that mean something:
+    about a third of the onsets agree (and cosine 0.97); nothing is written."""
+    model = CORPUS["basic-pitch-onnx"]
+    calib = tmp_path / "calibration.npz"
+    np.savez(calib, **calibration(model.id))
+    out = tmp_path / "bp-int8.onnx"
+    req = Request(mode="static", calibration=str(calib), per_channel=True, search=False, latency_runs=0, layers=False)
+    with pytest.raises(VerificationError, match="decision agreement at > 0.5") as info:
+        quantize_model(model.path, out, req)
+    assert not out.exists()
+    outputs = {d["name"]: d for d in info.value.result.outputs}
+    assert {d["kind"] for d in outputs.values()} == {"probabilities"}
+    assert all("decisions at > 0.5" in d["judged_by"] and "sigmoid" in d["judged_by"] for d in outputs.values())
+    onset = outputs["StatefulPartitionedCall:2"]
+    assert onset["positives"] >= 50 and onset["decision_agreement"] < 0.9 and onset["argmax_agreement"] < 0.5
+    assert onset["judged_agreement"] == onset["decision_agreement"]
+
+
+def test_blazeface_meets_the_budget_by_keeping_a_stretch_float(tmp_path):
+    """BlazeFace (TFLite -> ONNX, calibrated on real faces and scenes). With its mixed-range
+    classificators Concat kept float, the 8x8 head's logits still lose too much (cosine 0.979 with
+    per-channel weights). The per-node search measured 326 of its ~100 nodes one by one (0.7 s each)
+    and its time box ran out at cosine 0.9886; keeping stretches of the graph float and halving the
+    one that passes meets the budget in a few dozen trials, and the int8 model still finds the
+    astronaut's face. About 1-2 minutes on two shared cores: the one test that proves the search by
+    stretches on a real detector (test_a_large_graph_is_searched_by_stretches_within_its_time_box
+    covers its logic in 1 s). Latency is not measured here: this mixed model runs slower than float
+    on onnxruntime (see docs/quantize.md), which quantize then refuses."""
+    model = CORPUS["blazeface-tflite"]
+    calib = tmp_path / "calibration.npz"
+    np.savez(calib, **calibration(model.id))
+    source, names = source_for_quantize(model, tmp_path)
+    out = tmp_path / "blazeface-int8.onnx"
+    report = quantize_model(source, out, Request(mode="static", calibration=str(calib), latency_runs=0, layers=False))
+    assert report.verification["passed"], report.verification["failures"]
+    search = report.search
+    assert search["met"] and len(search["trials"]) <= 80, len(search["trials"])
+    assert [c["node"] for c in search["kept_from_start"]] == ["classificators"]
+    kept = [row["node"] for row in search["kept_float"]]
+    assert 1 <= len(kept) <= 30 and not search["sensitivity"]  # found by stretches, not node by node
+    parts = {d["name"]: d["cosine"] for d in report.outputs}
+    assert min(parts.values()) >= 0.99 and "classificators[512:896]" in parts
+    assert out.stat().st_size < source.stat().st_size
+    model.check(run_task(model, out, names))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -67,6 +67,18 @@ class OutputDiff:
     # two classes differ by more than TIE of the row's range: closer than that is a tie at 8-bit
     # resolution (256 levels), and a tie broken either way is no error (box coordinates, maps)
     top1_agreement: float | None = None
+    # what the output holds, read from the reference's values (see output_kind): "scores" (a class
+    # axis: argmax decides), "probabilities" (independent values in [0, 1]: a threshold decides),
+    # "values" (one value per row)
+    kind: str = "values"
+    # thresholded decisions (value > threshold) agreeing, over the elements either model calls
+    # positive (an IoU: a model that outputs all zeros scores 0, not the share of negatives);
+    # elements whose reference lies within TIE of the threshold are ties, forgiven
+    decision_agreement: float | None = None
+    decision_threshold: float | None = None
+    positives: int = 0             # elements the reference or the candidate calls positive
+    judged_agreement: float | None = None  # the agreement figure the criterion judged (None: not judged)
+    judged_by: str | None = None   # which criterion judged this output, and why
 
     def to_json(self) -> dict:
         def clean(v):
@@ -109,7 +121,34 @@ def _decisive_agreement(a: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> float:
         return float(np.mean((ia == ib) | ~(gap > TIE * span)))
 
 
-def diff(name: str, ref: np.ndarray, other: np.ndarray, atol: float = 1e-4, rtol: float = 1e-3) -> OutputDiff:
+def output_kind(a: np.ndarray) -> str:
+    """What an output holds, from its reference values alone: ``scores`` when its last axis is a
+    class axis (logits, or probabilities summing to 1: argmax is the decision), ``probabilities``
+    when every value lies in [0, 1] and rows do not sum to 1 (sigmoid heads, multi-label
+    posteriorgrams, segmentation maps: each element is its own yes/no at a threshold), otherwise
+    ``values`` (one number per row: regressions)."""
+    if a.size == 0 or not np.all(np.isfinite(a)):
+        return "scores" if a.ndim >= 2 and a.shape[-1] > 1 else "values"
+    in_unit = float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    sums_to_one = a.ndim >= 2 and a.shape[-1] > 1 and bool(np.allclose(a.sum(-1), 1.0, atol=1e-3))
+    if in_unit and not sums_to_one:
+        return "probabilities"
+    return "scores" if a.ndim >= 2 and a.shape[-1] > 1 else "values"
+
+
+def _decision_agreement(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[float, int]:
+    """(share of the elements either side calls positive whose decisions agree, that count);
+    a reference within TIE of the threshold is a tie at 8-bit resolution, forgiven."""
+    pa, pb = a > threshold, b > threshold
+    union = int(np.count_nonzero(pa | pb))
+    if not union:
+        return 1.0, 0
+    flipped = int(np.count_nonzero((pa != pb) & ~(np.abs(a - threshold) <= TIE)))
+    return 1.0 - flipped / union, union
+
+
+def diff(name: str, ref: np.ndarray, other: np.ndarray, atol: float = 1e-4, rtol: float = 1e-3,
+         threshold: float = 0.5) -> OutputDiff:
     """Compare two arrays elementwise; passes when ``|a-b| <= atol + rtol*|a|`` everywhere."""
     a = np.asarray(ref)
     b = np.asarray(other)
@@ -140,6 +179,8 @@ def diff(name: str, ref: np.ndarray, other: np.ndarray, atol: float = 1e-4, rtol
         decisive = _decisive_agreement(a64, ia, ib)
         if a.shape[-1] > TOP_K:
             topk = _topk_agreement(a64, b64, TOP_K)
+    with np.errstate(invalid="ignore"):
+        decision, positives = _decision_agreement(a64, b64, threshold)
     allowed = atol + rtol * np.abs(a64)
     with np.errstate(invalid="ignore"):
         beyond = ~(err <= allowed)  # NaN errors count as beyond
@@ -149,7 +190,8 @@ def diff(name: str, ref: np.ndarray, other: np.ndarray, atol: float = 1e-4, rtol
                       mean_rel=mean_rel, top1_agreement=decisive, snr_db=_snr_db(a64, err) if err.size else None, topk_agreement=topk,
                       nonfinite_ref=bad_a, nonfinite_other=bad_b, atol=atol, rtol=rtol, rel_l2=rel_l2,
                       outside=outside, size=int(err.size), worst=_worst(a64, b64, err, allowed),
-                      histogram=_decades(err))
+                      histogram=_decades(err), kind=output_kind(a64), decision_agreement=decision,
+                      decision_threshold=threshold, positives=positives)
 
 
 WORST = 5
@@ -255,72 +297,164 @@ class Exact:
         return {"kind": "exact", "atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine}
 
 
+KINDS = {"auto": "auto", "scores": "scores", "argmax": "scores", "probabilities": "probabilities",
+         "threshold": "probabilities", "values": "values", "cosine": "values"}
+
+
 @dataclass(frozen=True)
 class Budget:
     """Lossy paths: how far a quantized model may drift from its float reference.
 
-    Without labels every output must keep ``cosine >= min_cosine`` and, where its rows are
-    scores over a last axis, ``top-1 agreement >= min_agreement``. With labels the agreement
-    test is replaced by the task: accuracy may fall by at most ``max_accuracy_drop`` (a fraction:
-    0.01 is one point); cosine is still checked on every output.
+    Without labels every output must keep ``cosine >= min_cosine`` and agree with float in its
+    decisions at least ``min_agreement`` of the time, the decision read from what the output holds
+    (``kind``; ``auto``: :func:`output_kind` of the reference): the argmax over the last axis for
+    class scores (top-1 agreement), the value against ``threshold`` for independent probabilities
+    (a sigmoid multi-label head or a segmentation map, where an argmax picks among near-zero
+    values), none for single values (cosine alone). ``kind=scores`` forces top-1 agreement. With
+    labels the agreement test is replaced by the task: accuracy may fall by at most
+    ``max_accuracy_drop`` (a fraction: 0.01 is one point); cosine is still checked on every output.
+    ``outputs`` holds per-output budgets, ((output name, Budget), ...), for the outputs named.
     """
 
     min_agreement: float = 0.99
     min_cosine: float = 0.99
     max_accuracy_drop: float = 0.01
+    kind: str = "auto"
+    threshold: float = 0.5
+    outputs: tuple = ()
 
-    KEYS: ClassVar[dict[str, str]] = {"top1": "min_agreement", "agreement": "min_agreement", "cosine": "min_cosine",
-            "accuracy-drop": "max_accuracy_drop", "drop": "max_accuracy_drop"}
+    KEYS: ClassVar[dict[str, str]] = {"top1": "min_agreement", "agreement": "min_agreement",
+                                      "decision": "min_agreement", "cosine": "min_cosine",
+                                      "accuracy-drop": "max_accuracy_drop", "drop": "max_accuracy_drop",
+                                      "kind": "kind", "threshold": "threshold"}
+    HINT: ClassVar[str] = ("write KEY=VALUE pairs from top1 (or agreement), cosine, drop, kind (auto, scores, "
+                           "probabilities, values), threshold, each optionally for one output as OUTPUT:KEY=VALUE: "
+                           "for example top1=99%,cosine=0.99,drop=1,note:cosine=0.98")
 
     @classmethod
     def parse(cls, text: str | None) -> Budget:
         """``top1=99%,cosine=0.99,drop=1`` (any subset; top-1 and cosine as fractions or percent,
-        the accuracy drop in points, or as a fraction below 1 when written with a leading 0)."""
+        the accuracy drop in points, or as a fraction below 1 when written with a leading 0);
+        ``kind=scores`` judges every output by top-1 agreement; ``OUTPUT:KEY=VALUE`` applies to
+        that output only (names may contain ':'; the key is after the last one)."""
         if text is None or not text.strip():
             return cls()
-        values: dict[str, float] = {}
+        values: dict[str, object] = {}
+        per_output: dict[str, dict[str, object]] = {}
         for item in text.split(","):
-            key, sep, raw = item.strip().partition("=")
+            if not item.strip():
+                continue
+            left, sep, raw = item.strip().partition("=")
+            output, colon, key = left.rpartition(":")
             key = key.strip().lower().rstrip(">=<")
-            if not sep or key not in cls.KEYS:
-                raise UsageError(f"--accuracy-budget {text!r}: cannot read {item.strip()!r}",
-                                 hint="write KEY=VALUE pairs from top1, cosine, drop: for example top1=99%,cosine=0.99,drop=1")
-            raw = raw.strip()
-            try:
-                number = float(raw.rstrip("%"))
-            except ValueError as exc:
-                raise UsageError(f"--accuracy-budget {item.strip()!r}: {raw!r} is not a number") from exc
+            if not sep or key not in cls.KEYS or (colon and not output.strip()):
+                raise UsageError(f"--accuracy-budget {text!r}: cannot read {item.strip()!r}", hint=cls.HINT)
             field_name = cls.KEYS[key]
-            if field_name == "max_accuracy_drop":
-                number = number / 100 if (raw.endswith("%") or number >= 1) else number
-                if not 0 <= number <= 1:
-                    raise UsageError(f"--accuracy-budget {item.strip()!r}: the accuracy drop must be 0-100 points")
-            else:
-                number = number / 100 if (raw.endswith("%") or number > 1) else number
-                if not 0 <= number <= 1:
-                    raise UsageError(f"--accuracy-budget {item.strip()!r}: {key} must lie in 0-1 (or 0-100%)")
-            values[field_name] = number
-        return cls(**values)
+            (per_output.setdefault(output.strip(), {}) if output.strip() else values)[field_name] = \
+                cls._value(item.strip(), key, field_name, raw.strip())
+        base = cls(**values)
+        return replace(base, outputs=tuple((name, replace(base, **vals)) for name, vals in per_output.items()))
+
+    @staticmethod
+    def _value(item: str, key: str, field_name: str, raw: str) -> object:
+        if field_name == "kind":
+            if raw.lower() not in KINDS:
+                from shipyard.cliargs import unknown
+
+                raise unknown("kind", raw, sorted(KINDS), flag=f"--accuracy-budget {item!r}:")
+            return KINDS[raw.lower()]
+        try:
+            number = float(raw.rstrip("%"))
+        except ValueError as exc:
+            raise UsageError(f"--accuracy-budget {item!r}: {raw!r} is not a number") from exc
+        if field_name == "max_accuracy_drop":
+            number = number / 100 if (raw.endswith("%") or number >= 1) else number
+            if not 0 <= number <= 1:
+                raise UsageError(f"--accuracy-budget {item!r}: the accuracy drop must be 0-100 points")
+        elif field_name == "threshold":
+            if not 0 < number < 1:
+                raise UsageError(f"--accuracy-budget {item!r}: the decision threshold must lie strictly between 0 and 1")
+        else:
+            number = number / 100 if (raw.endswith("%") or number > 1) else number
+            if not 0 <= number <= 1:
+                raise UsageError(f"--accuracy-budget {item!r}: {key} must lie in 0-1 (or 0-100%)")
+        return number
+
+    def for_output(self, name: str) -> Budget:
+        """The budget of one output: its own when the budget names it (a part ``out[0:4]`` of a
+        split output takes the budget of ``out``), else this one."""
+        key = name_key(name.split("[", 1)[0] if name.endswith("]") else name)
+        return next((b for n, b in self.outputs if name_key(n) == key), self)
+
+    def check_outputs(self, names: Iterable[str]) -> None:
+        """A per-output budget naming no output of the model is a usage error, never ignored."""
+        names = list(names)
+        known = {name_key(n.split("[", 1)[0] if n.endswith("]") else n) for n in names}
+        for n, _ in self.outputs:
+            if name_key(n) not in known:
+                from shipyard.cliargs import unknown
+
+                raise unknown("output", n, sorted({n.split("[", 1)[0] if n.endswith("]") else n for n in names}),
+                              flag="--accuracy-budget")
+
+    def kind_of(self, d: OutputDiff) -> str:
+        return d.kind if self.kind == "auto" else self.kind
+
+    def agreement_of(self, d: OutputDiff) -> tuple[float | None, str]:
+        """(the agreement figure this budget judges for ``d``, its name)."""
+        kind = self.kind_of(d)
+        if kind == "scores":
+            return d.top1_agreement, "top-1 agreement"
+        if kind == "probabilities":
+            return d.decision_agreement, f"decision agreement at > {self.threshold:g}"
+        return None, ""
+
+    def why(self, d: OutputDiff, labelled: bool) -> str:
+        """Which criterion judges ``d`` and why, in words for the report."""
+        kind = self.kind_of(d)
+        forced = " (kind forced by the budget)" if self.kind != "auto" else ""
+        if labelled:
+            return "cosine; decisions judged by task accuracy on the labels"
+        if kind == "scores":
+            what = (f"top-1 over the last axis ({d.shape_ref[-1]} entries) + cosine"
+                    if d.top1_agreement is not None else "cosine (no class axis to take an argmax over)")
+            return what + (forced or ": read as class scores (logits, or probabilities summing to 1; "
+                                     "kind=values for coordinates)")
+        if kind == "probabilities":
+            return (f"decisions at > {self.threshold:g} over the {d.positives} elements either model calls positive + "
+                    f"cosine" + (forced or ": values in [0, 1] not summing to 1 (a sigmoid / probability map, where an "
+                                           "argmax picks among near-zero values)"))
+        return "cosine" + (forced or ": one value per row, no decision to compare")
 
     def failure(self, d: OutputDiff, labelled: bool) -> str | None:
         if d.shape_ref != d.shape_other:
             return f"{d.name}: shape {list(d.shape_other)} where the reference has {list(d.shape_ref)}"
         if d.nonfinite_other > d.nonfinite_ref:
             return f"{d.name}: {d.nonfinite_other} NaN/Inf values"
+        reasons = []
         if d.cosine < self.min_cosine:
-            return f"{d.name}: cosine {d.cosine:.4f} < {self.min_cosine:g}"
-        if not labelled and d.top1_agreement is not None and d.top1_agreement < self.min_agreement:
-            return (f"{d.name}: top-1 agreement {percent(d.top1_agreement)} < {percent(self.min_agreement)} "
-                    f"(ties within {TIE:.0%} of a row's range forgiven)")
-        return None
+            reasons.append(f"cosine {d.cosine:.4f} < {self.min_cosine:g}")
+        agreement, what = self.agreement_of(d)
+        if not labelled and agreement is not None and agreement < self.min_agreement:
+            reasons.append(f"{what} {percent(agreement)} < {percent(self.min_agreement)} (ties within {TIE:.0%} forgiven)")
+        return f"{d.name}: " + " and ".join(reasons) if reasons else None
 
     def describe(self) -> str:
-        return (f"top-1 agreement >= {percent(self.min_agreement)} and cosine >= {self.min_cosine:g} on every output "
+        text = (f"agreement >= {percent(self.min_agreement)} (top-1 for class scores, thresholded decisions for "
+                f"probabilities) and cosine >= {self.min_cosine:g} on every output "
                 f"(with labels: accuracy drop <= {self.max_accuracy_drop * 100:g} point(s) and cosine)")
+        if self.kind != "auto":
+            text += f", every output judged as {self.kind}"
+        for name, b in self.outputs:
+            text += f"; {name}: agreement >= {percent(b.min_agreement)}, cosine >= {b.min_cosine:g}" + (
+                f", judged as {b.kind}" if b.kind != "auto" else "")
+        return text
 
     def to_json(self) -> dict:
         return {"kind": "budget", "min_agreement": self.min_agreement, "min_cosine": self.min_cosine,
-                "max_accuracy_drop": self.max_accuracy_drop}
+                "max_accuracy_drop": self.max_accuracy_drop, "output_kind": self.kind, "threshold": self.threshold,
+                "outputs": {n: {k: v for k, v in b.to_json().items() if k not in ("kind", "outputs")}
+                            for n, b in self.outputs}}
 
 
 Criterion = Exact | Budget
@@ -348,7 +482,9 @@ class Verification:
         """One number to rank candidates that miss a budget (0 is perfect): the worst output's
         cosine shortfall plus disagreement, plus the accuracy drop. Disagreement counts only where
         the criterion judges it: not with labels (the task replaces it) nor under a budget without
-        an agreement floor (box regressors: the argmax of coordinates means nothing)."""
+        an agreement floor (box regressors: the argmax of coordinates means nothing), and for each
+        output the figure its budget judges (top-1 for class scores, thresholded decisions for
+        probabilities): a search steered by the argmax of a probability map chases noise."""
         agreement = not (isinstance(self.criterion, Budget) and (self.accuracy is not None
                                                                   or self.criterion.min_agreement <= 0))
         if self.failures and not self.outputs:
@@ -357,7 +493,8 @@ class Verification:
         for d in self.outputs:
             if d.shape_ref != d.shape_other or d.nonfinite_other > d.nonfinite_ref:
                 return math.inf
-            miss = (1.0 - d.cosine) + (1.0 - d.top1_agreement if agreement and d.top1_agreement is not None else 0.0)
+            judged = d.judged_agreement if isinstance(self.criterion, Budget) else d.top1_agreement
+            miss = (1.0 - d.cosine) + (1.0 - judged if agreement and judged is not None else 0.0)
             worst = max(worst, miss)
         if self.accuracy is not None:
             worst += max(0.0, self.accuracy["drop"])
@@ -366,7 +503,10 @@ class Verification:
     def summary(self) -> str:
         parts = []
         for d in self.outputs:
-            agree = f", top-1 {percent(d.top1_agreement)}" if d.top1_agreement is not None else ""
+            if d.kind == "probabilities" and d.decision_agreement is not None:
+                agree = f", decisions {percent(d.decision_agreement)}"
+            else:
+                agree = f", top-1 {percent(d.top1_agreement)}" if d.top1_agreement is not None else ""
             parts.append(f"{d.name} cosine {d.cosine:.4f}{agree}")
         if self.accuracy is not None:
             a = self.accuracy
@@ -492,9 +632,11 @@ def model_outputs(model: Model | str, feeds: Feeds, reference: Signature | None 
 
 
 def judge(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], criterion: Criterion,
-          labels: np.ndarray | None = None, outputs: list[str] | None = None) -> Verification:
+          labels: np.ndarray | None = None, outputs: list[str] | None = None,
+          check_budget: bool = True) -> Verification:
     """Pair every reference output with one candidate output and judge each. ``outputs``
-    restricts the reference to the outputs the candidate was asked to keep."""
+    restricts the reference to the outputs the candidate was asked to keep. A Budget's per-output
+    entries must name outputs of ``ref`` (``check_budget=False``: the caller checked them)."""
     if outputs:
         keep = {tensor_name(o) for o in outputs}
         chosen = {k: v for k, v in ref.items() if tensor_name(k) in keep}
@@ -502,6 +644,8 @@ def judge(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], criterio
             raise InputError(f"output(s) {', '.join(sorted(keep - {tensor_name(k) for k in chosen}))} are not outputs "
                              f"of the reference", hint="its outputs: " + ", ".join(ref))
         ref = chosen
+    if isinstance(criterion, Budget) and criterion.outputs and check_budget:
+        criterion.check_outputs(ref)
     pairs = pair_names(list(ref), list(got))
     outputs: list[OutputDiff] = []
     failures: list[str] = []
@@ -512,11 +656,17 @@ def judge(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], criterio
             if not np.array_equal(a, b):
                 failures.append(f"{p.ref}: {a.dtype} values differ")
             continue
-        atol, rtol = (criterion.atol, criterion.rtol) if isinstance(criterion, Exact) else (1e-2, 1e-1)
+        crit = criterion.for_output(p.ref) if isinstance(criterion, Budget) else criterion
+        atol, rtol = (crit.atol, crit.rtol) if isinstance(crit, Exact) else (1e-2, 1e-1)
         d = diff(p.ref, a.astype(np.float32) if a.dtype.kind == "b" else a,
-                 b.astype(np.float32) if b.dtype.kind == "b" else b, atol, rtol)
+                 b.astype(np.float32) if b.dtype.kind == "b" else b, atol, rtol,
+                 threshold=crit.threshold if isinstance(crit, Budget) else 0.5)
         outputs.append(d)
-        reason = criterion.failure(d) if isinstance(criterion, Exact) else criterion.failure(d, labels is not None)
+        if isinstance(crit, Budget):
+            d.judged_by = crit.why(d, labels is not None)
+            if labels is None and crit.min_agreement > 0:
+                d.judged_agreement = crit.agreement_of(d)[0]
+        reason = crit.failure(d) if isinstance(crit, Exact) else crit.failure(d, labels is not None)
         if reason:
             failures.append(reason)
     samples = next((len(v) for v in ref.values() if np.ndim(v)), 0)

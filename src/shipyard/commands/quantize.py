@@ -7,14 +7,20 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a model (ONNX, Keras/SavedModel -> TFLite, GraphDef) and report its error")
     p.add_argument("model")
-    p.add_argument("--mode", required=True, choices=["weights", "dynamic", "static", "float16"])
+    from shipyard.cliargs import Deprecated
+
+    p.add_argument("--mode", required=True, choices=["weights", "dynamic", "static", "float16"],
+                   help="quantization mode (the same option as ship's --mode)")
     p.add_argument("-o", "--output", required=True, help="the quantized model (.onnx, .tflite or .pb)")
     p.add_argument("--calibration", metavar="DATA",
                    help=".npy/.npz samples (an npz may hold 'labels'), or a folder of images (sub-folders = classes); "
                         "default: random data, with a warning")
     p.add_argument("--map", action="append", default=[], metavar="FEATURE=INPUT",
                    help="TFRecord calibration data: feed this Example feature to this input")
-    p.add_argument("--samples", type=int, default=100, help="at most this many calibration samples (default 100)")
+    p.add_argument("--calibration-samples", dest="samples", type=int, default=100, metavar="N",
+                   help="at most this many calibration samples (default 100)")
+    p.add_argument("--samples", dest="samples", type=int, action=Deprecated, new="--calibration-samples N",
+                   where="quantize", store="store")
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (ONNX static/dynamic)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODES",
                    help="layers to keep in float (comma-separated, repeatable; ONNX node names, TFLite layer names from the report)")
@@ -37,8 +43,10 @@ def register(sub) -> None:
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer error analysis")
     p.add_argument("--accuracy-budget", metavar="SPEC",
                    help="how far the quantized model may drift from float, e.g. top1=99%%,cosine=0.99,drop=1 "
-                        "(the default: top-1 agreement >= 99%% and cosine >= 0.99 on every output; with labels, "
-                        "at most 1 point of accuracy lost)")
+                        "(the default: agreement >= 99%% and cosine >= 0.99 on every output, agreement read from "
+                        "what the output holds: top-1 for class scores, decisions at threshold=0.5 for "
+                        "probabilities; kind=scores forces top-1; with labels, at most 1 point of accuracy lost); "
+                        "OUTPUT:KEY=VALUE for one output, e.g. onset:cosine=0.95")
     p.add_argument("--no-search", action="store_true",
                    help="quantize with the settings as given: no other settings, no nodes kept in float by the search")
     p.add_argument("--max-search-seconds", type=float, default=240, metavar="S",
@@ -56,7 +64,7 @@ def cmd_quantize(args) -> int:
     from shipyard.verify import Budget, VerificationError
 
     if args.samples < 1:
-        raise UsageError("--samples must be at least 1")
+        raise UsageError("--calibration-samples must be at least 1")
     if args.max_search_seconds < 0:
         raise UsageError("--max-search-seconds must be 0 (no limit) or more")
     from shipyard.feeds import parse_mapping

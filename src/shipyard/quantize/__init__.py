@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from shipyard import guard
-from shipyard.errors import ModelLoadError, UnsupportedError, UsageError
+from shipyard.errors import ModelLoadError, ShipyardError, UnsupportedError, UsageError
 from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
 from shipyard.quantize.request import Request, calibration_source, check_speed, finish, measure, samples_and_labels
@@ -25,8 +25,10 @@ ENGINES = ("onnxruntime", "nncf")  # for ONNX; Keras/SavedModel go through the T
 
 def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeReport:
     """Quantize, judge against the float model with the accuracy budget, and write the result
-    only when it is inside the budget (or ``req.force``)."""
+    only when it is inside the budget (or ``req.force``). The tool for the model's format is the
+    one its registry declaration names (``quantizer``)."""
     from shipyard.atomic import check_output_path
+    from shipyard.formats import capability
 
     if req.mode not in MODES:
         raise UsageError(f"unknown mode '{req.mode}'", hint="modes: " + ", ".join(MODES))
@@ -34,31 +36,52 @@ def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeR
     out_path = check_output_path(Path(out), model.path)
     if req.engine not in ENGINES:
         raise UsageError(f"unknown quantization engine '{req.engine}'", hint="engines: " + ", ".join(ENGINES))
+    quantize = capability(model.format, "quantizer")
+    if req.engine == "nncf" and quantize is not quantize_onnx:
+        raise UsageError(f"{model.path}: the nncf engine quantizes ONNX models, not {model.format}",
+                         hint="convert it first: shipyard convert MODEL --to onnx -o model.onnx")
+    if quantize is None:
+        raise _not_quantizable(model, req)
+    return quantize(model, out_path, req)
+
+
+def _not_quantizable(model: Model, req: Request) -> ShipyardError:
+    from shipyard.formats import registry
+
+    if model.format == "tflite":
+        return UsageError(f"{model.path}: a TFLite file is already converted; quantize the model it came from",
+                          hint=f"shipyard quantize model.keras|saved_model/|frozen.pb --mode {req.mode} -o model_int8.tflite")
+    words = [f.word for f in registry.FORMATS.values() if f.quantizer]
+    return UnsupportedError(f"{model.path}: quantize works on {', '.join(words[:-1])} and {words[-1]} models, "
+                            f"not {model.format}", hint="convert it to ONNX first")
+
+
+def quantize_onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
+    """ONNX: onnxruntime.quantization, or NNCF (``--engine nncf``)."""
     if req.engine == "nncf":
-        if model.format != "onnx":
-            raise UsageError(f"{model.path}: the nncf engine quantizes ONNX models, not {model.format}",
-                             hint="convert it first: shipyard convert MODEL --to onnx -o model.onnx")
         from shipyard.quantize.nncf_quant import quantize_nncf
 
         return quantize_nncf(model, out_path, req)
-    if model.format == "onnx":
-        return _onnx(model, out_path, req)
-    if model.format == "tf-graphdef" and req.mode == "weights":
-        return _graphdef(model, out_path, req)  # stays a GraphDef: quantize_weights
-    if model.format in ("keras", "tf-savedmodel", "tf-graphdef"):
-        from shipyard.quantize.tflite import quantize_to_tflite
+    return _onnx(model, out_path, req)
 
-        if out_path.suffix != ".tflite":
-            hint = ("--mode weights keeps a GraphDef (quantize_weights); for ONNX int8: shipyard convert "
-                    f"{model.path.name} --to onnx, then quantize the .onnx" if model.format == "tf-graphdef" else None)
-            raise UsageError(f"{out_path}: a {model.format} model is quantized ({req.mode}) to TFLite; "
-                             "name the output *.tflite", hint=hint)
-        return quantize_to_tflite(model, out_path, req)
-    if model.format == "tflite":
-        raise UsageError(f"{model.path}: a TFLite file is already converted; quantize the model it came from",
-                         hint=f"shipyard quantize model.keras|saved_model/|frozen.pb --mode {req.mode} -o model_int8.tflite")
-    raise UnsupportedError(f"{model.path}: quantize works on ONNX, Keras, SavedModel and GraphDef models, not {model.format}",
-                           hint="convert it to ONNX first")
+
+def quantize_graphdef(model: Model, out_path: Path, req: Request) -> QuantizeReport:
+    """A GraphDef stays a GraphDef for ``--mode weights`` (quantize_weights); other modes go to TFLite."""
+    if req.mode == "weights":
+        return _graphdef(model, out_path, req)
+    return quantize_via_tflite(model, out_path, req)
+
+
+def quantize_via_tflite(model: Model, out_path: Path, req: Request) -> QuantizeReport:
+    """Keras, SavedModel (and GraphDef beyond weights-only) through the TFLite converter."""
+    from shipyard.quantize.tflite import quantize_to_tflite as convert_quantized
+
+    if out_path.suffix != ".tflite":
+        hint = ("--mode weights keeps a GraphDef (quantize_weights); for ONNX int8: shipyard convert "
+                f"{model.path.name} --to onnx, then quantize the .onnx" if model.format == "tf-graphdef" else None)
+        raise UsageError(f"{out_path}: a {model.format} model is quantized ({req.mode}) to TFLite; "
+                         "name the output *.tflite", hint=hint)
+    return convert_quantized(model, out_path, req)
 
 
 def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
@@ -89,6 +112,7 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
         feeds, labels = samples_and_labels(source, signature, req)
         report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
         _, reference = model_outputs(model, feeds, threads=req.threads)
+        req.budget.check_outputs(reference)  # a per-output budget naming no output: before any trial
         guard.stage("preparing the model for quantization")
         # onnxruntime's pre-processing (BN folding, shape inference) is for static quantization;
         # its shape annotations can trip the dynamic quantizer's own inference

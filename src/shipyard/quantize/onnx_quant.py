@@ -122,6 +122,32 @@ def _reader(feeds):
     return Reader(feeds)
 
 
+CALIBRATION_CHUNK = 4  # samples per calibrator pass (memory: see calibrate_to_cache)
+
+
+def calibrate_to_cache(model: Path, feeds: list[dict], method: str, cache: Path) -> None:
+    """Calibrate ``model`` with onnxruntime's own calibrator and save the ranges to ``cache`` in
+    the format its ``quantize_static`` reads back (every trial of the search reuses them)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    from shipyard.deps import all_output_silenced
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    ops = list(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates by default
+    with tempfile.TemporaryDirectory() as tmp, _root_log_level(logging.ERROR), all_output_silenced():
+        calibrator = create_calibrator(Path(model), ops, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=methods[method], extra_options={"moving_average": False})
+        # a few samples at a time: the histogram calibrators (entropy, percentile) keep every
+        # intermediate tensor of what they are given (PP-OCR det, 40 samples of 288x480: ~10 GB,
+        # killed by the OOM killer); MinMax merges its ranges after each call, histograms accumulate
+        for start in range(0, len(feeds), CALIBRATION_CHUNK):
+            calibrator.collect_data(_reader(feeds[start:start + CALIBRATION_CHUNK]))
+        save_tensors_data(calibrator.compute_data(), cache)
+        del calibrator
+
+
 def quantize_static(src: Path, out: Path, feeds: list[dict], opts: StaticOptions, cache: Path | None = None) -> dict:
     """onnxruntime's quantize_static. ``cache``: a calibration cache file (per calibration
     method) that the search's trials share, so the float model is calibrated once."""
@@ -136,6 +162,12 @@ def quantize_static(src: Path, out: Path, feeds: list[dict], opts: StaticOptions
                "percentile": CalibrationMethod.Percentile}
     proto = onnx.load(str(src), load_external_data=False)
     keep_float = [n.name for n in proto.graph.node if n.op_type in KEEP_FLOAT_OPS]
+    if cache is not None and not cache.exists():
+        # calibrated here a few samples at a time, not by quantize_static all at once (memory)
+        try:
+            calibrate_to_cache(src, feeds, opts.calibrate_method, cache)
+        except Exception:  # noqa: BLE001 -- quantize_static calibrates (and reports any error) as before
+            cache.unlink(missing_ok=True)
     # The quantizer logs every tensor it skips on the root logger and the histogram
     # calibrators print their settings: neither is for the user, and --json needs a clean stdout.
     with _root_log_level(logging.ERROR), all_output_silenced():

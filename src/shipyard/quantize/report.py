@@ -55,8 +55,13 @@ def render(r: QuantizeReport) -> str:
             agree = f", top-1 agreement {percent(d['argmax_agreement'])}"
             if d.get("top1_agreement") is not None and d["top1_agreement"] != d["argmax_agreement"]:
                 agree += f" ({percent(d['top1_agreement'])} with near-ties forgiven)"
+        if d.get("kind") == "probabilities" and d.get("decision_agreement") is not None:
+            agree += (f", decisions at > {d['decision_threshold']:g} agree {percent(d['decision_agreement'])} "
+                      f"(of {d['positives']} positive)")
         lines.append(f"  error        {d['name']}: max abs {error(d['max_abs'])}, mean abs {error(d['mean_abs'])}, "
                      f"cosine {d['cosine']:.5f}{agree}")
+        if d.get("judged_by"):
+            lines.append(f"  judged by    {d['judged_by']}")
     if r.accuracy:
         a = r.accuracy
         lines.append(f"  accuracy     float {percent(a['float'])} -> quantized {percent(a['quantized'])} "
@@ -105,8 +110,15 @@ def _budget_text(b: dict | None) -> str:
         return "budget"
     from shipyard.report.numbers import percent
 
-    return (f"top-1 >= {percent(b['min_agreement'])}, cosine >= {b['min_cosine']:g}, "
+    text = (f"agreement >= {percent(b['min_agreement'])}, cosine >= {b['min_cosine']:g}, "
             f"accuracy drop <= {b['max_accuracy_drop'] * 100:g} pt")
+    if b.get("output_kind", "auto") != "auto":
+        text += f", every output judged as {b['output_kind']}"
+    for name, o in (b.get("outputs") or {}).items():
+        text += f"; {name}: agreement >= {percent(o['min_agreement'])}, cosine >= {o['min_cosine']:g}"
+        if o.get("output_kind", "auto") != "auto":
+            text += f", judged as {o['output_kind']}"
+    return text
 
 
 def _short(name: str, width: int = 60) -> str:

@@ -7,11 +7,15 @@ and the TFLite converter:
 1. Each settings variant (per-channel, calibration method, QDQ vs QOperator...) is built with
    every node quantized and judged against the float model by the verification core.
    When some pass, the fastest of them is chosen.
-2. Otherwise, starting from the variant closest to the budget, each candidate node's
+2. Otherwise, on a graph with many candidates, stretches of it (REGIONS contiguous runs of
+   candidates in graph order) are kept in float one at a time; a stretch that brings the model
+   inside the budget is halved while a half still does (bisection: a few trials, where one per
+   node over a 200-node model runs past the time box before it reaches the heads).
+3. Otherwise, starting from the variant closest to the budget, each candidate node's
    sensitivity is measured *at the model's outputs*: the model is rebuilt with only that node
    kept in float and the gain in the verification score is recorded. Every node kind counts
    (Concat, Reshape, Sigmoid, Add of detection heads as much as Conv and MatMul).
-3. The most sensitive node is kept in float, the others are measured again on top of it, and
+4. The most sensitive node is kept in float, the others are measured again on top of it, and
    so on (greedy forward selection) until the budget holds; a last pass drops any kept node
    the budget does not need.
 
@@ -31,6 +35,8 @@ from shipyard.verify import Verification
 
 MIN_SAMPLES = 16  # fewer cannot tell a 1% agreement drop from noise
 RERANK = 16       # nodes measured again in each round after the first
+REGIONS = 8       # stretches of the graph tried in float first, when it has more than...
+MANY = 32         # ...this many candidates (one trial per node would not fit the time box)
 
 
 @dataclass
@@ -173,6 +179,10 @@ class Search:
         most, re-measure the others on top of it, and so on until the budget holds (then drop
         any the budget does not need). Re-measuring each round finds nodes that only matter
         once another is float (the inputs of a Concat that was forced to one scale)."""
+        if len(self.candidates) > MANY:
+            found = self._regions(base)
+            if found is not None:
+                return self._finish(found, [])
         kept: tuple[str, ...] = ()
         state, sensitivity, rows = base, [], []
         while len(kept) < self.max_float and not self._exhausted():
@@ -215,6 +225,55 @@ class Search:
         # out of reach: the closest model that was kept on disk
         closest = min((t for t in self.trials if t.path.exists()), key=lambda t: t.verification.score())
         return closest, sensitivity, []
+
+    def _regions(self, base: Trial) -> Trial | None:
+        """Group testing over the graph: REGIONS contiguous stretches of candidates (graph order)
+        each kept in float; the best one is kept when it helps and the rest is split again, until a
+        trial meets the budget; that stretch is then halved while a half still meets it. None when
+        no stretch helps (the per-node search takes over)."""
+        order = list(self.candidates)
+        kept: tuple[str, ...] = ()
+        state = base
+        while not self._exhausted():
+            rest = [n for n in order if n not in kept]
+            size = max(1, -(-len(rest) // REGIONS))
+            tried: list[tuple[list[str], Trial]] = []
+            for i in range(0, len(rest), size):
+                group = rest[i:i + size]
+                if len(kept) + len(group) > self.max_float or self._exhausted():
+                    continue
+                guard.stage(f"keeping a stretch of the graph in float: {i // size + 1}/{-(-len(rest) // size)}")
+                tried.append((group, self._try(state.settings, (*kept, *group))))
+                if tried[-1][1].verification.passed:
+                    break  # a stretch that is enough: narrow it down rather than try the others
+            if not tried:
+                return None
+            group, best = min(tried, key=lambda r: (not r[1].verification.passed, r[1].verification.score()))
+            for _, t in tried:
+                if t is not best:
+                    t.path.unlink(missing_ok=True)
+            if best.verification.passed:
+                return self._bisect(kept, group, best)
+            if best.verification.score() >= state.verification.score() * 0.99:
+                return None  # no stretch closes 1% of the gap: not a matter of one region
+            kept, state = best.kept_float, best
+        return None
+
+    def _bisect(self, kept: tuple[str, ...], group: list[str], best: Trial) -> Trial:
+        """Halve ``group`` (kept in float on top of ``kept``) while one half still meets the budget."""
+        while len(group) > 1 and not self._exhausted():
+            halves = (group[:len(group) // 2], group[len(group) // 2:])
+            for half in halves:
+                guard.stage(f"narrowing the float stretch: {len(half)} node(s)")
+                t = self._try(best.settings, (*kept, *half))
+                if t.verification.passed:
+                    best.path.unlink(missing_ok=True)
+                    group, best = half, t
+                    break
+                t.path.unlink(missing_ok=True)
+            else:
+                break  # both halves are needed
+        return best
 
     def _prefix(self, base: Trial, sensitivity: list[dict]) -> Trial | None:
         """The k most sensitive nodes kept in float together, for the smallest k that meets the

@@ -165,6 +165,7 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
         feeds, labels = samples_and_labels(source, signature, req)
         report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
         reference = _outputs(float_path, feeds, req.threads)
+        req.budget.check_outputs(reference)  # a per-output budget naming no output: before any trial
         names = [s.name for s in signature.inputs]
 
         def evaluate(path: Path):
