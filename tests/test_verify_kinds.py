@@ -68,6 +68,8 @@ def test_output_kinds_are_read_from_the_values():
     assert output_kind(logits) == "scores" and output_kind(softmax) == "scores"
     assert output_kind(1 / (1 + np.exp(-logits))) == "probabilities"
     assert output_kind(rng.uniform(0, 1, (16, 1))) == "probabilities"  # one sigmoid: a yes/no per sample
+    # a float32 sigmoid rounds up to 1.0000001 (PP-OCR det's map): still a probability map
+    assert output_kind(np.array([[0.0, 0.3, np.float32(1.0000001)]] * 4, np.float32)) == "probabilities"
     assert output_kind(rng.standard_normal((16, 1)) * 50) == "values"
     # a softmax output keeps top-1 agreement as its criterion
     v = judge({"y": softmax}, {"y": softmax[:, ::-1]}, Budget(min_cosine=0.0))

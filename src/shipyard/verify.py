@@ -129,7 +129,8 @@ def output_kind(a: np.ndarray) -> str:
     ``values`` (one number per row: regressions)."""
     if a.size == 0 or not np.all(np.isfinite(a)):
         return "scores" if a.ndim >= 2 and a.shape[-1] > 1 else "values"
-    in_unit = float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    # float32 sigmoids round to 1.0000001 (PP-OCR det's text map): a few ulps past 1 are still [0, 1]
+    in_unit = float(a.min()) >= -1e-6 and float(a.max()) <= 1.0 + 1e-6
     sums_to_one = a.ndim >= 2 and a.shape[-1] > 1 and bool(np.allclose(a.sum(-1), 1.0, atol=1e-3))
     if in_unit and not sums_to_one:
         return "probabilities"
