@@ -146,19 +146,14 @@ def test_tflite_search_keeps_the_concatenation_in_float(tmp_path, capsys):
     assert len(kept) <= len(report["search"]["sensitivity"]) // 2
 
 
-def test_many_small_helpers_are_found_together_in_few_trials(tmp_path):
-    """A score head whose error shrinks a little with each of ten nodes kept in float, and meets
-    the budget only with several of them: greedy rounds that re-measure every node each time spend
-    a round per kept node; keeping the most sensitive together, with a binary search on how many,
-    finds a passing set in a few trials, and pruning then drops what is not needed."""
-    from shipyard.quantize.search import Search
+def _scripted_trials(tmp_path, error_scale):
+    """(build, evaluate) for Search without an engine: a "model" is the file naming the nodes kept
+    in float, and its score head's error is ``error_scale(kept) * noise``, judged by the real core."""
     from shipyard.verify import Budget, judge
 
     rng = np.random.default_rng(0)
     reference = {"scores": rng.standard_normal((64, 10)).astype(np.float32)}
     noise = rng.standard_normal((64, 10)).astype(np.float32)
-    helpers = [f"n{i}" for i in range(10)]
-    candidates = {**{n: "Conv" for n in helpers}, **{f"idle{i}": "Relu" for i in range(20)}}
 
     def build(settings, kept):
         path = tmp_path / f"{len(list(tmp_path.iterdir()))}.bin"
@@ -167,8 +162,22 @@ def test_many_small_helpers_are_found_together_in_few_trials(tmp_path):
 
     def evaluate(path):
         kept = set(filter(None, path.read_text().split(",")))
-        scale = 0.25 * (1.0 - 0.1 * len(kept & set(helpers)))  # each helper removes a tenth of the error
-        return judge(reference, {"scores": reference["scores"] + scale * noise}, Budget(min_agreement=0.0))
+        return judge(reference, {"scores": reference["scores"] + error_scale(kept) * noise}, Budget(min_agreement=0.0))
+
+    return build, evaluate
+
+
+def test_many_small_helpers_are_found_together_in_few_trials(tmp_path):
+    """A score head whose error shrinks a little with each of ten nodes kept in float, and meets
+    the budget only with several of them: greedy rounds that re-measure every node each time spend
+    a round per kept node; keeping the most sensitive together, with a binary search on how many,
+    finds a passing set in a few trials, and pruning then drops what is not needed."""
+    from shipyard.quantize.search import Search
+
+    helpers = [f"n{i}" for i in range(10)]
+    candidates = {**{n: "Conv" for n in helpers}, **{f"idle{i}": "Relu" for i in range(20)}}
+    # each helper kept in float removes a tenth of the error
+    build, evaluate = _scripted_trials(tmp_path, lambda kept: 0.25 * (1.0 - 0.1 * len(kept & set(helpers))))
 
     def passes_with(k):
         path = tmp_path / f"k{k}.txt"
@@ -192,23 +201,10 @@ def test_a_large_graph_is_searched_by_stretches_within_its_time_box(tmp_path):
     326 trials in 241 s. Keeping stretches of the graph in float and halving the one that passes
     finds them in a few dozen trials (BlazeFace: inside the budget in 38 trials, 120 s)."""
     from shipyard.quantize.search import Search
-    from shipyard.verify import Budget, judge
 
-    rng = np.random.default_rng(0)
-    reference = {"scores": rng.standard_normal((64, 10)).astype(np.float32)}
-    noise = rng.standard_normal((64, 10)).astype(np.float32)
     candidates = {f"n{i}": "Conv" for i in range(200)}
     stem = {f"n{i}" for i in range(20, 24)}
-
-    def build(settings, kept):
-        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.bin"
-        path.write_text(",".join(kept))
-        return path
-
-    def evaluate(path):
-        kept = set(filter(None, path.read_text().split(",")))
-        scale = 0.01 if stem <= kept else 0.25
-        return judge(reference, {"scores": reference["scores"] + scale * noise}, Budget(min_agreement=0.0))
+    build, evaluate = _scripted_trials(tmp_path, lambda kept: 0.01 if stem <= kept else 0.25)
 
     result = Search(build, evaluate, None, [{"per_channel": False}], candidates).run()
     assert result.chosen.verification.passed
