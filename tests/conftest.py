@@ -1,13 +1,18 @@
 """Fixtures: real models built once per test session with the frameworks themselves."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import warmcli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -60,13 +65,33 @@ def torch_example(models_dir):
     return module, paths, x, ref
 
 
+_warm: warmcli.WarmCli | None = None
+
+
+def warm_cli() -> warmcli.WarmCli | None:
+    """This test process's warm CLI (tests/warmcli.py), started on first use; None when
+    ``SHIPYARD_TEST_WARM_CLI=0``."""
+    global _warm
+    if _warm is None and warmcli.enabled():
+        folder = Path(tempfile.mkdtemp(prefix="shipyard-warm-"))
+        _warm = warmcli.WarmCli(folder)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        atexit.register(_warm.close)
+    return _warm
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real console entry point in a fresh interpreter (fork guard included)."""
+    """The real console entry point (``shipyard.cli.main``, fork guard included) in its own
+    process: forked from the warm CLI, or a fresh interpreter with SHIPYARD_TEST_WARM_CLI=0."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-c", "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600,
-    )
+    warm = warm_cli()
+    if warm is not None:
+        command = [str(warm.bin / "shipyard"), *map(str, args)]
+        full_env = warm.env(full_env)
+    else:
+        command = [sys.executable, "-c", "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))",
+                   *map(str, args)]
+    return subprocess.run(command, check=False, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
 
 
 def cli_inprocess(capsys, *args: str) -> subprocess.CompletedProcess:

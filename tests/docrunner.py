@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from warmcli import WarmCli, enabled
+
 #: The working directory the pages show; the real (temporary) one is replaced by it.
 SHOWN_DIR = "/home/you/examples"
 EMPTY_FOLDER = "<!-- docs: run in an empty folder -->"
@@ -38,7 +40,8 @@ BLOCK = re.compile(r"(<!--\s*not run:(?P<why>.*?)-->\s*\n)?```(?P<lang>[\w-]*)\n
 SERVER = re.compile(r"^shipyard\s+(serve|view)\b|^shipyard\s+ship\b.*\s--serve\b")
 READY = re.compile(r'"event": "listening"|Netron is serving|serving .* on http://')
 FLOAT = r"\d+\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+"
-ANY_NUMBER = r"(?:[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)"
+# Printed figures group thousands ("1,829.2"): a shown decimal matches those too.
+ANY_NUMBER = r"(?:[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)"
 LINE_TOKENS = re.compile(rf"(?P<space>\s+)|(?P<ellipsis>\.\.\.)|(?P<float>[-+]?(?:{FLOAT}))|(?P<char>.)")
 
 
@@ -259,10 +262,11 @@ def run_server(command: str, cwd: Path, env: dict[str, str], timeout: float) -> 
 
 
 def run_page(page: Path, folder: Path, workdir: Path, timeout: float = 600,
-             show: bool = False, update: bool = False) -> None:
+             show: bool = False, update: bool = False, warm: WarmCli | None = None) -> None:
     """Copy ``folder`` to ``workdir`` and run every step of ``page`` there; raises PageError.
     A page that says ``<!-- docs: run in an empty folder -->`` makes its own files instead.
-    With ``update``, transcripts are not checked but rewritten with what was printed."""
+    With ``update``, transcripts are not checked but rewritten with what was printed; with
+    ``warm``, ``shipyard`` commands fork from its warm process (see warmcli)."""
     if EMPTY_FOLDER in page.read_text():
         workdir.mkdir(parents=True)
     else:
@@ -271,6 +275,8 @@ def run_page(page: Path, folder: Path, workdir: Path, timeout: float = 600,
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1",
                KERAS_HOME=str(workdir / ".keras"), COLUMNS="100", NO_COLOR="1")
+    if warm is not None:
+        env = warm.env(env)
     shell = Shell(workdir, env)
     printed: list[tuple[Step, list[str]]] = []
     try:
@@ -320,10 +326,16 @@ if __name__ == "__main__":  # python tests/docrunner.py docs/PAGE.md [...]: run 
     if not cached.is_dir():
         subprocess.run([sys.executable, "-m", "shipyard.example_folder", str(cached)], check=True)
     update = "--update" in sys.argv
-    for name in [a for a in sys.argv[1:] if a != "--update"]:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                run_page(Path(name), cached, Path(tmp) / "examples", show=True, update=update)
-                print(f"=== {name}: ok")
-            except PageError as exc:
-                print(f"=== {name}: FAILED\n{exc}")
+    with tempfile.TemporaryDirectory() as warm_dir:
+        warm = WarmCli(Path(warm_dir)) if enabled() else None
+        try:
+            for name in [a for a in sys.argv[1:] if a != "--update"]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    try:
+                        run_page(Path(name), cached, Path(tmp) / "examples", show=True, update=update, warm=warm)
+                        print(f"=== {name}: ok")
+                    except PageError as exc:
+                        print(f"=== {name}: FAILED\n{exc}")
+        finally:
+            if warm is not None:
+                warm.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import docrunner
+from conftest import warm_cli
 from shipyard.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def _binds_fixed_ports(page: Path) -> bool:
                                   else p for p in PAGES], ids=lambda p: p.name)
 def test_page_examples_run(page, example_folder, tmp_path):
     try:
-        docrunner.run_page(page, example_folder, tmp_path / "examples", timeout=600)
+        docrunner.run_page(page, example_folder, tmp_path / "examples", timeout=600, warm=warm_cli())
         problem = None
     except docrunner.PageError as exc:
         problem = str(exc)
