@@ -98,6 +98,20 @@ def test_page_examples_run(page, example_folder, tmp_path):
         pytest.fail(problem, pytrace=False)
 
 
+@pytest.mark.slow
+def test_a_page_prints_the_same_from_fresh_interpreters(example_folder, tmp_path):
+    """The pages run through the warm CLI, whose process imported TensorFlow quietly already:
+    a command that let TF's C++ start-up chatter reach the terminal would print it only in a
+    fresh interpreter. One TensorFlow page runs that way, every command its own interpreter."""
+    try:
+        docrunner.run_page(ROOT / "docs" / "freeze.md", example_folder, tmp_path / "examples", timeout=600, warm=None)
+        problem = None
+    except docrunner.PageError as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
 # -- the runner itself ------------------------------------------------------------------------
 
 def test_output_matching_rules():
@@ -110,6 +124,8 @@ def test_output_matching_rules():
     assert docrunner.mismatch(["model.onnx -> ...", "...", "head"], got) is not None                  # words are exact
     assert docrunner.mismatch(["model.onnx -> ...", "latency ..."], got) is not None                   # lines are not dropped
     assert docrunner.mismatch([], []) is None and docrunner.mismatch([], ["printed"]) is not None
+    assert docrunner.mismatch(["24 examples, 1500.0 examples/s"], ["24 examples, 1,829.2 examples/s"]) is None
+    assert docrunner.mismatch(["24 examples, 1500.0 examples/s"], ["24 examples, 1;829.2 examples/s"]) is not None
 
 
 def test_page_syntax_is_checked():

@@ -13,7 +13,7 @@ The caller is a tiny stand-in ``shipyard`` executable (stdlib only, ``python -S`
 PATH; without a warm process it runs the real console script. ``SHIPYARD_TEST_WARM_CLI=0``
 switches the whole thing off (every command then starts a fresh interpreter, as a user's does).
 
-    python tests/warmcli.py serve SOCKET       # the warm process (WarmCli starts it)
+    python tests/warmcli.py serve SOCKET PID   # the warm process (WarmCli starts it)
     python -S tests/warmcli.py call ARGS...    # what the stand-in runs
 """
 from __future__ import annotations
@@ -99,7 +99,8 @@ def _preload() -> None:
     import onnxruntime  # noqa: F401
 
 
-def serve(path: str) -> None:
+def serve(path: str, owner: int) -> None:
+    _die_with(owner)
     _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -207,6 +208,16 @@ def _start(conn: socket.socket, others: list[socket.socket], wake_r: int, wake_w
     os._exit(code)
 
 
+def _die_with(owner: int) -> None:
+    """The warm process ends with the test process that started it, however that ends."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != owner:
+        os._exit(1)
+
+
 def _die_with_caller(conn: socket.socket) -> None:
     try:
         while conn.recv(1):
@@ -253,7 +264,7 @@ class WarmCli:
                             "import warmcli\nsys.exit(warmcli.call(sys.argv[1:]))\n")
         stand_in.chmod(0o755)
         self.real = str(Path(sys.executable).parent / "shipyard")
-        self.proc = subprocess.Popen([sys.executable, __file__, "serve", self.socket], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, __file__, "serve", self.socket, str(os.getpid())], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         line = self.proc.stdout.readline()  # "" if it died
         if line.strip() != "ready":
@@ -280,8 +291,8 @@ def enabled() -> bool:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        serve(sys.argv[2])
+        serve(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1:2] == ["call"]:
         sys.exit(call(sys.argv[2:]))
     else:
-        sys.exit("usage: warmcli.py serve SOCKET | call ARGS...")
+        sys.exit("usage: warmcli.py serve SOCKET OWNER_PID | call ARGS...")
