@@ -452,3 +452,353 @@ def test_access_line_goes_through_logging_for_any_other_set_up(setup, tmp_path, 
     assert out == {"formatter": 'INFO {"path": "/secret"}\nINFO {"path": "/v2"}\n',
                    "filter": '{"path": "/v2"}\n',
                    "file": '{"path": "/secret"}\n{"path": "/v2"}\n'}[setup]
+
+
+# -- third round: bookkeeping of a lone request, validation facts, buffered access lines --------
+
+
+def test_a_finished_future_behaves_as_a_future():
+    """What a request run at once answers (batcher._Done) works wherever a Future does."""
+    import asyncio
+    import concurrent.futures as cf
+
+    from shipyard.serve.batcher import _Done
+
+    ok, failed = _Done({"y": 1}), _Done(exception=ValueError("no"))
+    assert ok.done() and not ok.cancelled() and not ok.running() and ok.result(0) == {"y": 1} and ok.exception() is None
+    with pytest.raises(ValueError, match="no"):
+        failed.result()
+    assert isinstance(failed.exception(), ValueError) and not ok.cancel()
+    seen = []
+    ok.add_done_callback(seen.append)  # called at once
+    assert seen == [ok]
+    done, pending = cf.wait([ok, failed], timeout=0)
+    assert done == {ok, failed} and not pending
+    assert set(cf.as_completed([ok, failed], timeout=1)) == {ok, failed}
+
+    async def awaited():
+        return await asyncio.wrap_future(ok)
+
+    assert asyncio.run(awaited()) == {"y": 1}
+
+
+def test_inline_and_worker_calls_share_the_slots():
+    """With one slot, a call on a caller's thread and a queued call never run at once."""
+    from shipyard.serve.batcher import ALONE
+
+    lock, overlaps, gate, started = threading.Lock(), [], threading.Event(), threading.Event()
+    running = [0]
+
+    def run(feeds):
+        with lock:
+            running[0] += 1
+            overlaps.append(running[0])
+        if feeds["x"][0, 0] == 7:
+            started.set()
+            gate.wait(5)
+        with lock:
+            running[0] -= 1
+        return {"y": feeds["x"]}
+
+    batcher = Batcher(run, BatchingConfig(max_batch_size=8), workers=1, name="s")
+    try:
+        batcher.submit({"x": np.ones((1, 1))}).result(5)  # timed on the worker: later calls may run inline
+        inline = threading.Thread(target=lambda: batcher.submit({"x": np.full((1, 1), 7.0)}).result(5))
+        inline.start()
+        assert started.wait(5)
+        token = ALONE.set(False)
+        try:
+            queued = batcher.submit({"x": np.ones((1, 1))})  # the slot is taken: queued for the worker
+        finally:
+            ALONE.reset(token)
+        time.sleep(0.2)
+        assert not queued.done()  # the worker waits for the slot
+        gate.set()
+        assert queued.result(5)["y"].shape == (1, 1)
+        inline.join(5)
+        assert max(overlaps) == 1
+    finally:
+        batcher.close()
+
+
+def test_statistics_of_a_lone_call_are_those_of_a_batch_of_one():
+    from types import SimpleNamespace
+
+    from shipyard.serve.stats import InferenceStats
+
+    for ok in (True, False):
+        one, many = InferenceStats(), InferenceStats()
+        one.executed_one(1.0, 3, 1.25, 2.0, ok)
+        many.executed([SimpleNamespace(enqueued=1.0, rows=3)], 1.25, 1.25, 2.0, 2.0, ok)
+        assert one.triton("m", 1) == many.triton("m", 1)
+        one.executed_one(2.0, 0, 2.5, 3.0, ok)
+        many.executed([SimpleNamespace(enqueued=2.0, rows=0)], 2.5, 2.5, 3.0, 3.0, ok)
+        assert one.triton("m", 1) == many.triton("m", 1)
+
+
+def _signature(*names, dtype="float32"):
+    from shipyard.model import Signature, TensorSpec
+
+    return Signature(tuple(TensorSpec(n, dtype, (-1, 2)) for n in names), (TensorSpec("y", "float32", (-1, 2)),))
+
+
+@pytest.mark.parametrize("feeds", [
+    {"a": np.ones((1, 2), "float32"), "b": np.ones((1, 2), "float32")},
+    {"b": np.ones((1, 2), "float64"), "a": [[1.0, 2.0]]},               # cast, a list, other order
+    {"a": np.ones((1, 2), "float32"), "c": np.ones((1, 2), "float32")},   # unknown + missing
+    {"a": np.ones((1, 2), "float32"), "b": np.ones((1, 3), "float32")},   # a fixed dimension
+    {"a": np.ones((1, 2), "int32"), "b": np.ones((1, 2), "float32")},     # dtype kind
+    {"a:0": np.ones((1, 2), "float32"), "b": np.ones((1, 2), "float32")},  # ':0'
+    {"a": None, "b": np.ones((1, 2), "float32")},
+    {"a": np.ones((1, 2), "int32"), "c": np.ones((1, 2), "float32")},     # a wrong dtype and an unknown name
+])
+def test_validate_feeds_answers_as_resolving_each_name(feeds):
+    """The shortcut for feeds named exactly as the inputs gives what the general path gives."""
+    from shipyard.runtimes import base
+
+    signature = _signature("a", "b")
+
+    def outcome(given):
+        try:
+            out = base.validate_feeds(signature, given)
+            return {k: (v.dtype.str, v.shape, v.tolist()) for k, v in out.items()}, list(out)
+        except Exception as exc:  # noqa: BLE001 - compared below
+            return type(exc).__name__, str(exc)
+
+    assert outcome(feeds) == outcome(_Unequal(feeds))
+
+
+class _Unequal(dict):
+    """A mapping whose len() never matches a signature's input count (validate_feeds' general path)."""
+
+    def __len__(self) -> int:
+        return 10_000
+
+
+def test_input_names_resolve_as_the_signature_does():
+    from shipyard.serve.codec import input_names
+
+    for names in (("x",), ("x:0",), ("serving_default_image:0", "serving_default_mask:0"), ("a", "a_b")):
+        signature = _signature(*names)
+        table = input_names(signature)
+        assert table  # every input is found by its own name
+        for spec in signature.inputs:
+            assert table[spec.name] is spec
+        for key, spec in table.items():
+            assert signature.resolve_input(key) is spec
+
+
+def test_fast_observe_counts_as_prometheus_does():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from shipyard.serve.metrics import _observer
+
+    values = [0.0, 0.0005, 0.00050001, 0.001, 0.0015, 1, 2, 3, 128, 129, 5.0, 1e9, float("inf"), -1.0]
+    texts = []
+    for fast in (False, True):
+        registry = CollectorRegistry()
+        child = Histogram("h", "h", ["m"], buckets=(0.0005, 0.001, 1, 2, 4, 128), registry=registry).labels("m")
+        observe = _observer(child) if fast else child.observe
+        for v in values:
+            observe(v)
+        texts.append([line for line in generate_latest(registry).decode().splitlines() if "_created" not in line])
+    assert texts[0] == texts[1]
+    assert 'h_bucket{le="+Inf",m="m"} 14.0' in texts[1]
+
+
+def test_rounded_access_numbers_are_what_json_dumps_writes():
+    import json
+    import random
+
+    from shipyard.serve.rest import rounded3
+
+    rng = random.Random(0)
+    values = [0.0, -0.0, 0.0005, 0.0015, 2.0005, 1e-9, 1795328027.5955, 999999999999.9995, 1e12, 1e15, 1e300]
+    values += [rng.uniform(0, 2e9) for _ in range(20000)] + [rng.expovariate(1) * 10 ** rng.randint(-6, 11)
+                                                            for _ in range(20000)]
+    for v in values:
+        assert rounded3(v) == json.dumps(round(v, 3)) == repr(round(v, 3)), v
+    assert rounded3(float("inf")) == repr(round(float("inf"), 3))  # what the line has always written
+
+
+def _plain_access_log(monkeypatch):
+    """`shipyard serve`'s set-up (a StreamHandler writing the bare message) on a stream that
+    records each write() call; called in the test itself (pytest adds its capture handler to
+    the root logger for the test's call, which sends lines through logging)."""
+    import io
+    import logging
+
+    from shipyard.serve import rest
+
+    class Recording(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return super().write(text)
+
+    stream = Recording()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    monkeypatch.setattr(logging.root, "handlers", [handler])  # pytest's capture handlers set aside
+    monkeypatch.setattr(rest.access_log, "level", logging.INFO)
+    rest.flush_access_log()
+    return stream
+
+
+def _reference(lines) -> str:
+    """What logging's own StreamHandler writes for these lines."""
+    import io
+    import logging
+
+    from shipyard.serve import rest
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for line in lines:
+        handler.handle(rest.access_log.makeRecord(rest.access_log.name, logging.INFO, __file__, 0, line, None, None))
+    return out.getvalue()
+
+
+def test_access_lines_of_one_loop_turn_leave_in_one_write_in_order(monkeypatch):
+    import asyncio
+
+    from shipyard.serve import rest
+
+    plain_access_log = _plain_access_log(monkeypatch)
+
+    lines = [rest.access_line(1.5 + i, "kserve", "POST", f"/v2/models/é{i}/infer", "m", 200, 0.25) for i in range(5)]
+    seen = {}
+
+    async def serve():
+        for line in lines[:3]:
+            rest.write_access_line(line)
+        seen["during"] = plain_access_log.getvalue()
+        await asyncio.sleep(0)  # the loop turns: the buffered lines go out
+        seen["after"] = plain_access_log.getvalue()
+        for line in lines[3:]:
+            rest.write_access_line(line)
+        await asyncio.sleep(0)
+
+    asyncio.run(serve())
+    assert seen["during"] == ""  # held until the loop's turn ends
+    assert seen["after"] == _reference(lines[:3])
+    assert plain_access_log.getvalue() == _reference(lines)
+    assert plain_access_log.writes == [_reference(lines[:3]), _reference(lines[3:])]  # one write per turn
+
+
+def test_a_full_access_buffer_is_written_at_once(monkeypatch):
+    import asyncio
+
+    from shipyard.serve import rest
+
+    plain_access_log = _plain_access_log(monkeypatch)
+
+    n = rest._AccessBuffer.MAX_LINES
+    lines = [f'{{"n": {i}}}' for i in range(n + 2)]
+
+    async def serve():
+        for line in lines:
+            rest.write_access_line(line)
+        return plain_access_log.getvalue()
+
+    during = asyncio.run(serve())
+    assert during == _reference(lines[:n])
+    assert plain_access_log.getvalue() == _reference(lines)
+
+
+def test_buffered_access_lines_are_written_at_shutdown_and_before_other_writes(monkeypatch):
+    """A loop that stops before its next turn (a server shutting down) leaves its lines to
+    flush_access_log (serve() calls it, and it runs at exit); a line written off the loop, or a
+    set-up that goes through logging, comes after the lines already buffered."""
+    import asyncio
+    import logging
+
+    from shipyard.serve import rest
+
+    plain_access_log = _plain_access_log(monkeypatch)
+
+    loop = asyncio.new_event_loop()
+
+    def last_requests():  # answered in the loop's last turn
+        rest.write_access_line('{"n": 1}')
+        rest.write_access_line('{"n": 2}')
+        loop.stop()
+
+    loop.call_soon(last_requests)
+    loop.run_forever()
+    loop.close()  # the flush scheduled for the next turn never runs
+    assert plain_access_log.getvalue() == ""
+    rest.flush_access_log()
+    assert plain_access_log.getvalue() == _reference(['{"n": 1}', '{"n": 2}'])
+    rest.flush_access_log()  # nothing twice
+    assert plain_access_log.getvalue() == _reference(['{"n": 1}', '{"n": 2}'])
+
+    async def then_off_the_loop():
+        rest.write_access_line('{"n": 3}')
+        writer = threading.Thread(target=rest.write_access_line, args=('{"n": 4}',))
+        writer.start()
+        writer.join()  # the thread wrote before this loop turned
+
+    asyncio.run(then_off_the_loop())
+    assert plain_access_log.getvalue() == _reference([f'{{"n": {i}}}' for i in range(1, 5)])
+
+    async def then_through_logging():
+        rest.write_access_line('{"n": 5}')
+        handler = logging.root.handlers[0]
+        handler.setFormatter(logging.Formatter("A %(message)s"))  # no longer the plain set-up
+        rest.write_access_line('{"n": 6}')
+
+    asyncio.run(then_through_logging())
+    assert plain_access_log.getvalue().splitlines()[-2:] == ['{"n": 5}', 'A {"n": 6}']
+
+
+def test_serve_writes_every_access_line_before_it_exits(tmp_path):
+    """End to end: every request's line is in the log, in order, once the server stops."""
+    import json
+
+    import requests
+
+    from shipyard import examples
+    from test_serve import Server
+
+    repo = tmp_path / "repo"
+    examples.onnx_mlp(repo / "m" / "1" / "model.onnx", seed=0)
+    server = Server(repo, "--grpc-port", "-1")
+    try:
+        body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+        session = requests.Session()
+        for i in range(40):
+            reply = session.post(f"{server.rest}/v2/models/m/infer", json={**body, "id": str(i)})
+            assert reply.status_code == 200
+            assert session.get(f"{server.rest}/v2/models/m/versions/{i + 2}").status_code == 404
+    finally:
+        assert server.stop() == 0
+    text = (repo.parent / f"serve-{repo.name}.log").read_text()
+    logged = [json.loads(line) for line in text.splitlines() if line.startswith('{"ts"')]
+    paths = [e["path"] for e in logged if e["path"].startswith("/v2/models/m/")]
+    assert paths == [p for i in range(40) for p in ("/v2/models/m/infer", f"/v2/models/m/versions/{i + 2}")]
+
+
+def test_served_access_lines_are_what_json_dumps_writes(kserve_api, caplog):
+    """The line of an answer (its middle kept per endpoint and status, its numbers formatted by
+    rounded3), for the same request twice and for paths needing escapes, is json.dumps' own."""
+    import json
+
+    api, _ = kserve_api
+    path, body, headers, _chunks = _infer_cases()[0]
+    paths = [path, path, "/v2/models/m\u00e9\"\\/infer", "/v2/models/m\u00e9\"\\/infer", "/v2/models/m/versions/1/infer"]
+    with caplog.at_level("INFO", logger="shipyard.serve.access"):
+        for p in paths:
+            _call(api.app, p, body, headers)
+    lines = [r.getMessage() for r in caplog.records if r.name == "shipyard.serve.access"]
+    assert len(lines) == len(paths)
+    for line, p in zip(lines, paths):
+        entry = json.loads(line)
+        assert entry["path"] == p.replace("\\", "%5C") and isinstance(entry["ts"], float) and isinstance(entry["ms"], float)
+        assert line == json.dumps(entry)
+        assert entry["ts"] == round(entry["ts"], 3) and entry["ms"] == round(entry["ms"], 3)
+    assert [json.loads(x)["status"] for x in lines] == [200, 200, 404, 404, 200]

@@ -83,8 +83,13 @@ class BaseRunner(ABC):
         """``run`` for feeds that already passed ``validate_feeds`` against this signature (the
         server validates each request once, before batching: checking again costs a tiny model
         ~10 % of its request)."""
-        outputs = self._engine(lambda: self._run(checked))
-        return {name: np.asarray(value) for name, value in outputs.items()}
+        try:  # what _engine does, without a closure: this is every served request's path
+            outputs = self._run(checked)
+        except ShipyardError:
+            raise
+        except Exception as exc:  # engines raise their own unrelated types: see _engine
+            raise ModelRunError(f"{self.backend} failed while running {self.model.path}: {engine_message(exc)}") from exc
+        return {name: value if type(value) is np.ndarray else np.asarray(value) for name, value in outputs.items()}
 
     def _engine(self, call: Callable[[], dict]) -> dict:
         """Call into the engine; its own exception types become a ModelRunError naming the model."""
@@ -144,6 +149,17 @@ def no_intermediates(fmt: str, backend: str) -> UnsupportedError:
 
 def validate_feeds(signature: Signature, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Feeds keyed by the signature's own names, each checked for dtype, rank and static dims."""
+    specs = signature.inputs
+    if len(feeds) == len(specs):  # every input given by its own name (a server's request): no resolving
+        values = []
+        for spec in specs:
+            value = feeds.get(spec.name)
+            if value is None:
+                break  # an unknown or missing name: the checks below, in their order
+            values.append(value)
+        else:
+            return {spec.name: check_array(spec, value if type(value) is np.ndarray else np.asarray(value))
+                    for spec, value in zip(specs, values)}
     resolved = {k: signature.resolve_input(k) for k in feeds}
     unknown = sorted(k for k, spec in resolved.items() if spec is None)
     if unknown:
@@ -152,7 +168,7 @@ def validate_feeds(signature: Signature, feeds: Mapping[str, np.ndarray]) -> dic
             hint="the model's inputs are: " + ", ".join(s.describe() for s in signature.inputs),
         )
     given = {spec.name: k for k, spec in resolved.items()}
-    out: dict[str, np.ndarray] = {}
+    out = {}
     for spec in signature.inputs:
         key = given.get(spec.name)
         if key is None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InputError
-from shipyard.model import Signature, TensorSpec
+from shipyard.model import Signature, TensorSpec, tensor_name
 from shipyard.serve.errors import TooLargeError
 
 KSERVE_TYPES = {
@@ -60,12 +60,29 @@ def numpy_dtype(datatype: Any) -> np.dtype:
 
 
 def check_shape(shape: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                       for d in shape):
+    ok = isinstance(shape, (list, tuple))
+    if ok:
+        for d in shape:  # a loop, not all(<generator>): half the time on every request
+            if not (type(d) is int or (isinstance(d, int) and not isinstance(d, bool))) or d < 0:
+                ok = False
+                break
+    if not ok:
         raise InputError(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
     if len(shape) > 16 or math.prod(shape) > MAX_ELEMENTS:
         raise InputError(f"{what}: shape {list(shape)} is too large")
     return tuple(shape)
+
+
+def input_names(signature: Signature) -> dict[str, TensorSpec]:
+    """{name: input} for every name ``signature.resolve_input`` resolves by an exact match (each
+    input's name, and the same without ``:0``), worked out once per loaded model: a request's
+    inputs are looked up in it before resolving (a converter's prefix) as ``resolve_input`` does."""
+    table: dict[str, TensorSpec] = {}
+    for spec in signature.inputs:
+        for key in (spec.name, tensor_name(spec.name)):
+            if key not in table and signature.resolve_input(key) is spec:
+                table[key] = spec
+    return table
 
 
 class Limits:
@@ -73,14 +90,18 @@ class Limits:
     input names the model has, its ranks and fixed dimensions, and at most ``max_bytes`` of tensor
     data over all inputs (elements x item size; one byte per BYTES/string element)."""
 
-    def __init__(self, signature: Signature | None = None, max_bytes: int | None = None):
+    def __init__(self, signature: Signature | None = None, max_bytes: int | None = None,
+                 by_name: dict[str, TensorSpec] | None = None):
         self.signature = signature
         self.max_bytes = max_bytes
         self.used = 0
+        self.by_name = by_name or {}  # names that resolve to an input at once (see input_names)
 
     def admit(self, name: Any, shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
         if self.signature is not None:
-            spec = self.signature.resolve_input(name) if isinstance(name, str) else None
+            spec = self.by_name.get(name) if type(name) is str else None
+            if spec is None:
+                spec = self.signature.resolve_input(name) if isinstance(name, str) else None
             if spec is None:
                 raise InputError(f"unknown input name '{name}'",
                                  hint="the model's inputs are: " + ", ".join(s.describe() for s in self.signature.inputs))

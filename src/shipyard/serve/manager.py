@@ -10,6 +10,7 @@ its files change.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -128,7 +129,7 @@ class Manager:
         start = time.perf_counter()
         try:
             servable = Servable(name, disk.version, disk.path, config, self.default_threads,
-                                on_batch=lambda n, waits: self._observe_batch(name, n, waits),
+                                on_batch=functools.partial(self.metrics.observe_batch, name),  # no frames between
                                 share_weights=self.share_weights)
             error = ""
         except ShipyardError as exc:
@@ -179,9 +180,6 @@ class Manager:
 
         self._unloaders.submit(unload)
 
-    def _observe_batch(self, name: str, size: int, waits: list[float]) -> None:
-        self.metrics.observe_batch(name, size, waits)
-
     # -- lookups (request path: a dict lookup under a short lock) -----------------------
 
     def names(self) -> list[str]:
@@ -201,7 +199,9 @@ class Manager:
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         with self._lock:
-            model = self.model(name)
+            model = self._models.get(name)  # model(name), without taking the lock twice
+            if model is None or model.removed:
+                raise NotFoundError(f"model '{name}' is not in the repository")
             if label is not None:
                 if label not in model.config.labels:
                     raise NotFoundError(f"model '{name}' has no label '{label}'",
@@ -215,12 +215,15 @@ class Manager:
                     raise UnavailableError(f"model '{name}' version {version} is {state.state.lower()}"
                                            + (f": {state.error}" if state.error else ""))
                 return state.servable
-            live = [s for s in model.versions.values() if s.state == "AVAILABLE"]
-            if not live:
+            best = None  # the newest version serving (every request without a version: no list, no lambda)
+            for s in model.versions.values():
+                if s.state == "AVAILABLE" and (best is None or s.version > best.version):
+                    best = s
+            if best is None:
                 errors = [f"version {s.version}: {s.error}" for s in model.versions.values() if s.error]
                 raise UnavailableError(f"model '{name}' has no version ready to serve"
                                        + (f" ({'; '.join(errors)})" if errors else ""))
-            return max(live, key=lambda s: s.version).servable
+            return best.servable
 
     def submit(self, name: str, feeds, version: int | None = None, label: str | None = None,
                resolved: Servable | None = None) -> tuple[Servable, Future]:

@@ -41,7 +41,7 @@ class Frontend:
 
     def limits(self, servable: Servable) -> codec.Limits:
         """What one request to ``servable`` may declare (checked before decoding anything)."""
-        return codec.Limits(servable.signature, self.max_request_bytes)
+        return codec.Limits(servable.signature, self.max_request_bytes, servable.input_names)
 
     def check_bearer(self, authorization: str) -> None:
         """Raise AuthError unless ``authorization`` is ``Bearer <the token>`` (constant-time compare)."""

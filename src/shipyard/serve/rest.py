@@ -9,8 +9,10 @@ ASGI handler (``_infer_asgi``) answering what the Starlette route answers, byte 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -40,10 +42,28 @@ HEADER_LENGTH = "inference-header-content-length"
 def access_line(ts: float, protocol_name: str, method: str, path: str, model: str, status: int, ms: float) -> str:
     """The access log's JSON line, character for character what ``json.dumps`` of the same dict
     writes, in a fifth of the time (measured 7.5 us for json.dumps on this 7-key dict)."""
+    return _line(repr(ts), protocol_name, method, path, model, status, repr(ms))
+
+
+def _line(ts: str, protocol_name: str, method: str, path: str, model: str, status: int, ms: str) -> str:
     q = _quote
     status_text = str(int(status)) if type(status) is int else json.dumps(status)
-    return (f'{{"ts": {ts!r}, "protocol": {q(protocol_name)}, "method": {q(method)}, "path": {q(path)}, '
-            f'"model": {q(model)}, "status": {status_text}, "ms": {ms!r}}}')
+    return (f'{{"ts": {ts}, "protocol": {q(protocol_name)}, "method": {q(method)}, "path": {q(path)}, '
+            f'"model": {q(model)}, "status": {status_text}, "ms": {ms}}}')
+
+
+_MIDDLES: dict[tuple, str] = {}  # (protocol, method, path, model, status) -> the line between ts and ms
+
+
+def rounded3(x: float) -> str:
+    """``repr(round(x, 3))`` (what json.dumps writes for it) in a third of the time: both round
+    the exact binary value correctly to 3 decimals, and the shortest repr of the
+    result is those digits less trailing zeros (15 significant digits at most below 1e12; 1.6 vs
+    0.6 us here, twice per access line)."""
+    if not -1e12 < x < 1e12:  # beyond 15 digits, inf, nan: as repr writes them
+        return repr(round(x, 3))
+    text = f"{x:.3f}".rstrip("0")
+    return text + "0" if text[-1] == "." else text
 
 
 _quote = json.encoder.encode_basestring_ascii  # json.dumps' own string escaping (ensure_ascii)
@@ -54,22 +74,76 @@ def write_access_line(line: str) -> None:
     plain StreamHandler writing the bare message (what ``shipyard serve`` configures) and nothing
     filters, the line is written to their streams as ``StreamHandler.emit`` would, under each
     handler's lock, without building a LogRecord: the same bytes for ~1 us instead of ~25 (the
-    record and the handler chain, measured in-process on a tiny model's request). Any other set-up
-    (a file, a formatter, a filter, pytest's capture) gets the record through ``logging``."""
+    record and the handler chain, measured in-process on a tiny model's request). On an event
+    loop the line is buffered until the loop's next turn (see :class:`_AccessBuffer`). Any other
+    set-up (a file, a formatter, a filter, pytest's capture) gets the record through ``logging``,
+    after whatever lines are buffered."""
     handlers = _plain_handlers(access_log)
     if handlers is None:
+        _buffer.flush()  # lines already buffered come first
         # handle(makeRecord(...)) is what info() does, less finding the caller's frame on the stack
         access_log.handle(_access_record(line))
         return
-    for h in handlers:
-        with h.lock:
-            try:
-                h.stream.write(line + h.terminator)
-                h.flush()
-            except RecursionError:
-                raise
-            except Exception:  # noqa: BLE001 - what StreamHandler.emit does with a failing stream
-                h.handleError(_access_record(line))
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    _buffer.add(line, handlers, loop)
+
+
+class _AccessBuffer:
+    """Access lines written together once per turn of the event loop (nginx's ``access_log
+    buffer=``, bounded by a turn instead of a time): a line written as each request ends costs
+    a write() system call and a flush per request; here the lines of every request answered in
+    one turn leave in one write, scheduled with ``call_soon`` when the first is buffered, so a
+    line is out before the loop waits for anything else. Lines stay in order (one buffer, written
+    under its lock); ``MAX_LINES`` buffered are written at once; a line written off the event
+    loop, a change of handlers, another set-up's record and shutdown (:func:`flush_access_log`,
+    also at exit) write what is buffered first."""
+
+    MAX_LINES = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._handlers: list[logging.StreamHandler] = []
+
+    def add(self, line: str, handlers: list[logging.StreamHandler], loop) -> None:
+        with self._lock:
+            if self._lines and handlers != self._handlers:
+                self._write()
+            self._lines.append(line)
+            self._handlers = handlers
+            if loop is None or len(self._lines) >= self.MAX_LINES:
+                self._write()
+            elif len(self._lines) == 1:
+                loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self._lines:  # a read without the lock: a line added meanwhile is written by its own flush
+            with self._lock:
+                self._write()
+
+    def _write(self) -> None:
+        """Write the buffered lines to each handler as StreamHandler.emit would, one write for all (under _lock)."""
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        for h in self._handlers:
+            text = h.terminator.join(lines) + h.terminator
+            with h.lock:
+                try:
+                    h.stream.write(text)
+                    h.flush()
+                except RecursionError:
+                    raise
+                except Exception:  # noqa: BLE001 - what StreamHandler.emit does with a failing stream
+                    h.handleError(_access_record(text[:-len(h.terminator)] if h.terminator else text))
+
+
+_buffer = _AccessBuffer()
+flush_access_log = _buffer.flush  # shutdown: the lines of the last turn
+atexit.register(flush_access_log)
 
 
 def _access_record(line: str) -> logging.LogRecord:
@@ -237,9 +311,13 @@ class RestAPI(protocol.Frontend):
         elapsed = time.perf_counter() - start
         self.metrics.observe_request(self.metric_model(model), protocol_name, code, elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            line = access_line(round(time.time(), 3), protocol_name, method, _url_path(scope), model,
-                               code, round(elapsed * 1e3, 3))
-            write_access_line(line)
+            key = (protocol_name, method, scope["path"], model, code)
+            middle = _MIDDLES.get(key)
+            if middle is None:  # the line between its two numbers, built once per endpoint and answer
+                if len(_MIDDLES) >= 4096:  # paths are the clients' choice: bounded
+                    _MIDDLES.clear()
+                middle = _MIDDLES[key] = _line("", protocol_name, method, _url_path(scope), model, code, "")[7:-1]
+            write_access_line(f'{{"ts": {rounded3(time.time())}{middle}{rounded3(elapsed * 1e3)}}}')
 
     async def _infer_asgi(self, scope, receive, send, parts: list[str]) -> None:
         """``POST /v2/models/NAME[/versions/V]/infer`` as a bare ASGI handler: what :meth:`kserve`

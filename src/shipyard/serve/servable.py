@@ -13,6 +13,7 @@ from shipyard.errors import InputError, engine_message
 from shipyard.model import Signature
 from shipyard.runtimes.base import validate_feeds
 from shipyard.serve.batcher import Batcher
+from shipyard.serve.codec import input_names
 from shipyard.serve.errors import EngineError, UnavailableError, without_paths
 from shipyard.serve.repository import ModelConfig
 from shipyard.serve.stats import InferenceStats
@@ -46,6 +47,7 @@ class Servable:
             options["precision"] = config.precision
         self.runner = open_runner(model, backend=config.backend, threads=config.threads or default_threads, **options)
         self.signature: Signature = self.runner.signature
+        self.input_names = input_names(self.signature)  # what codec.Limits looks a request's inputs up in
         self.backend = self.runner.backend
         self._run_checked = getattr(self.runner, "run_checked", self.runner.run)
         self.batch_dim = _batch_dim_dynamic(self.signature)  # every input's first dimension is free
@@ -54,15 +56,21 @@ class Servable:
                                on_batch=on_batch, stats=self.stats)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._engine_call(self._run_checked, feeds)  # validated in submit()
+        try:  # _engine_call(self._run_checked, feeds), one frame less on every request; validated in submit()
+            return self._run_checked(feeds)
+        except Exception as exc:
+            raise self._engine_error(exc) from exc
 
     def _engine_call(self, run, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``run(feeds)`` with the engine's error told to the client in its words, without server paths."""
         try:
             return run(feeds)
         except Exception as exc:  # the engine's own error types; the request already passed validation
-            text = without_paths(engine_message(exc), self.version_dir, f"{self.name}/{self.version}")
-            raise EngineError(f"{self.backend} rejected the input: {text}") from exc
+            raise self._engine_error(exc) from exc
+
+    def _engine_error(self, exc: Exception) -> EngineError:
+        text = without_paths(engine_message(exc), self.version_dir, f"{self.name}/{self.version}")
+        return EngineError(f"{self.backend} rejected the input: {text}")
 
     def submit(self, feeds: dict[str, np.ndarray]) -> Future:
         """Validate against the signature (a wrong request is a 400 here) and queue it."""

@@ -55,7 +55,7 @@ def serve(opts: ServeOptions) -> int:
     from shipyard.serve.http import protocol_class
     from shipyard.serve.manager import Manager
     from shipyard.serve.metrics import Metrics
-    from shipyard.serve.rest import RestAPI
+    from shipyard.serve.rest import RestAPI, flush_access_log
     from shipyard.serve.watcher import RepositoryWatcher
 
     if not opts.repo.is_dir():
@@ -102,6 +102,7 @@ def serve(opts: ServeOptions) -> int:
         finally:
             signal.signal(signal.SIGINT, interrupt_handler)
     finally:
+        flush_access_log()  # the access lines of the event loop's last turn (see rest._AccessBuffer)
         if grpc_server is not None:
             grpc_server.stop(opts.grace_seconds).wait()
         watcher.stop()

@@ -45,6 +45,29 @@ class InferenceStats:
             self.refused_n += 1
             self.fail_s += ns / 1e9
 
+    def executed_one(self, enqueued: float, rows: int, start: float, end: float, ok: bool) -> None:
+        """:meth:`executed` for a request run alone at once (nothing to merge or split: its
+        compute_input and compute_output are 0), without building an item list."""
+        size = rows or 1
+        with self._lock:
+            self.queue_n += 1
+            self.queue_s += start - enqueued
+            if not ok:
+                self.fail_n += 1
+                self.fail_s += end - enqueued
+                return
+            self.ok_n += 1
+            self.ok_s += end - enqueued
+            self.infer_s += end - start
+            b = self._batches.get(size)
+            if b is None:
+                b = self._batches[size] = [0, 0.0, 0.0, 0.0]
+            b[0] += 1
+            b[2] += end - start
+            self.inferences += size
+            self.executions += 1
+            self.last = end
+
     def executed(self, items, start: float, merged: float, ran: float, end: float, ok: bool, calls: int = 1) -> None:
         """Engine call(s) answering ``items`` (each with ``enqueued``, a perf_counter time, and
         ``rows``, 0 for a model without a batch dimension); ``start``/``merged``/``ran``/``end``
