@@ -1,7 +1,9 @@
 """Static int8 quantization with the accuracy budget on the real-model corpus (tests/corpus.py):
 shipyard's accuracy-aware search next to (a) onnxruntime's plain ``quantize_static`` with its
 defaults (QDQ, MinMax) and (b) for Keras / SavedModel sources the TFLite converter's default full
-int8 (``optimizations=[DEFAULT]`` + representative_dataset), all on the same realistic samples
+int8 (``optimizations=[DEFAULT]`` + representative_dataset) and (c) for ONNX sources NNCF
+(``quantize --engine nncf``: its QDQ model judged and timed on OpenVINO, the float model timed on
+onnxruntime; "kept float" then names the NNCF settings chosen), all on the same realistic samples
 (tests/corpus_calibration.py) and judged by the same ``shipyard.verify.judge`` with the default
 Budget (top-1 agreement >= 99% and cosine >= 0.99 on every output, or <= 1 point of accuracy drop
 with labels); an output made by a mixed-range Concat (a detector's boxes and scores) is judged part by
@@ -20,6 +22,7 @@ Run: .venv/bin/python benchmarks/quantize_corpus.py [--runs N] [MODEL_ID ...]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -148,12 +151,13 @@ def one_model(model_id: str, work: Path, runs: int) -> list[list[str]]:
     float_ms = latency_ms(float_model, feeds[0], runs, threads=1)
     float_size = float_path.stat().st_size
 
-    def row(method: str, path: Path | None, v, extra: list[str]) -> list[str]:
+    def row(method: str, path: Path | None, v, extra: list[str], backend: str | None = None) -> list[str]:
         if path is None or not path.exists():
             return [model_id, method, kb(float_size), "-", "-", f"{float_ms:.2f}", "-", "-", verdict(v) if v else "-",
                     *extra, "no"]
         size = path.stat().st_size
-        q_ms = latency_ms(Model("tflite" if path.suffix == ".tflite" else "onnx", path), feeds[0], runs, threads=1)
+        q_ms = latency_ms(Model("tflite" if path.suffix == ".tflite" else "onnx", path), feeds[0], runs, threads=1,
+                          backend=backend)
         meets = v.passed and size <= 0.4 * float_size and q_ms <= float_ms
         return [model_id, method, kb(float_size), kb(size), f"{size / float_size:.2f}x", f"{float_ms:.2f}",
                 f"{q_ms:.2f}", f"{float_ms / q_ms:.2f}x", verdict(v), *extra, "yes" if meets else "no"]
@@ -204,6 +208,32 @@ def one_model(model_id: str, work: Path, runs: int) -> list[list[str]]:
                          f"FAILS TO LOAD: {exc.message.split(': ', 1)[-1][:60]}", "-", "1", "-", "no"])
         else:
             rows.append(row("ORT quantize_static defaults", path, v, ["-", "1", "-"]))
+    # (c) NNCF (--engine nncf, the openvino extra): its QDQ model, judged and timed on OpenVINO, against
+    # the float model on onnxruntime (the fastest float engine here for these models)
+    if not tf_source and importlib.util.find_spec("nncf"):
+        path = work / f"{model_id}-nncf.onnx"
+        start = time.perf_counter()
+        try:
+            report = quantize_model(src, path, Request(mode="static", engine="nncf", calibration=str(calib),
+                                                       latency_runs=0, layers=False))
+        except VerificationError as exc:
+            report = exc.result
+        except ShipyardError as exc:
+            report = None
+            rows.append([model_id, "NNCF (OpenVINO)", kb(float_size), "-", "-", f"{float_ms:.2f}", "-", "-",
+                         f"refused: {exc.message.split(': ', 1)[-1][:60]}", "-", "-", "-", "no"])
+        seconds = time.perf_counter() - start
+        if report is not None:
+            got = model_outputs(Model("onnx", path), feeds, reference=signature, backend="openvino")[1] if path.exists() \
+                else None
+            v = judged(got) if got is not None else None
+            trials = str(len((report.search or {}).get("trials", [])) or 1)
+            r = row("NNCF (OpenVINO)", path if path.exists() else None, v,
+                    [report.settings.get("settings", "-") if report.settings else "-", trials, f"{seconds:.0f}"],
+                    backend="openvino")
+            if v is None:
+                r[8] = "MISS " + "; ".join(report.verification.get("failures", []))[:80]
+            rows.append(r)
     # (b) the TFLite converter's default full int8, for TF sources
     if tf_source:
         path = work / f"{model_id}-tflite-default.tflite"
@@ -230,7 +260,7 @@ def main() -> None:
             for row in rows[-2:]:  # progress, for a run that is stopped before the end
                 print("| " + " | ".join(row) + " |", file=sys.stderr, flush=True)
     print(f"real-model corpus, static int8, default budget; latency: batch 1, 1 thread, median of {args.runs} runs "
-          "(onnxruntime for .onnx, LiteRT for .tflite); target: inside the budget, <= 0.4x size, no slower than float")
+          "(onnxruntime for .onnx, LiteRT for .tflite, OpenVINO for the NNCF rows); target: inside the budget, <= 0.4x size, no slower than float")
     print(table(rows, ["model", "method", "float size", "int8 size", "ratio", "float ms", "int8 ms", "speed-up",
                        "budget (vs float)", "kept float", "trials", "search s", "meets target"]))
 

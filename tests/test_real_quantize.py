@@ -316,3 +316,34 @@ def test_blazeface_meets_the_budget_by_keeping_a_stretch_float(tmp_path):
     assert min(parts.values()) >= 0.99 and "classificators[512:896]" in parts
     assert out.stat().st_size < source.stat().st_size
     model.check(run_task(model, out, names))
+
+
+def test_nncf_quantizes_a_paddle_export_whose_weights_are_constant_nodes(tmp_path):
+    """PP-OCR's orientation classifier (a Paddle export: its 308 weights are Constant nodes, its
+    batch norms separate nodes) through ``--engine nncf``. NNCF's ONNX backend quantizes and stores
+    as int8 only weights that are initializers, and folds no batch norm: on the graph as exported it
+    wrote 1.15x the float size and lost 5 points of accuracy (100% -> 95%, outside the budget). On
+    the graph onnxruntime's quantizer gets too (constants lifted, batch norms folded) it is inside
+    the budget at 0.65x the size. NNCF's own optional dependency: skipped without the openvino extra."""
+    pytest.importorskip("nncf", reason="the openvino extra is not installed")
+    import onnx
+
+    model = CORPUS["ocr-cls-onnx"]
+    calib = tmp_path / "calibration.npz"
+    np.savez(calib, **calibration(model.id))
+    out = tmp_path / "cls-nncf.onnx"
+    report = quantize_model(model.path, out, Request(mode="static", engine="nncf", calibration=str(calib),
+                                                     latency_runs=0, layers=False))
+    assert report.verification["passed"], report.verification["failures"]
+    assert report.settings["engine"] == "nncf"
+    accuracy = report.verification["accuracy"]
+    assert accuracy["candidate"] >= accuracy["reference"] - 0.01
+    assert out.stat().st_size < 0.75 * model.path.stat().st_size
+    graph = onnx.load(str(out)).graph
+    int8 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    dq = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    # weights stored as int8 (35 of the 53 convolutions: NNCF leaves the squeeze-excite gates float);
+    # on the graph as exported, none
+    assert sum(dq.get(c.input[1]) in int8 for c in convs) >= len(convs) // 2
+    model.check(run_task(model, out, {}))

@@ -40,7 +40,7 @@ def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
     from shipyard.atomic import atomic_path
     from shipyard.errors import UsageError
     from shipyard.formats.onnx import load_model_proto
-    from shipyard.quantize.onnx_quant import check_not_quantized
+    from shipyard.quantize.onnx_quant import check_not_quantized, prepare
     from shipyard.quantize.request import calibration_source, finish, measure, samples_and_labels
     from shipyard.runtimes import open_runner
     from shipyard.verify import judge, model_outputs
@@ -67,6 +67,12 @@ def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
     trials = []
     variants = VARIANTS if req.search else VARIANTS[:1]
     with tempfile.TemporaryDirectory(prefix="shipyard-nncf-") as work, atomic_path(out_path) as tmp:
+        # The graph onnxruntime's quantizer gets too: weights held in Constant nodes (Paddle exports)
+        # lifted into initializers, which NNCF's ONNX backend otherwise neither quantizes nor stores
+        # as int8 (PP-OCR cls: 1.15x the float size, accuracy 100% -> 95%), and batch norms folded
+        # into the convolutions (after prepare: 0.65x, accuracy 100% -> 100%).
+        guard.stage("preparing the model for quantization")
+        proto = onnx.load(str(prepare(proto, Path(work))))
         best: tuple[float, Path, Verification, str] | None = None
         for i, (label, spec) in enumerate(variants):
             guard.stage(f"quantizing with NNCF ({label})")
