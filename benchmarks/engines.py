@@ -24,6 +24,19 @@ Each configuration is measured ROUNDS times, interleaved with the others, and it
 kept: two cores shared with other jobs make single rounds vary by 2x. When the chosen artifact x
 engine is not one of the ROWS (say NNCF's int8 file on onnxruntime), it gets a row of its own.
 
+The two ratios of the figure are then measured the way ship decides close calls (shipyard.paired):
+the chosen configuration, the best row (or, when the chosen one is the best row, the runner-up)
+and tf.function (at the chosen thread count, and at its own faster one if that differs) each in a
+process of its own, loaded once, asked in turn for bursts of a few runs, A B C then C B A, for
+PAIRED_CYCLES cycles; the ratio of two bursts of the same cycle cancels a busy moment, and the
+median of those per-cycle ratios is printed beside the rows' medians.
+
+tf.function, the source framework's peer, is measured fairly: the same batch-1 input as a tensor,
+`tf.function(jit_compile=False)` of the Keras model (jit_compile=True is 4x slower here, FACTS),
+warmed up (tracing happens there), intra-op threads = the row's threads and inter-op threads 1 (a
+batch-1 CNN is a chain of ops; more inter-op threads would only oversubscribe the cores the
+engines are limited to).
+
 Run: .venv/bin/python benchmarks/engines.py [--runs 50] [--models mobilenet_v2,fer-keras-h5]
 """
 from __future__ import annotations
@@ -46,6 +59,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 THREADS = (1, 2)
 ROUNDS = 3
+PAIRED_CYCLES = 21
+SOURCE = "Keras tf.function (source)"
 BUDGETS = {"mobilenet_v2": "top1=0%,cosine=0.95", "resnet50": "top1=0%,cosine=0.95"}
 # (row label, artifact name in the manifest, engine, runner options)
 ROWS = [
@@ -97,20 +112,27 @@ def corpus_model(model_id: str, work: Path) -> tuple[Path, Path]:
     return real.path, data
 
 
-def keras_child(path: str, threads: int, runs: int, conn) -> None:
-    """tf.function of the Keras model in a process of its own, batch 1."""
+def keras_call(path: str, threads: int):
+    """One batch-1 call of tf.function(jit_compile=False) of the Keras model on a tensor, with
+    TensorFlow's intra-op threads set to ``threads`` (inter-op 1) before anything runs."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
 
-    from shipyard.timing import median_ms
-
     model = keras.models.load_model(path, compile=False)
     x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (1, *model.input_shape[1:])).astype("float32"))
-    fn = tf.function(lambda t: model(t, training=False))
-    conn.send(median_ms(lambda: fn(x), runs, warmup=5))
+    fn = tf.function(lambda t: model(t, training=False), jit_compile=False)
+    return lambda: fn(x).numpy()  # .numpy(): wait for the result, as the engines' run() does
+
+
+def keras_child(path: str, threads: int, runs: int, conn) -> None:
+    """tf.function of the Keras model in a process of its own, batch 1."""
+    from shipyard.timing import median_ms
+
+    call = keras_call(path, threads)
+    conn.send(median_ms(call, runs, warmup=5))
     conn.close()
 
 
@@ -143,6 +165,7 @@ def ship(model: Path, data: Path, dist: Path, runs: int, budget: str | None) -> 
 def engines_table(name: str, model: Path, data: Path, runs: int, work: Path) -> None:
     from _common import table
 
+    from shipyard import paired
     from shipyard.bench import BenchConfig, measure_isolated
 
     dist = work / f"{name}_dist"
@@ -152,9 +175,11 @@ def engines_table(name: str, model: Path, data: Path, runs: int, work: Path) -> 
     keras_path = model if model.suffix in (".keras", ".h5", ".hdf5") else None
     rows: dict[str, dict[int, float]] = {}
     jobs = []  # (row label, threads, how to measure once)
+    makers = {}  # (row label, threads) -> (make, args) for the paired bursts
     if keras_path:
-        rows["Keras tf.function (source)"] = {}
-        jobs += [("Keras tf.function (source)", t, lambda t=t: keras_ms(keras_path, t, runs)) for t in THREADS]
+        rows[SOURCE] = {}
+        jobs += [(SOURCE, t, lambda t=t: keras_ms(keras_path, t, runs)) for t in THREADS]
+        makers.update({(SOURCE, t): (keras_call, (str(keras_path), t)) for t in THREADS})
     keys: dict[tuple, str] = {}
     chosen = manifest["optimize"]["chosen"]
     table_rows = list(ROWS)
@@ -170,6 +195,7 @@ def engines_table(name: str, model: Path, data: Path, runs: int, work: Path) -> 
         for t in THREADS:
             config = BenchConfig(str(dist / arts[art]["path"]), engine, t, 1, tuple(sorted(options.items())))
             jobs.append((label, t, lambda c=config: measure_isolated(c, runs=runs, warmup=5).latency_ms["p50"]))
+            makers[(label, t)] = (paired.runner_call, (config.model, engine, t, 1, config.options))
     for _ in range(ROUNDS):  # interleaved: a busy moment hits one round of every row, not every round of one
         for label, t, once in jobs:
             ms = once()
@@ -194,6 +220,37 @@ def engines_table(name: str, model: Path, data: Path, runs: int, work: Path) -> 
         print(f"Measured again here: {mine:.2f} ms = {mine / best:.2f}x the best row ({best:.2f} ms)"
               + (f", {source / mine:.1f}x faster than Keras tf.function at the same threads ({source:.2f} ms)"
                  if source else "") + ".")
+        paired_figures(rows, makers, (chosen_label, chosen["threads"]), runs)
+
+
+def paired_figures(rows: dict[str, dict[int, float]], makers: dict, mine: tuple[str, int], runs: int) -> None:
+    """The figure's two ratios in paired, interleaved bursts (one window, median per-cycle ratio):
+    chosen vs the best other engine row, and tf.function vs chosen."""
+    from shipyard import paired
+
+    cells = sorted(((ms, (label, t)) for label, r in rows.items() for t, ms in r.items()
+                    if label != SOURCE and (label, t) in makers))
+    peer = next(key for _, key in cells if key != mine)  # the best row, or the runner-up when mine is the best
+    keys = [mine, peer]
+    if SOURCE in rows:
+        keys.append((SOURCE, mine[1]))
+        fastest_source = min(rows[SOURCE], key=rows[SOURCE].get)
+        if fastest_source != mine[1]:  # tf.function at its own faster thread count too: the fairer peer
+            keys.append((SOURCE, fastest_source))
+    burst = max(3, min(10, runs // 2))
+    got = paired.interleave([(f"{label} {t}t", *makers[(label, t)]) for label, t in keys],
+                            cycles=PAIRED_CYCLES, burst=burst)
+    print(f"\nPaired, interleaved in one window ({PAIRED_CYCLES} cycles of {burst}-run bursts, each in its own "
+          "process, order alternating; median of per-cycle ratios, beside the table rows' medians):")
+    is_best = cells[0][1] == mine
+    lines = [(f"- chosen ({mine[0]}, {mine[1]}t) / {'runner-up' if is_best else 'best row'} ({peer[0]}, {peer[1]}t): "
+              f"paired {got.ratio(0, 1):.2f}x (bursts {got.median_ms(0):.2f} / {got.median_ms(1):.2f} ms); "
+              f"table {rows[mine[0]][mine[1]] / rows[peer[0]][peer[1]]:.2f}x")]
+    for i, (label, t) in enumerate(keys[2:], 2):
+        lines.append(f"- {label} {t}t / chosen: paired {got.ratio(i, 0):.1f}x faster "
+                     f"(bursts {got.median_ms(i):.2f} / {got.median_ms(0):.2f} ms); "
+                     f"table {rows[label][t] / rows[mine[0]][mine[1]]:.1f}x")
+    print("\n".join(lines))
 
 
 def main() -> None:
