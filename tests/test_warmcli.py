@@ -60,3 +60,15 @@ def test_a_killed_caller_takes_its_command_with_it(tmp_path):
     gone = subprocess.run(["shipyard", "--version"], check=False, capture_output=True, text=True, timeout=60,
                           env={**warm.env(dict(os.environ)), "SHIPYARD_TEST_WARM_SOCKET": str(tmp_path / "none.sock")})
     assert gone.returncode == 0 and gone.stdout.startswith("shipyard ")
+
+
+def test_a_different_interpreter_environment_gets_a_fresh_interpreter(tmp_path):
+    """PYTHONPATH and friends act when an interpreter starts: a fork cannot take them on, so
+    such a command runs the real console script (a blocked module must really be blocked)."""
+    warm = warm_cli()
+    if warm is None:
+        pytest.skip("SHIPYARD_TEST_WARM_CLI=0")
+    (tmp_path / "sitecustomize.py").write_text("print('fresh interpreter')\n")
+    env = {**warm.env(dict(os.environ)), "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(["shipyard", "--version"], check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.startswith("fresh interpreter\nshipyard "), proc.stdout

@@ -54,6 +54,10 @@ def call(argv: list[str]) -> int:
     socket.send_fds(sock, [_HEADER.pack(len(request)) + request], [0, 1, 2])
     replies = sock.makefile("r")
     first = replies.readline().split()
+    if first[:1] == ["fresh"]:  # the command needs an interpreter started with its own environment
+        sock.close()
+        real = os.environ[REAL_ENV]
+        os.execv(real, [real, *argv])
     if first[:1] != ["pid"]:
         print(f"shipyard (warm test CLI): the warm process refused the command: {first}", file=sys.stderr)
         return 70
@@ -85,6 +89,18 @@ def call(argv: list[str]) -> int:
 
 
 # -- the warm process ---------------------------------------------------------------------------
+
+#: Variables read when an interpreter or a native library starts, which a fork cannot take on:
+#: a caller whose values differ from the warm process's gets a fresh interpreter.
+_AT_START = ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "PYTHONWARNINGS", "PYTHONHASHSEED",
+             "PYTHONDONTWRITEBYTECODE", "PYTHONOPTIMIZE", "PYTHONDEVMODE", "PYTHONUTF8", "PYTHONMALLOC",
+             "LD_PRELOAD", "LD_LIBRARY_PATH", "TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+             "CUDA_VISIBLE_DEVICES")
+
+
+def _needs_fresh(env: dict[str, str]) -> bool:
+    return any(env.get(name) != os.environ.get(name) for name in _AT_START)
+
 
 def _preload() -> None:
     """What most commands import, imported the way shipyard imports it (deps.require)."""
@@ -159,6 +175,12 @@ def _start(conn: socket.socket, others: list[socket.socket], wake_r: int, wake_w
         if len(fds) != 3:
             raise OSError("no standard streams")
     except (OSError, ValueError, struct.error):
+        conn.close()
+        return None
+    if _needs_fresh(request["env"]):
+        for fd in fds:
+            os.close(fd)
+        conn.sendall(b"fresh\n")
         conn.close()
         return None
     pid = os.fork()
