@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -155,10 +156,12 @@ def measure(config: BenchConfig, runs: int = 50, warmup: int = 5, profile: bool 
     return result
 
 
-def _child(config: BenchConfig, kwargs: dict, conn) -> None:
+def _child(config: BenchConfig, kwargs: dict, conn, parent: int) -> None:
     """Body of the worker process: measure, send back a result or an error (never raise)."""
     global _IN_WORKER
     from shipyard import progress
+
+    guard.die_with(parent)  # a killed bench takes its measurement with it (it could run for hours)
 
     _IN_WORKER = True
     progress.off()
@@ -184,7 +187,7 @@ def measure_isolated(config: BenchConfig, **kwargs) -> BenchResult:
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     sys.stdout.flush()
     sys.stderr.flush()
-    proc = ctx.Process(target=_child, args=(config, kwargs, child_conn), daemon=True)
+    proc = ctx.Process(target=_child, args=(config, kwargs, child_conn, os.getpid()), daemon=True)
     proc.start()
     child_conn.close()
     text = None

@@ -51,7 +51,7 @@ def run_guarded(work: Callable[[], int]) -> int:
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child
-        _die_with(parent)
+        die_with(parent)
         os.close(read_end)
         global _channel
         _channel = write_end
@@ -93,7 +93,7 @@ def run_guarded(work: Callable[[], int]) -> int:
     return os.WEXITSTATUS(status)
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """Let the kernel kill the child when the CLI process dies (SIGKILL of its PID included):
     an orphaned child would go on and write its output seconds after the user stopped it."""
     if sys.platform != "linux":

@@ -129,7 +129,7 @@ def init_process(spec: dict[str, Any]) -> None:
     """ProcessPoolExecutor initializer: open the runner once for this process."""
     from shipyard import guard
 
-    guard._die_with(os.getppid())  # a killed CLI takes its workers with it
+    guard.die_with(os.getppid())  # a killed CLI takes its workers with it
     global _WORKER
     _WORKER = ShardWorker(spec)
 
