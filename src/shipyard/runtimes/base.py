@@ -83,18 +83,13 @@ class BaseRunner(ABC):
         """``run`` for feeds that already passed ``validate_feeds`` against this signature (the
         server validates each request once, before batching: checking again costs a tiny model
         ~10 % of its request)."""
-        try:  # what _engine does, without a closure: this is every served request's path
-            outputs = self._run(checked)
-        except ShipyardError:
-            raise
-        except Exception as exc:  # engines raise their own unrelated types: see _engine
-            raise ModelRunError(f"{self.backend} failed while running {self.model.path}: {engine_message(exc)}") from exc
+        outputs = self._engine(self._run, checked)  # no closure: this is every served request's path
         return {name: value if type(value) is np.ndarray else np.asarray(value) for name, value in outputs.items()}
 
-    def _engine(self, call: Callable[[], dict]) -> dict:
-        """Call into the engine; its own exception types become a ModelRunError naming the model."""
+    def _engine(self, call: Callable[..., dict], *args: object) -> dict:
+        """``call(*args)`` into the engine; its own exception types become a ModelRunError naming the model."""
         try:
-            return call()
+            return call(*args)
         except ShipyardError:
             raise
         except Exception as exc:  # engines raise their own unrelated types (Fail, InvalidArgument, ValueError...)
@@ -113,7 +108,7 @@ class BaseRunner(ABC):
         """Run the model once and return the named intermediate tensors, as the engine holds them
         (int8 for a quantized tensor: see :meth:`quantization`)."""
         checked = validate_feeds(self.signature, feeds)
-        return self._engine(lambda: self._fetch(checked, names))
+        return self._engine(self._fetch, checked, names)
 
     def quantization(self, name: str) -> Quantization | None:
         """The scale and zero point of an int8/uint8 tensor, as the engine reports them (None: a

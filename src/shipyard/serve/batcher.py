@@ -160,23 +160,25 @@ class Batcher:
             if self._stats is not None:
                 self._stats.executed_one(enqueued, _rows(feeds, self._batchable), start, end, error is None)
         finally:
-            with self._lock:  # _took and _free_slot, written out: this is every tiny request's path
-                self._recent.append(time.perf_counter() - start)
-                self._call_s = min(self._recent)
-                self._busy -= 1
-                if self._slot_waiters:
-                    self._slot_free.notify_all()
+            with self._lock:
+                self._took(time.perf_counter() - start)
+                self._free_slot()
         return _Done(result, error)
 
     def _take_slot(self) -> None:
         with self._lock:
             while self._busy >= self._workers:
-                self._slot_waiters += 1
-                try:
-                    self._slot_free.wait()
-                finally:
-                    self._slot_waiters -= 1
+                self._wait_for_a_slot()
             self._busy += 1
+
+    def _wait_for_a_slot(self) -> None:
+        """Under _lock: sleep until a slot is freed (counted, so that freeing one notifies only
+        when somebody waits)."""
+        self._slot_waiters += 1
+        try:
+            self._slot_free.wait()
+        finally:
+            self._slot_waiters -= 1
 
     def _free_slot(self) -> None:
         """Under _lock."""
@@ -196,11 +198,7 @@ class Batcher:
             t.join()
         with self._lock:  # calls running on callers' threads finish too
             while self._busy:
-                self._slot_waiters += 1
-                try:
-                    self._slot_free.wait()
-                finally:
-                    self._slot_waiters -= 1
+                self._wait_for_a_slot()
 
     # -- worker side ----------------------------------------------------------------------
 

@@ -56,21 +56,15 @@ class Servable:
                                on_batch=on_batch, stats=self.stats)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:  # _engine_call(self._run_checked, feeds), one frame less on every request; validated in submit()
-            return self._run_checked(feeds)
-        except Exception as exc:
-            raise self._engine_error(exc) from exc
+        return self._engine_call(self._run_checked, feeds)  # validated in submit()
 
     def _engine_call(self, run, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``run(feeds)`` with the engine's error told to the client in its words, without server paths."""
         try:
             return run(feeds)
         except Exception as exc:  # the engine's own error types; the request already passed validation
-            raise self._engine_error(exc) from exc
-
-    def _engine_error(self, exc: Exception) -> EngineError:
-        text = without_paths(engine_message(exc), self.version_dir, f"{self.name}/{self.version}")
-        return EngineError(f"{self.backend} rejected the input: {text}")
+            text = without_paths(engine_message(exc), self.version_dir, f"{self.name}/{self.version}")
+            raise EngineError(f"{self.backend} rejected the input: {text}") from exc
 
     def submit(self, feeds: dict[str, np.ndarray]) -> Future:
         """Validate against the signature (a wrong request is a 400 here) and queue it."""
