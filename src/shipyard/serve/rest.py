@@ -42,17 +42,18 @@ HEADER_LENGTH = "inference-header-content-length"
 def access_line(ts: float, protocol_name: str, method: str, path: str, model: str, status: int, ms: float) -> str:
     """The access log's JSON line, character for character what ``json.dumps`` of the same dict
     writes, in a fifth of the time (measured 7.5 us for json.dumps on this 7-key dict)."""
-    return _line(repr(ts), protocol_name, method, path, model, status, repr(ms))
+    return f'{{"ts": {ts!r}{_middle(protocol_name, method, path, model, status)}{ms!r}}}'
 
 
-def _line(ts: str, protocol_name: str, method: str, path: str, model: str, status: int, ms: str) -> str:
+def _middle(protocol_name: str, method: str, path: str, model: str, status: int) -> str:
+    """The access line between its two numbers (``ts`` and ``ms``)."""
     q = _quote
     status_text = str(int(status)) if type(status) is int else json.dumps(status)
-    return (f'{{"ts": {ts}, "protocol": {q(protocol_name)}, "method": {q(method)}, "path": {q(path)}, '
-            f'"model": {q(model)}, "status": {status_text}, "ms": {ms}}}')
+    return (f', "protocol": {q(protocol_name)}, "method": {q(method)}, "path": {q(path)}, '
+            f'"model": {q(model)}, "status": {status_text}, "ms": ')
 
 
-_MIDDLES: dict[tuple, str] = {}  # (protocol, method, path, model, status) -> the line between ts and ms
+_MIDDLES: dict[tuple, str] = {}  # (protocol, method, path, model, status) -> _middle of them
 
 
 def rounded3(x: float) -> str:
@@ -316,7 +317,7 @@ class RestAPI(protocol.Frontend):
             if middle is None:  # the line between its two numbers, built once per endpoint and answer
                 if len(_MIDDLES) >= 4096:  # paths are the clients' choice: bounded
                     _MIDDLES.clear()
-                middle = _MIDDLES[key] = _line("", protocol_name, method, _url_path(scope), model, code, "")[7:-1]
+                middle = _MIDDLES[key] = _middle(protocol_name, method, _url_path(scope), model, code)
             write_access_line(f'{{"ts": {rounded3(time.time())}{middle}{rounded3(elapsed * 1e3)}}}')
 
     async def _infer_asgi(self, scope, receive, send, parts: list[str]) -> None:
