@@ -39,10 +39,15 @@ class Paired:
         return [a / b for a, b in zip(self.series(i), self.series(j))]
 
     def ratio(self, i: int, j: int) -> float:
-        return statistics.median(self.ratios(i, j))
+        return median_ratio(self.series(i), self.series(j))
 
     def median_ms(self, i: int) -> float:
         return statistics.median(self.series(i))
+
+
+def median_ratio(a_ms: Sequence[float], b_ms: Sequence[float]) -> float:
+    """The median over paired cycles of a's burst time over b's (< 1: a was faster)."""
+    return statistics.median(a / b for a, b in zip(a_ms, b_ms))
 
 
 def runner_call(model: str, backend: str | None, threads: int | None, batch: int = 1,

@@ -23,7 +23,6 @@ and that decides between them.
 from __future__ import annotations
 
 import importlib.util
-import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -292,8 +291,9 @@ def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate | Non
 
 
 def _paired_ratio(a: Candidate, b: Candidate) -> float:
-    """Median over the paired cycles of a's burst time over b's (< 1: a was faster)."""
-    return statistics.median(x / y for x, y in zip(a.paired_ms, b.paired_ms))
+    from shipyard.paired import median_ratio
+
+    return median_ratio(a.paired_ms, b.paired_ms)
 
 
 def _choose_paired(group: list[Candidate], objective: str, tie_break) -> tuple[Candidate, str]:
