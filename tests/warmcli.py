@@ -38,6 +38,12 @@ _HEADER = struct.Struct("!I")
 
 # -- the caller (stand-in ``shipyard``) ---------------------------------------------------------
 
+def _exec_real(argv: list[str]) -> None:
+    """Become the real console script (a fresh interpreter), as a user's shell would run it."""
+    real = os.environ[REAL_ENV]
+    os.execv(real, [real, *argv])
+
+
 def call(argv: list[str]) -> int:
     """Run ``shipyard ARGV`` in a fork of the warm process; falls back to the real CLI."""
     path = os.environ.get(SOCKET_ENV)
@@ -48,16 +54,14 @@ def call(argv: list[str]) -> int:
         sock.connect(path)
     except OSError:
         sock.close()
-        real = os.environ[REAL_ENV]
-        os.execv(real, [real, *argv])
+        _exec_real(argv)
     request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     socket.send_fds(sock, [_HEADER.pack(len(request)) + request], [0, 1, 2])
     replies = sock.makefile("r")
     first = replies.readline().split()
     if first[:1] == ["fresh"]:  # the command needs an interpreter started with its own environment
         sock.close()
-        real = os.environ[REAL_ENV]
-        os.execv(real, [real, *argv])
+        _exec_real(argv)
     if first[:1] != ["pid"]:
         print(f"shipyard (warm test CLI): the warm process refused the command: {first}", file=sys.stderr)
         return 70
@@ -71,12 +75,7 @@ def call(argv: list[str]) -> int:
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
-    while True:
-        try:
-            line = replies.readline()
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-            continue
+    line = replies.readline()  # a forwarded signal interrupts it; PEP 475 retries the read
     how, _, number = line.partition(" ")
     if how == "exit":
         return int(number)
