@@ -47,26 +47,8 @@ class InferenceStats:
 
     def executed_one(self, enqueued: float, rows: int, start: float, end: float, ok: bool) -> None:
         """:meth:`executed` for a request run alone at once (nothing to merge or split: its
-        compute_input and compute_output are 0), without building an item list."""
-        size = rows or 1
-        with self._lock:
-            self.queue_n += 1
-            self.queue_s += start - enqueued
-            if not ok:
-                self.fail_n += 1
-                self.fail_s += end - enqueued
-                return
-            self.ok_n += 1
-            self.ok_s += end - enqueued
-            self.infer_s += end - start
-            b = self._batches.get(size)
-            if b is None:
-                b = self._batches[size] = [0, 0.0, 0.0, 0.0]
-            b[0] += 1
-            b[2] += end - start
-            self.inferences += size
-            self.executions += 1
-            self.last = end
+        compute_input and compute_output are 0), without an item list."""
+        self._record(1, enqueued, rows or 1, start, start, end, end, ok, 1)
 
     def executed(self, items, start: float, merged: float, ran: float, end: float, ok: bool, calls: int = 1) -> None:
         """Engine call(s) answering ``items`` (each with ``enqueued``, a perf_counter time, and
@@ -76,6 +58,11 @@ class InferenceStats:
             n, queued, size = 1, items[0].enqueued, items[0].rows or 1
         else:
             n, queued, size = len(items), sum(it.enqueued for it in items), sum(it.rows or 1 for it in items)
+        self._record(n, queued, size, start, merged, ran, end, ok, calls)
+
+    def _record(self, n: int, queued: float, size: int, start: float, merged: float, ran: float, end: float,
+                ok: bool, calls: int) -> None:
+        """``n`` requests (``queued``: the sum of their enqueue stamps; ``size``: their rows) answered."""
         with self._lock:
             self.queue_n += n
             self.queue_s += n * start - queued
