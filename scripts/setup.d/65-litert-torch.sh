@@ -19,6 +19,6 @@ fi
 base=$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)')
 [ -x "$ENV_DIR/bin/python" ] || "$base" -m venv "$ENV_DIR"
 # torch==2.13.0 is the local CPU wheel; any other torch spec would pull CUDA builds.
-"$ENV_DIR/bin/python" -m pip install -q -r "$lock"
+bash "$here/install.bash" "$ENV_DIR/bin/python" -r "$lock"
 "$ENV_DIR/bin/python" -c "import litert_torch, torch; assert torch.__version__.startswith('2.13.0')" 2>/dev/null
 echo "$want" > "$ENV_DIR/.shipyard-lock"

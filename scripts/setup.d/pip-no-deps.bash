@@ -19,5 +19,5 @@ PYEOF
 )
 if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
-  "$PY" -m pip install -q --no-deps $missing
+  bash "$(dirname "$0")/install.bash" "$PY" --no-deps $missing
 fi
