@@ -121,8 +121,12 @@ def test_parquet_two_workers_same_files_as_one(capsys, tmp_path, mlp):
         proc = cli_inprocess(capsys, "batch", mlp, "--inputs", str(tmp_path / "pq" / "*.parquet"),
                              "--workers", workers, "--batch-size", "7", "-o", outs[workers])
         assert proc.returncode == 0, proc.stderr
-    workers_seen = {e["worker"] for e in json.loads((outs[2] / "manifest.json").read_text())["shards"].values()}
-    assert len(workers_seen) == 2  # two processes, one runner each
+    manifest2 = json.loads((outs[2] / "manifest.json").read_text())
+    workers_seen = {e["worker"] for e in manifest2["shards"].values()}
+    # Worker processes, not this one; both usually take shards, but on a loaded machine the first
+    # one up may take all four before the second has loaded its runner (seen with -n 3).
+    assert 1 <= len(workers_seen) <= 2 and not any(w.endswith(f":{os.getpid()}") for w in workers_seen)
+    assert manifest2["timings"]["runs"][-1]["workers"] == 2
     for path, x in zip(paths, shards):
         name = path.stem + ".parquet"
         assert (outs[1] / name).read_bytes() == (outs[2] / name).read_bytes()
