@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cache
@@ -279,11 +280,15 @@ def run_page(page: Path, folder: Path, workdir: Path, timeout: float = 600,
         env = warm.env(env)
     shell = Shell(workdir, env)
     printed: list[tuple[Step, list[str]]] = []
+    began = time.perf_counter()  # with ``show``, each step's seconds follow it
     try:
         for n, step in enumerate(steps(page.read_text())):
             where = f"{page.name}:{step.line}"
             if show:
+                if n:
+                    print(f"    ({time.perf_counter() - began:.1f} s)", flush=True)
                 print(f"--- {where} [{step.kind}] {step.text.splitlines()[0][:100]}", flush=True)
+                began = time.perf_counter()
             if step.kind == "server":
                 run_server(step.text, workdir, env, timeout)
                 continue
@@ -303,6 +308,8 @@ def run_page(page: Path, folder: Path, workdir: Path, timeout: float = 600,
                     raise PageError(f"{where}: `$ {step.text}` printed something else\n{problem}")
             elif code != 0:
                 raise PageError(f"{where}: `{step.text}` exited {code}:\n" + "\n".join(out[-40:]))
+        if show:
+            print(f"    ({time.perf_counter() - began:.1f} s)", flush=True)
     finally:
         shell.close()
         if printed:

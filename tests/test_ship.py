@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +51,11 @@ def test_ship_tf1_graph_with_int8(digits, tmp_path, capsys):
     assert names["onnx-int8"]["size_bytes"] < 0.5 * names["onnx"]["size_bytes"]
     assert "training output" in json.dumps(manifest["steps"][1])  # the loss was left out
     assert (dist / names["onnx"]["ops_file"]).read_text().strip()
+    # an ops list per artifact whose format an `ops --for` target reads (the registry's ops_target)
+    assert {n: Path(a["ops_file"]).name for n, a in names.items() if a.get("ops_file")} == {
+        "graphdef": "graphdef.ops_to_register.h", "onnx": "onnx.required_operators.config",
+        "onnx-int8": "onnx-int8.required_operators.config", "tflite": "tflite.tflite_ops.txt",
+        "tflite-int8": "tflite-int8.tflite_ops.txt"}
     assert (dist / "serving" / "digits_onnx_int8" / "1" / "model.onnx").is_file() or \
         any((dist / "serving").glob("*_onnx_int8/1/model.onnx"))
     page = (dist / "report.html").read_text()

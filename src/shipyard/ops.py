@@ -17,6 +17,8 @@ from shipyard.errors import UnsupportedError
 from shipyard.model import Model
 
 TARGETS = ("ort", "tflite", "tf")
+# The file each target's list is written to by `ship` (what the build that reads it calls it).
+FILE_NAMES = {"ort": "required_operators.config", "tflite": "tflite_ops.txt", "tf": "ops_to_register.h"}
 
 
 @dataclass

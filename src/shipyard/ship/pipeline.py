@@ -414,18 +414,17 @@ class Pipeline:
                 "candidates": len(self.manifest.optimize["candidates"])}
 
     def ops(self) -> dict:
-        from shipyard.ops import list_ops
+        from shipyard.formats import registry
+        from shipyard.ops import FILE_NAMES, list_ops
 
         ops_dir = self.out / "ops"
         ops_dir.mkdir(exist_ok=True)
-        kinds = {"onnx": "ort", "tflite": "tflite", "tf-graphdef": "tf", "tfjs": None, "torchscript": None}
         for art in self.manifest.artifacts:
-            target = kinds.get(art.format)
+            target = registry.get(art.format).ops_target  # None: no engine lists its ops (TF.js, TorchScript)
             if target is None:
                 continue
             report = list_ops(self.out / art.path, target)
-            name = {"ort": "required_operators.config", "tflite": "tflite_ops.txt", "tf": "ops_to_register.h"}[target]
-            path = ops_dir / f"{art.name}.{name}"
+            path = ops_dir / f"{art.name}.{FILE_NAMES[target]}"
             path.write_text(report.file_text)
             art.ops_file = str(path.relative_to(self.out))
         return {}
