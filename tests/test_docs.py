@@ -3,6 +3,7 @@ example folder, and what a ``console`` block shows must be what the command prin
 ``shipyard`` line must also parse with the real CLI, and every command must have an example."""
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -96,6 +97,23 @@ def test_page_examples_run(page, example_folder, tmp_path):
         problem = str(exc)
     if problem:
         pytest.fail(problem, pytrace=False)
+    if page.name in AFTER:
+        AFTER[page.name](tmp_path / "examples")
+
+
+def _demo_figures(workdir: Path) -> None:
+    """The README's first command, run by docs/demo.md (whose integers — predicted 0 for a digit
+    labelled 0 — the page checks): what its decimals cannot say, read from the figures it keeps."""
+    doc = json.loads((workdir / "demo-out" / "demo.json").read_text())
+    assert doc["keras_accuracy"] > 0.95
+    rows = {r["artifact"]: r for r in doc["rows"]}
+    assert rows["onnx-int8"]["accuracy"] >= rows["onnx"]["accuracy"] - 0.01
+    assert doc["request"]["predicted"] == doc["request"]["label"]
+    assert (workdir / "demo-out" / "dist" / "report.html").is_file() and doc["report"].endswith("report.html")
+
+
+# page -> checks on what its examples left behind, beyond what the page prints
+AFTER = {"demo.md": _demo_figures}
 
 
 @pytest.mark.slow

@@ -17,6 +17,9 @@ import pytest
 from conftest import assert_clean_error, cli_inprocess, run_cli
 
 TF_DIR = Path(importlib.util.find_spec("tensorflow").submodule_search_locations[0])
+# One worker runs the module: its session fixtures compile C++ (the reference writer, the Keras
+# project's --check) and were built once per worker when xdist split it (~11 s each).
+pytestmark = pytest.mark.xdist_group("memmapped")
 
 
 def _odd_graph(path: Path) -> dict[str, np.ndarray]:

@@ -14,6 +14,10 @@ import requests
 from shipyard import examples
 from test_serve import Server, add_version
 
+# One worker runs the module: its module-scoped server (three versions and a broken one) took
+# ~4 s to start on each worker xdist gave a share of the module to.
+pytestmark = pytest.mark.xdist_group("protocols-server")
+
 X = np.random.default_rng(3).standard_normal((3, 16)).astype("float32")
 F = np.random.default_rng(4).standard_normal((5, 4)).astype("float32")
 

@@ -102,18 +102,6 @@ def test_a_failing_step_keeps_what_was_made(keras_paths, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path, capsys):
-    """The README's first command: train, ship with int8, serve, request."""
-    proc = cli_inprocess(capsys, "demo", "-o", tmp_path, "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
-    assert doc["keras_accuracy"] > 0.95
-    rows = {r["artifact"]: r for r in doc["rows"]}
-    assert rows["onnx-int8"]["accuracy"] >= rows["onnx"]["accuracy"] - 0.01
-    assert doc["request"]["predicted"] == doc["request"]["label"]
-    assert (tmp_path / "dist" / "report.html").is_file()
-
-
 def test_quantized_artifacts_outside_the_budget_are_not_shipped(digits, tmp_path, capsys):
     """An impossible budget: the int8 artifact is rejected (exit 1, not in the distribution, the
     manifest says why); --allow-degraded ships it marked 'degraded'."""

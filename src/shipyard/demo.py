@@ -27,7 +27,7 @@ def _progress(text: str) -> None:
 
 def run_demo(out_dir: Path, as_json: bool = False, epochs: int = 25, serve: bool = True) -> int:
     from shipyard import examples
-    from shipyard.atomic import check_output_path
+    from shipyard.atomic import atomic_path, check_output_path
     from shipyard.ship.pipeline import Pipeline, ShipRequest
     from shipyard.ship.render import render_manifest, rows
 
@@ -50,9 +50,13 @@ def run_demo(out_dir: Path, as_json: bool = False, epochs: int = 25, serve: bool
                       samples=len(x_test), bench_runs=100, threads=1, name="digits", progress=_progress)
     manifest = Pipeline(req).run()
     answer = _serve_and_ask(dist / "serving", "digits_onnx_int8", x_test[0], int(y_test[0])) if serve else None
+    # The figures stay beside the outputs (demo.json), whether or not they were printed as JSON.
+    summary = json.dumps({"keras_accuracy": keras_accuracy, "rows": rows(manifest), "request": answer,
+                          "report": str(dist / "report.html")}, indent=2)
+    with atomic_path(out_dir / "demo.json") as tmp:
+        tmp.write_text(summary + "\n")
     if as_json:
-        print(json.dumps({"keras_accuracy": keras_accuracy, "rows": rows(manifest), "request": answer,
-                          "report": str(dist / "report.html")}, indent=2))
+        print(summary)
     else:
         from shipyard.report.numbers import percent
 
