@@ -23,9 +23,9 @@ def main() -> int:
 
     from shipyard.convert.api import convert_model
     from shipyard.convert.options import ConvertOptions
+    from shipyard.deps import require
     from shipyard.errors import ShipyardError
     from shipyard.examples import randomize_batchnorm
-    from shipyard.deps import require
 
     work = Path(tempfile.mkdtemp(prefix="shipyard-bench-convert-"))
     keras = require("keras", "the benchmark")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-Dim = Union[int, str]  # a static size, -1 for an unknown size, or a symbol such as "batch"
+Dim = int | str  # a static size, -1 for an unknown size, or a symbol such as "batch"
 
 
 def tensor_name(name: str) -> str:

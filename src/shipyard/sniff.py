@@ -116,7 +116,7 @@ def _sniff_zip(path: Path) -> Model:
             hint="TorchScript archives and .keras files are zip archives; re-export the model",
         ) from exc
     base = {n.rsplit("/", 1)[-1] for n in names}
-    if "config.json" in base and any(n.endswith(".weights.h5") or n.endswith("model.weights.h5") for n in names):
+    if "config.json" in base and any(n.endswith(".weights.h5") for n in names):
         return Model("keras", path)
     if any("/code/" in n for n in names) and "data.pkl" in base:
         return Model("torchscript", path)
