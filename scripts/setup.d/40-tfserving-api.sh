@@ -6,4 +6,4 @@ PY="${VENV:-.venv}/bin/python"
 if "$PY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('tensorflow_serving') else 1)" 2>/dev/null; then
   exit 0
 fi
-"$PY" -m pip install -q --no-deps "tensorflow-serving-api==2.21.*"
+bash "$(dirname "$0")/install.bash" "$PY" --no-deps "tensorflow-serving-api==2.21.*"

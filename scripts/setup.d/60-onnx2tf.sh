@@ -10,4 +10,4 @@ PY="${VENV:-.venv}/bin/python"
 pins=("onnx2tf==1.29.24" "onnx-graphsurgeon==0.6.1" "sng4onnx==2.0.1" "sne4onnx==2.0.1" "tf-keras==2.21.0")
 bash "$(dirname "$0")/pip-no-deps.bash" "${pins[@]}"
 # Its unpinned imports that the rest of the stack may not bring (requests and h5py come with TF).
-"$PY" -c "import psutil" 2>/dev/null || "$PY" -m pip install -q "psutil>=5.9"
+"$PY" -c "import psutil" 2>/dev/null || bash "$(dirname "$0")/install.bash" "$PY" "psutil>=5.9"
