@@ -6,7 +6,7 @@ median of N runs, each configuration in its own fresh process (shipyard.bench.me
 Keras in a spawned process of its own too):
 
   Keras tf.function (the source framework) | onnxruntime fp32 / int8 (QOperator) | LiteRT fp32 / int8 |
-  OpenVINO fp32 / bf16 (reading the ONNX file) | OpenVINO int8 (NNCF QDQ)
+  OpenVINO fp32 / bf16 (reading the ONNX file) | OpenVINO int8 (NNCF QDQ ONNX, NNCF OpenVINO IR)
 
 and the chosen artifact's ratio to the best row (target: within 5%) and to tf.function (>= 5x).
 
@@ -71,6 +71,7 @@ ROWS = [
     ("onnxruntime int8 (QOperator u8s8)", "onnx-int8", "onnxruntime", {}),
     ("LiteRT int8", "tflite-int8", "litert", {}),
     ("OpenVINO int8 (NNCF QDQ)", "onnx-nncf-int8", "openvino", {}),
+    ("OpenVINO int8 (NNCF, OpenVINO IR)", "openvino-int8", "openvino", {}),
 ]
 
 

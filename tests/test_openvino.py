@@ -115,6 +115,76 @@ def test_nncf_int8_inside_the_budget_and_faster_form_for_openvino(keras_paths, t
     assert not (tmp_path / "k.onnx").exists() and not (tmp_path / "d.onnx").exists()
 
 
+def test_nncf_writes_an_openvino_ir_for_an_xml_output_from_onnx_and_tflite(keras_paths, tmp_path, capsys):
+    """``-o model.xml``: NNCF's OpenVINO backend on the model as OpenVINO reads it, written as an
+    IR (.xml + .bin), judged on OpenVINO; from ONNX and from TFLite (whose input OpenVINO names its
+    own way: the calibration feeds are paired by the verification core's rule)."""
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(9).standard_normal((32, 12, 12, 3)).astype("float32"))
+    x = np.load(calib)[:8]
+    _, f = _outputs(keras_paths["onnx"], "onnxruntime", {"image:0": x})
+    for source in (keras_paths["onnx"], keras_paths["tflite"]):
+        out = tmp_path / f"{source.suffix[1:]}_int8.xml"
+        proc = cli_inprocess(capsys, "quantize", source, "--mode", "static", "--engine", "nncf", "--calibration", calib,
+                             "-o", out, "--runs", "5", "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["verification"]["passed"] and report["settings"]["format"] == "OpenVINO IR (int8)"
+        weights = out.with_suffix(".bin")
+        assert weights.is_file() and report["size_after"] == out.stat().st_size + weights.stat().st_size
+        _, q = _outputs(out, "openvino", {"image:0": x})
+        a, b = next(iter(f.values())), next(iter(q.values()))
+        assert 0 < np.abs(a - b).max() < 0.05, np.abs(a - b).max()  # quantized: close, not identical
+    proc = cli_inprocess(capsys, "inspect", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["format"] == "openvino-ir" and summary["producer"] == "NNCF + OpenVINO"
+    assert summary["ops"]["FakeQuantize"] >= 3 and summary["param_bytes"]["i8"] > 0  # int8 weights in the .bin
+    assert summary["size_bytes"] == report["size_after"]
+
+    # bad inputs: a clear error, exit 2, nothing written
+    assert_clean_error(cli_inprocess(capsys, "quantize", keras_paths["keras"], "--mode", "static", "--engine", "nncf",
+                                     "-o", tmp_path / "k.xml"), "OpenVINO does not read Keras models")
+    assert_clean_error(cli_inprocess(capsys, "quantize", out, "--mode", "static", "--engine", "nncf",
+                                     "-o", tmp_path / "again.xml"), "already quantized")
+    assert_clean_error(cli_inprocess(capsys, "quantize", keras_paths["onnx"], "--mode", "static", "--engine", "nncf",
+                                     "--calibration", calib, "--accuracy-budget", "cosine=1", "--no-search",
+                                     "-o", tmp_path / "tight.xml"), "does not match its source", code=1)
+    written = {p.name for p in tmp_path.iterdir()}
+    assert not written & {"k.xml", "k.bin", "again.xml", "again.bin", "tight.xml", "tight.bin"}, written
+    alone = tmp_path / "alone" / "model.xml"
+    alone.parent.mkdir()
+    alone.write_bytes(out.read_bytes())  # its .bin not beside it
+    assert_clean_error(cli_inprocess(capsys, "run", alone, "--random"), "bin file")
+    (tmp_path / "alone" / "cut.xml").write_bytes(out.read_bytes()[:3000])
+    assert_clean_error(cli_inprocess(capsys, "inspect", tmp_path / "alone" / "cut.xml"), "cannot read the IR")
+
+    # served from a model repository as model.xml + model.bin, on OpenVINO (its only engine)
+    import shutil
+
+    import requests
+
+    from test_serve import Server
+
+    version = tmp_path / "repo" / "ir" / "1"
+    version.mkdir(parents=True)
+    for path in (out, out.with_suffix(".bin")):
+        shutil.copy(path, version / f"model{path.suffix}")
+    server = Server(tmp_path / "repo")
+    try:
+        server.wait_for(lambda: requests.get(f"{server.rest}/v2/models/ir/ready").status_code == 200)
+        meta = requests.get(f"{server.rest}/v2/models/ir").json()
+        assert meta["platform"] == "openvino", meta
+        name = meta["inputs"][0]["name"]
+        body = {"inputs": [{"name": name, "shape": [1, 12, 12, 3], "datatype": "FP32", "data": x[:1].ravel().tolist()}]}
+        reply = requests.post(f"{server.rest}/v2/models/ir/infer", json=body).json()
+        _, direct = _outputs(out, "openvino", {name: x[:1]})
+        np.testing.assert_allclose(np.asarray(reply["outputs"][0]["data"], np.float32),
+                                   next(iter(direct.values())).ravel(), atol=1e-6)
+    finally:
+        assert server.stop() == 0
+
+
 def test_ship_optimize_latency_chooses_measures_and_serves_its_choice(keras_paths, tmp_path, capsys):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(6).standard_normal((32, 12, 12, 3)).astype("float32"))
@@ -131,6 +201,7 @@ def test_ship_optimize_latency_chooses_measures_and_serves_its_choice(keras_path
     measured = [c for c in cands if c["status"] == "measured"]
     assert {c["precision"] for c in measured} >= {"fp32", "int8"}
     assert any(c["artifact"] == "onnx-nncf-int8" and c["engine"] == "openvino" for c in measured)
+    assert any(c["artifact"] == "openvino-int8" and c["format"] == "openvino-ir" for c in measured)  # NNCF's IR
     # onnxruntime's QOperator int8 uses ops OpenVINO does not read: listed with the reason, skipped
     skipped = [c for c in cands if c["status"] == "skipped"]
     assert all(c["reason"] for c in skipped)
@@ -148,8 +219,11 @@ def test_ship_optimize_latency_chooses_measures_and_serves_its_choice(keras_path
     # the serving repository serves the chosen artifact on the chosen engine
     config = json.loads((dist / "serving" / "model" / "config.json").read_text())
     assert config["backend"] == chosen[0]["engine"] and config["threads"] == chosen[0]["threads"]
-    served = next((dist / "serving" / "model" / "1").iterdir())
-    assert served.read_bytes() == (dist / chosen[0]["path"]).read_bytes()
+    chosen_path = dist / chosen[0]["path"]
+    served = dist / "serving" / "model" / "1" / f"model{chosen_path.suffix}"
+    assert served.read_bytes() == chosen_path.read_bytes()
+    if chosen_path.suffix == ".xml":  # an IR is served with its weights
+        assert (served.with_suffix(".bin")).read_bytes() == chosen_path.with_suffix(".bin").read_bytes()
 
     import requests
 

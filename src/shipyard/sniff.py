@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from shipyard.errors import ModelFormatError
+from shipyard.formats.openvino_ir import looks_like_ir
 from shipyard.formats.registry import FORMATS
 from shipyard.formats.tf_memmapped import SUFFIX as MEMMAPPED_SUFFIX
 from shipyard.formats.tf_memmapped import looks_memmapped
@@ -81,6 +82,8 @@ def _sniff_file(path: Path, head: bytes, tail: bytes, size: int) -> Model:
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
         return _sniff_json(path)
+    if looks_like_ir(head):
+        return Model("openvino-ir", path)
     if looks_like_text_proto(head):
         return Model("tf-graphdef", path)
     if path.name == "saved_model.pb":

@@ -33,15 +33,16 @@ def capability(fmt: str, field: str):
 
 def model_files(path: Path, fmt: str) -> dict[str, Path] | None:
     """The files a model consists of when they are not simply its folder's ({name relative to
-    the model: path}): a TF.js model's model.json and the weight files it names, checked to lie
-    inside its folder. None otherwise (one file, or every file of a folder)."""
-    if fmt != "tfjs":
-        return None
-    from shipyard.formats import tfjs
-    from shipyard.model import Model
+    the model: path}): a TF.js model's model.json and the weight files it names, an OpenVINO IR's
+    .xml and .bin (the registry's ``files``). None otherwise (one file, or every file of a folder)."""
+    files = capability(fmt, "files")
+    return None if files is None else files(path)
 
-    base = path if path.is_dir() else path.parent
-    json_path, doc = tfjs.model_json(Model("tfjs", path))
-    files = {"model.json": json_path}
-    files.update((n, tfjs.weight_file(base, n)) for names, _ in tfjs.manifest(doc, json_path) for n in names)
-    return files
+
+def files_of(path: Path, fmt: str | None = None) -> list[Path]:
+    """Every file of a model, in a stable order: a folder's, the several of a format made of more
+    than one (an OpenVINO IR's .xml and .bin), else the one file. Sizes and digests count these."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    several = model_files(path, fmt) if fmt else None
+    return [p for p in several.values() if p.is_file()] if several else [path]

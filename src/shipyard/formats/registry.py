@@ -11,7 +11,7 @@ What a feature does with one format is named here too, as ``"module:function"`` 
 that ``formats.capability(fmt, field)`` imports when it is asked for: how ``graph`` draws it
 (``graph_reader``), how conversion reaches its frozen GraphDef (``frozen``), what ``quantize``
 does with it (``quantizer``), which engines' op profilers ``bench --profile`` can use on it
-(``profilers``), which ``ops --for`` lists its ops.
+(``profilers``), which ``ops --for`` lists its ops, which files a model of several is (``files``).
 Code outside ``formats/`` does not enumerate format names; ``tests/test_registry_only.py`` checks.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Format:
     profilers: tuple[str, ...] = ()  # engines whose per-op profiler runs it (bench --profile, profile.py)
     quantizer: str | None = None    # "module:function": (model, out_path, quantize.Request) -> QuantizeReport (quantize)
     ops: str | None = None          # the `ops --for` target that lists its ops (ort, tflite); `graph` ones: tf
+    files: str | None = None        # "module:function": path -> {name: path}, when a model is several files
 
     @property
     def ops_target(self) -> str | None:
@@ -73,11 +74,14 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            word="TorchScript"),
     Format("tfjs", "shipyard.formats.tfjs", "tensorflow", ("tensorflow",), "", directory=True,
            platform="tensorflow_js", description="TF.js graph model (model.json + weight shards)", word="TF.js",
-           profilers=("tensorflow",)),
+           profilers=("tensorflow",), files="shipyard.formats.tfjs:files"),
     Format("torch-checkpoint", "shipyard.formats.torch_checkpoint", None, (), ".pt",
            description="torch.save state_dict / checkpoint, .safetensors: weights, no program", word="torch checkpoint"),
     Format("torch-export", "shipyard.formats.torch_export", "torch", ("torch",), ".pt2",
            platform="pytorch_export", description="torch.export.save ExportedProgram (.pt2)", word="torch.export"),
+    Format("openvino-ir", "shipyard.formats.openvino_ir", "openvino", ("openvino",), ".xml",
+           platform="openvino", description="OpenVINO IR (.xml, its weights in the .bin beside it)", word="OpenVINO IR",
+           profilers=("openvino",), files="shipyard.formats.openvino_ir:files"),
     Format("tf-memmapped", "shipyard.formats.tf_memmapped", "tensorflow", ("tensorflow",), ".mmpb",
            platform="tensorflow_memmapped", description="TF's memory-mapped graph (MemmappedEnv)", graph=True,
            also=(".pb",), word="memmapped GraphDef"),

@@ -112,6 +112,16 @@ def weight_files(base: Path, doc, path: Path) -> list[Path]:
     return [weight_file(base, n) for names, _ in manifest(doc, path) for n in names]
 
 
+def files(path: Path) -> dict[str, Path]:
+    """model.json and the weight files it names ({name relative to the model's folder: path}),
+    each checked to lie inside that folder."""
+    base = path if path.is_dir() else path.parent
+    json_path, doc = model_json(Model("tfjs", path))
+    found = {"model.json": json_path}
+    found.update((n, weight_file(base, n)) for names, _ in manifest(doc, json_path) for n in names)
+    return found
+
+
 class _Reader:
     """Read a file of the model by its name relative to model.json (from the decrypted
     archive, in memory, when the model is encrypted); ``size`` says how big it is first."""

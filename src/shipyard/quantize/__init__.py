@@ -37,9 +37,19 @@ def quantize_model(path: str | Path, out: str | Path, req: Request) -> QuantizeR
     if req.engine not in ENGINES:
         raise UsageError(f"unknown quantization engine '{req.engine}'", hint="engines: " + ", ".join(ENGINES))
     quantize = capability(model.format, "quantizer")
-    if req.engine == "nncf" and quantize is not quantize_onnx:
-        raise UsageError(f"{model.path}: the nncf engine quantizes ONNX models, not {model.format}",
-                         hint="convert it first: shipyard convert MODEL --to onnx -o model.onnx")
+    if req.engine == "nncf":
+        from shipyard.quantize.nncf_quant import quantize_nncf, writes_ir
+
+        if writes_ir(out_path):  # an OpenVINO IR, from any model OpenVINO reads; its .bin is an output too
+            from shipyard.formats import files_of
+            from shipyard.formats.openvino_ir import weights_path
+
+            check_output_path(weights_path(out_path), *files_of(model.path, model.format))
+            return quantize_nncf(model, out_path, req)
+        if quantize is not quantize_onnx:
+            raise UsageError(f"{model.path}: the nncf engine quantizes ONNX models, not {model.format}",
+                             hint="convert it first (shipyard convert MODEL --to onnx -o model.onnx), or name the "
+                                  "output model_int8.xml for an OpenVINO IR of any model OpenVINO reads")
     if quantize is None:
         raise _not_quantizable(model, req)
     return quantize(model, out_path, req)

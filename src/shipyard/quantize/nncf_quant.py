@@ -1,21 +1,32 @@
-"""int8 for OpenVINO through NNCF: ``nncf.quantize`` on the ONNX graph, written back as ONNX.
+"""int8 for OpenVINO through NNCF, in the form the output's name asks for.
 
-NNCF's ONNX backend inserts QuantizeLinear/DequantizeLinear pairs that OpenVINO fuses into int8
-kernels: the artifact stays an ONNX file (shipped, verified and served like any other), and on
-OpenVINO it runs about 2x faster than float (Keras MobileNetV2, 1 thread: 8.6 -> 3.8 ms; the
-same model quantized to OpenVINO IR ran 4.8 ms). onnxruntime also runs it, but without the
-speed-up (QDQ s8s8 on x86: see onnx_quant.py). When the default settings miss the accuracy budget,
-the variants below are tried in order, the way NNCF's accuracy-control loop would, and the
-first inside the budget is kept.
+``-o model.onnx``: ``nncf.quantize`` on the ONNX graph (NNCF's ONNX backend), written back as ONNX
+with QuantizeLinear/DequantizeLinear pairs that OpenVINO fuses into int8 kernels; the artifact
+stays an ONNX file (shipped, verified and served like any other). On OpenVINO it runs about 2x
+faster than float (Keras MobileNetV2, 1 thread: 8.6 -> 3.8 ms). onnxruntime also runs it, but
+without the speed-up (QDQ s8s8 on x86: see onnx_quant.py).
+
+``-o model.xml``: NNCF's OpenVINO backend on the model as OpenVINO reads it (ONNX, TFLite,
+SavedModel, GraphDef), written as an OpenVINO IR (.xml + .bin). Its int8 graph is OpenVINO's own,
+with FakeQuantize nodes where OpenVINO's CPU plugin has int8 kernels, and the plugin fuses all of
+them: Keras ResNet50 at 2 threads ran 0.75x the latency of the QDQ ONNX above and 0.92x that of
+the TFLite converter's int8 file, both on OpenVINO (paired bursts). Which form is faster depends
+on the model, so ``ship --optimize`` makes and measures both.
+
+When the default settings miss the accuracy budget, the variants below are tried in order, the
+way NNCF's accuracy-control loop would, and the first inside the budget is kept.
 """
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from shipyard import guard
 from shipyard.deps import all_output_silenced, require
+from shipyard.formats import registry
 from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
 from shipyard.verify import Verification
@@ -35,12 +46,105 @@ def _kwargs(nncf, spec: dict) -> dict:
     return out
 
 
-def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
-    """Static int8 of an ONNX model with NNCF, judged on OpenVINO against the float model."""
-    from shipyard.atomic import atomic_path
-    from shipyard.errors import UsageError
+def writes_ir(out_path: Path) -> bool:
+    """An output named like an OpenVINO IR (.xml) asks for NNCF's OpenVINO backend."""
+    return out_path.suffix == registry.get("openvino-ir").suffix
+
+
+@dataclass
+class _Form:
+    """What differs between NNCF's two backends: the graph NNCF quantizes, how its calibration
+    samples are fed, and how a quantized graph is written and read back."""
+    graph: object
+    dataset: object
+    save: Callable[[object, Path], Model]
+    suffix: str
+    description: dict
+
+
+def _onnx_form(nncf, model: Model, feeds, work: Path) -> _Form:
+    onnx = require("onnx", "Quantizing an ONNX model")
     from shipyard.formats.onnx import load_model_proto
     from shipyard.quantize.onnx_quant import check_not_quantized, prepare
+
+    proto = load_model_proto(model, external_data=True)
+    check_not_quantized(proto, model.path)
+    # The graph onnxruntime's quantizer gets too: weights held in Constant nodes (Paddle exports)
+    # lifted into initializers, which NNCF's ONNX backend otherwise neither quantizes nor stores
+    # as int8 (PP-OCR cls: 1.15x the float size, accuracy 100% -> 95%), and batch norms folded
+    # into the convolutions (after prepare: 0.65x, accuracy 100% -> 100%).
+    guard.stage("preparing the model for quantization")
+    proto = onnx.load(str(prepare(proto, work)))
+
+    def save(quantized, path: Path) -> Model:
+        onnx.save(quantized, str(path))
+        return Model("onnx", path)
+
+    return _Form(proto, nncf.Dataset(feeds), save, ".onnx",
+                 {"format": "QDQ (ONNX)",
+                  "why": "NNCF's QDQ graph is fused into int8 kernels by OpenVINO; run it with --backend openvino"})
+
+
+def _ir_form(nncf, model: Model, feeds, signature) -> _Form:
+    ov = require("openvino", "Quantizing for OpenVINO with NNCF")
+    from shipyard.errors import ModelLoadError, UnsupportedError, UsageError
+    from shipyard.formats.openvino_ir import first_reason, signature_of
+    from shipyard.verify import adapt_feeds
+
+    if model.format not in registry.formats_by_engine()["openvino"]:
+        raise UsageError(f"{model.path}: OpenVINO does not read {registry.get(model.format).word} models, so NNCF "
+                         "cannot make an OpenVINO IR of it",
+                         hint="convert it first: shipyard convert MODEL --to onnx -o model.onnx")
+    if model.in_memory() is not None:
+        raise UnsupportedError(f"{model.path}: NNCF's OpenVINO backend reads the model from a file, not an encrypted one",
+                               hint="quantize the unencrypted model, then encrypt the result")
+    try:
+        # convert_model, not Core.read_model: its front-end passes fold the shape subgraphs that an
+        # ONNX Conv's bias brings with a dynamic batch (161 ShapeOf nodes in ResNet50, ~5% slower)
+        # (an IR is already OpenVINO's own graph: convert_model does not take one)
+        graph = ov.Core().read_model(str(model.path)) if model.format == "openvino-ir" else ov.convert_model(str(model.path))
+    except Exception as exc:
+        raise ModelLoadError(f"{model.path}: OpenVINO cannot read the model ({first_reason(exc)})") from exc
+    found = sorted({op.get_type_name() for op in graph.get_ordered_ops()} & {"FakeQuantize", "FakeConvert"})
+    if found:
+        raise UsageError(f"{model.path}: the model is already quantized (OpenVINO reads {', '.join(found)} nodes in it)",
+                         hint="quantize the float model it came from")
+    ov_signature = signature_of(graph)
+
+    def save(quantized, path: Path) -> Model:
+        # float leftovers (the first layer's padding, biases of float-kept layers) stay float32:
+        # what is judged is what is written
+        ov.save_model(quantized, str(path), compress_to_fp16=False)
+        return Model("openvino-ir", path)
+
+    # OpenVINO names a TFLite or SavedModel input its own way: the feeds are paired by the one rule
+    dataset = nncf.Dataset(feeds, lambda f: adapt_feeds(f, signature, ov_signature))
+    return _Form(graph, dataset, save, registry.get("openvino-ir").suffix,
+                 {"format": "OpenVINO IR (int8)",
+                  "why": "NNCF's OpenVINO backend: every quantized layer runs on an int8 kernel of OpenVINO's CPU plugin"})
+
+
+def _commit(chosen: Model, out_path: Path) -> None:
+    """The chosen trial's files at ``out_path``, each replaced atomically (an IR's .bin before its
+    .xml, so that the .xml, the file a reader opens, never names weights that are not there yet)."""
+    from contextlib import ExitStack
+
+    from shipyard.atomic import atomic_path
+    from shipyard.formats import files_of
+
+    sources = files_of(chosen.path, chosen.format)
+    with ExitStack() as stack:
+        # entered first, replaced last: the main file; the others (.bin) are replaced before it
+        for src in sorted(sources, key=lambda p: p != chosen.path):
+            target = out_path if src == chosen.path else out_path.with_suffix(src.suffix)
+            shutil.copyfile(src, stack.enter_context(atomic_path(target)))
+
+
+def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
+    """Static int8 with NNCF (QDQ ONNX, or an OpenVINO IR for a .xml output), judged on OpenVINO
+    against the float model."""
+    from shipyard.errors import UnsupportedError, UsageError
+    from shipyard.formats.openvino_ir import first_reason
     from shipyard.quantize.request import calibration_source, finish, measure, samples_and_labels
     from shipyard.runtimes import open_runner
     from shipyard.verify import judge, model_outputs
@@ -49,10 +153,8 @@ def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
         raise UsageError(f"the nncf engine does static (calibrated) int8 only, not --mode {req.mode}")
     nncf = require("nncf", "Quantizing for OpenVINO with NNCF")
     require("openvino", "Judging an NNCF-quantized model on OpenVINO")
-    onnx = require("onnx", "Quantizing an ONNX model")
-    proto = load_model_proto(model, external_data=True)
-    check_not_quantized(proto, model.path)
-    report = QuantizeReport(str(model.path), str(out_path), "onnx", req.mode)
+    ir = writes_ir(out_path)
+    report = QuantizeReport(str(model.path), str(out_path), "openvino-ir" if ir else "onnx", req.mode)
     source = calibration_source(req, report)
     with open_runner(model, threads=req.threads) as runner:
         signature = runner.signature
@@ -60,55 +162,40 @@ def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
     report.calibration = {"source": source.description, "samples": len(feeds), "measured": source.measured}
     guard.stage("running the float model on the evaluation data")
     _, reference = model_outputs(model, feeds, threads=req.threads)
-    ignored = None
-    if req.exclude:
-        ignored = nncf.IgnoredScope(names=list(req.exclude))
-    dataset = nncf.Dataset(feeds)
+    ignored = nncf.IgnoredScope(names=list(req.exclude)) if req.exclude else None
     trials = []
     variants = VARIANTS if req.search else VARIANTS[:1]
-    with tempfile.TemporaryDirectory(prefix="shipyard-nncf-") as work, atomic_path(out_path) as tmp:
-        # The graph onnxruntime's quantizer gets too: weights held in Constant nodes (Paddle exports)
-        # lifted into initializers, which NNCF's ONNX backend otherwise neither quantizes nor stores
-        # as int8 (PP-OCR cls: 1.15x the float size, accuracy 100% -> 95%), and batch norms folded
-        # into the convolutions (after prepare: 0.65x, accuracy 100% -> 100%).
-        guard.stage("preparing the model for quantization")
-        proto = onnx.load(str(prepare(proto, Path(work))))
-        best: tuple[float, Path, Verification, str] | None = None
+    with tempfile.TemporaryDirectory(prefix="shipyard-nncf-") as work:
+        form = _ir_form(nncf, model, feeds, signature) if ir else _onnx_form(nncf, model, feeds, Path(work))
+        best: tuple[float, Model, Verification, str] | None = None
         for i, (label, spec) in enumerate(variants):
             guard.stage(f"quantizing with NNCF ({label})")
             try:
                 with all_output_silenced():  # NNCF draws progress bars and logs on both streams
-                    quantized = nncf.quantize(proto, dataset, subset_size=len(feeds), ignored_scope=ignored,
+                    quantized = nncf.quantize(form.graph, form.dataset, subset_size=len(feeds), ignored_scope=ignored,
                                               **_kwargs(nncf, spec))
             except Exception as exc:  # noqa: BLE001 - NNCF raises its own and engine errors alike
-                from shipyard.runtimes.openvino import first_reason
-
                 trials.append({"settings": label, "error": first_reason(exc)})
                 continue
-            path = Path(work) / f"trial{i}.onnx"
-            onnx.save(quantized, str(path))
+            trial = form.save(quantized, Path(work) / f"trial{i}{form.suffix}")
             guard.stage("judging the NNCF model on OpenVINO")
-            _, got = model_outputs(Model("onnx", path), feeds, reference=signature, backend="openvino",
-                                   threads=req.threads)
+            _, got = model_outputs(trial, feeds, reference=signature, backend="openvino", threads=req.threads)
             verdict = judge(reference, got, req.budget, labels)
             trials.append({"settings": label, "passed": verdict.passed, "failures": list(verdict.failures)})
             score = 0.0 if verdict.passed else verdict.score()  # lower is better
             if best is None or score < best[0]:
-                best = (score, path, verdict, label)
+                best = (score, trial, verdict, label)
             if verdict.passed:
                 break
         if best is None:
-            from shipyard.errors import UnsupportedError
-
             raise UnsupportedError(f"{model.path}: NNCF could not quantize the model ({trials[-1]['error']})",
                                    hint="nothing was written; try --engine onnxruntime")
         _, chosen, verification, label = best
-        shutil.copyfile(chosen, tmp)
-        report.settings = {"engine": "nncf", "format": "QDQ (ONNX)", "runs_on": "openvino", "settings": label,
-                           "kept_float": list(req.exclude),
-                           "why": "NNCF's QDQ graph is fused into int8 kernels by OpenVINO; run it with --backend openvino"}
+        report.settings = {"engine": "nncf", **form.description, "runs_on": "openvino", "settings": label,
+                           "kept_float": list(req.exclude)}
         report.search = {"trials": trials, "chosen": {"settings": {"nncf": label}}, "sensitivity": [],
                          "kept_float": []} if req.search else None
-        measure(report, model, Model("onnx", tmp), feeds, req, backend="openvino")
+        measure(report, model, chosen, feeds, req, backend="openvino")
         finish(report, verification, req, "the NNCF-quantized model")
+        _commit(chosen, out_path)
     return report

@@ -137,12 +137,13 @@ def check_speed(report: QuantizeReport, req: Request, what: str, ref_model: Mode
 def measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, req: Request,
              backend: str | None = None) -> None:
     """Size and latency of ``new_model`` against ``ref_model``."""
+    from shipyard.formats import files_of
     from shipyard.inspection import inspect_model
     from shipyard.timing import latency_ms
 
     guard.stage("measuring the quantized model")
     report.size_before = inspect_model(ref_model).size_bytes
-    report.size_after = new_model.path.stat().st_size
+    report.size_after = sum(p.stat().st_size for p in files_of(new_model.path, new_model.format))
     if req.latency_runs:
         report.latency_before_ms = latency_ms(ref_model, feeds[0], req.latency_runs, req.threads, backend)
         report.latency_after_ms = latency_ms(new_model, feeds[0], req.latency_runs, req.threads, backend)

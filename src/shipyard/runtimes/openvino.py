@@ -12,39 +12,12 @@ import numpy as np
 from shipyard.deps import require
 from shipyard.errors import ModelLoadError, ModelRunError, UnsupportedError
 from shipyard.formats import registry
-from shipyard.model import Model, Signature, TensorSpec
+from shipyard.formats.openvino_ir import first_reason, port_name, port_spec
+from shipyard.model import Model, Signature
 from shipyard.runtimes.base import BaseRunner
 
 FORMATS = tuple(sorted(registry.formats_by_engine()["openvino"]))  # the files OpenVINO reads directly
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
-
-
-def first_reason(exc: BaseException) -> str:
-    """The informative line of an OpenVINO exception (they open with 'Exception from src/...:NN')."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    failed = next((ln for ln in lines if ln.startswith("-- Conversion is failed for")), None)
-    if failed:
-        return "unsupported: " + failed.removeprefix("-- Conversion is failed for:").strip()
-    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '", "FrontEnd API failed"))]
-    return (useful[0] if useful else lines[-1] if lines else type(exc).__name__)[:300]
-
-
-def _names(port, wanted: set[str]) -> str:
-    """The port's name that the format's own signature uses (a port may carry several)."""
-    for name in sorted(port.get_names()):
-        if name in wanted:
-            return name
-        if name.endswith(":0") and name[:-2] in wanted:  # a GraphDef's node name, as TensorFlow's runner reports it
-            return name[:-2]
-    return port.get_any_name()
-
-
-def _spec(port, name: str) -> TensorSpec:
-    pshape = port.get_partial_shape()
-    shape = None if pshape.rank.is_dynamic else tuple(d.get_length() if d.is_static else -1 for d in pshape)
-    etype = port.get_element_type()
-    dtype = "unknown" if etype.is_dynamic() else np.dtype(etype.to_dtype()).name
-    return TensorSpec(name, dtype, shape)
 
 
 class OpenVINORunner(BaseRunner):
@@ -77,8 +50,8 @@ class OpenVINORunner(BaseRunner):
         self._ov = ov
         self.precision = precision
         wanted = _own_names(model)
-        ins = [_spec(p, _names(p, wanted)) for p in self.compiled.inputs]
-        outs = [_spec(p, _names(p, wanted)) for p in self.compiled.outputs]
+        ins = [port_spec(p, port_name(p, wanted)) for p in self.compiled.inputs]
+        outs = [port_spec(p, port_name(p, wanted)) for p in self.compiled.outputs]
         super().__init__(model, Signature(tuple(ins), tuple(outs)), threads)
         self._out_names = [s.name for s in outs]
 

@@ -8,23 +8,26 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.atomic import atomic_path
+from shipyard.formats import files_of
 
 
-def sha256(path: Path) -> str:
-    """Digest of a file, or of a directory's files in name order (TF.js, SavedModel)."""
+def sha256(path: Path, fmt: str | None = None) -> str:
+    """Digest of a model's files in name order (one file, a folder's such as TF.js or SavedModel,
+    an IR's .xml and .bin)."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = files_of(path, fmt)
+    base = path if path.is_dir() else path.parent
     for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
+        if path.is_dir() or len(files) > 1:
+            h.update(str(f.relative_to(base)).encode() + b"\0")
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
 
 
-def size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+def size(path: Path, fmt: str | None = None) -> int:
+    return sum(p.stat().st_size for p in files_of(path, fmt))
 
 
 @dataclass

@@ -2,8 +2,8 @@
 is inside the accuracy budget, and say why.
 
 Candidates are the shipped artifacts on every installed engine that reads their format (ONNX on
-onnxruntime and OpenVINO, TFLite on LiteRT and OpenVINO, the frozen graph on TensorFlow as the
-source framework's baseline), float ones also in OpenVINO's bfloat16, each at 1 and at the target
+onnxruntime and OpenVINO, TFLite on LiteRT and OpenVINO, NNCF's int8 OpenVINO IR on OpenVINO, the
+frozen graph on TensorFlow as the source framework's baseline), float ones also in OpenVINO's bfloat16, each at 1 and at the target
 thread count. Each artifact x engine x precision is first judged by the verification core on the
 evaluation data (float32 exactly; bfloat16 and int8 by the accuracy budget): one that misses is
 listed with its figures and never measured. The rest are measured one by one, each in its own
@@ -35,7 +35,8 @@ from shipyard.errors import ShipyardError
 
 OBJECTIVES = ("latency", "throughput", "size")
 # format -> engines that read it, in the order they are tried
-ENGINES = {"onnx": ("onnxruntime", "openvino"), "tflite": ("litert", "openvino"), "tf-graphdef": ("tensorflow",)}
+ENGINES = {"onnx": ("onnxruntime", "openvino"), "tflite": ("litert", "openvino"), "tf-graphdef": ("tensorflow",),
+           "openvino-ir": ("openvino",)}
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert", "tensorflow": "tensorflow"}
 _EXTRAS = {"onnxruntime": "all", "openvino": "openvino", "litert": "tflite", "tensorflow": "tf"}
 THROUGHPUT_BATCH = 8

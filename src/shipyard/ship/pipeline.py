@@ -153,7 +153,7 @@ class Pipeline:
 
         path = artifact_model.path
         sig = handler(artifact_model.format).signature(artifact_model)
-        art = Artifact(name, artifact_model.format, str(path.relative_to(self.out)), quantization, sha256(path), size(path),
+        art = Artifact(name, artifact_model.format, str(path.relative_to(self.out)), quantization, sha256(path, artifact_model.format), size(path, artifact_model.format),
                        sig.to_json(), notes=list(notes))
         self.manifest.artifacts.append(art)
         return art
@@ -301,26 +301,34 @@ class Pipeline:
             made[art.name] = out.name
         return made
 
+    # NNCF's two int8 forms for OpenVINO, both weighed by --optimize (which one is faster depends
+    # on the model: the IR on ResNet50, the QDQ ONNX on MobileNetV2 at one thread)
+    NNCF_FORMS = (("onnx-nncf-int8", "onnx", "_nncf_int8.onnx", "static (NNCF QDQ)"),
+                  ("openvino-int8", "openvino-ir", "_openvino_int8.xml", "static (NNCF IR)"))
+
     def _quantize_nncf(self, art: Artifact, path: Path, request) -> dict:
-        """OpenVINO's int8 (NNCF, QDQ ONNX) beside onnxruntime's, for --optimize to weigh."""
+        """OpenVINO's int8 (NNCF: QDQ ONNX, and an OpenVINO IR) beside onnxruntime's, for --optimize."""
         from dataclasses import replace
 
         from shipyard.ship.optimize import installed
 
         if not (installed("openvino") and importlib.util.find_spec("nncf")):
-            art.notes.append("no NNCF int8 candidate: pip install 'shipyard[openvino]'")
+            art.notes.append("no NNCF int8 candidates: pip install 'shipyard[openvino]'")
             return {}
-        out = path.with_name(f"{path.stem}_nncf_int8.onnx")
-        try:
-            report = self._quantize_one("onnx-nncf-int8", "onnx", path, out, replace(request, engine="nncf"))
-        except ShipyardError as exc:  # NNCF cannot handle this graph: one candidate fewer
-            self.manifest.rejected.append(Artifact("onnx-nncf-int8", "onnx", "", "static (NNCF QDQ)", status="rejected",
-                                                   notes=[f"NNCF could not quantize it: {exc.message}"]))
-            return {}
-        if report is None:
-            return {}
-        self._add(Model("onnx", out), "onnx-nncf-int8", "static (NNCF QDQ)", report.warnings)
-        return {"onnx-nncf-int8": out.name}
+        made = {}
+        for name, fmt, suffix, quantization in self.NNCF_FORMS:
+            out = path.with_name(f"{path.stem}{suffix}")
+            try:
+                report = self._quantize_one(name, fmt, path, out, replace(request, engine="nncf"))
+            except ShipyardError as exc:  # NNCF cannot handle this graph: one candidate fewer
+                self.manifest.rejected.append(Artifact(name, fmt, "", quantization, status="rejected",
+                                                       notes=[f"NNCF could not quantize it: {exc.message}"]))
+                continue
+            if report is None:
+                continue
+            self._add(Model(fmt, out), name, quantization, report.warnings)
+            made[name] = out.name
+        return made
 
     def _quantize_one(self, name: str, fmt: str, src: Path, out: Path, request):
         """Quantize one artifact inside the budget; one that misses it is recorded, not shipped."""
@@ -440,12 +448,7 @@ class Pipeline:
                 continue
             version = repo / f"{self.name}_{art.name.replace('-', '_')}" / "1"
             version.mkdir(parents=True, exist_ok=True)
-            src = self.out / art.path
-            dst = version / f"model{src.suffix}"
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy(src, dst)
+            _link_as_model(self.out / art.path, art.format, version)
         return {"repository": "serving"}
 
 
@@ -457,17 +460,25 @@ class Pipeline:
             return {"repository": None}
         version = repo / self.name / "1"
         version.mkdir(parents=True, exist_ok=True)
-        src = self.out / chosen["path"]
-        dst = version / f"model{src.suffix}"
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy(src, dst)
+        _link_as_model(self.out / chosen["path"], chosen["format"], version)
         config = {"backend": chosen["engine"], "threads": chosen["threads"]}
         if chosen["options"].get("precision"):
             config["precision"] = chosen["options"]["precision"]
         (repo / self.name / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         return {"repository": "serving", "model": self.name, **config}
+
+
+def _link_as_model(src: Path, fmt: str, version: Path) -> None:
+    """The artifact's files in a serving version folder as ``model.*`` (an IR's .xml and .bin
+    together), hard-linked where the file system allows it."""
+    from shipyard.formats import files_of
+
+    for path in files_of(src, fmt):
+        dst = version / f"model{path.suffix}"
+        try:
+            os.link(path, dst)
+        except OSError:
+            shutil.copy(path, dst)
 
 
 def _kept_note(report) -> list[str]:
