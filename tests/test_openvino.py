@@ -115,7 +115,7 @@ def test_nncf_int8_inside_the_budget_and_faster_form_for_openvino(keras_paths, t
     assert not (tmp_path / "k.onnx").exists() and not (tmp_path / "d.onnx").exists()
 
 
-def test_nncf_writes_an_openvino_ir_for_an_xml_output_from_onnx_and_tflite(keras_paths, tmp_path, capsys):
+def test_nncf_writes_an_openvino_ir_for_an_xml_output_from_onnx_and_tflite(keras_paths, tmp_path, capsys, monkeypatch):
     """``-o model.xml``: NNCF's OpenVINO backend on the model as OpenVINO reads it, written as an
     IR (.xml + .bin), judged on OpenVINO; from ONNX and from TFLite (whose input OpenVINO names its
     own way: the calibration feeds are paired by the verification core's rule)."""
@@ -158,6 +158,21 @@ def test_nncf_writes_an_openvino_ir_for_an_xml_output_from_onnx_and_tflite(keras
     assert_clean_error(cli_inprocess(capsys, "run", alone, "--random"), "bin file")
     (tmp_path / "alone" / "cut.xml").write_bytes(out.read_bytes()[:3000])
     assert_clean_error(cli_inprocess(capsys, "inspect", tmp_path / "alone" / "cut.xml"), "cannot read the IR")
+
+    # encrypted: both files in one container, run from memory; decrypted: the two files again
+    key = tmp_path / "k.key"
+    assert cli_inprocess(capsys, "keygen", "-o", key).returncode == 0
+    monkeypatch.setenv("SHIPYARD_MODEL_KEY_FILE", str(key))
+    assert cli_inprocess(capsys, "encrypt", out, "-o", tmp_path / "ir.enc").returncode == 0
+    _, secret = _outputs(tmp_path / "ir.enc", "openvino", {"image:0": x})
+    np.testing.assert_array_equal(next(iter(secret.values())), b)
+    proc = cli_inprocess(capsys, "decrypt", tmp_path / "ir.enc", "-o", tmp_path / "plain" / "m.xml")
+    assert proc.returncode == 2 and "plain" in proc.stderr  # its folder does not exist: refused, not half-written
+    (tmp_path / "plain").mkdir()
+    assert cli_inprocess(capsys, "decrypt", tmp_path / "ir.enc", "-o", tmp_path / "plain" / "m.xml").returncode == 0
+    assert (tmp_path / "plain" / "m.xml").read_bytes() == out.read_bytes()
+    assert (tmp_path / "plain" / "m.bin").read_bytes() == out.with_suffix(".bin").read_bytes()
+    monkeypatch.delenv("SHIPYARD_MODEL_KEY_FILE")
 
     # served from a model repository as model.xml + model.bin, on OpenVINO (its only engine)
     import shutil

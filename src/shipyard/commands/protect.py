@@ -77,7 +77,16 @@ def cmd_decrypt(args) -> int:
     except OSError as exc:
         raise UsageError(f"{path}: cannot be read ({exc.strerror})") from exc
     header, plain = decrypt_bytes(data, read_key(args.key_file_path))
-    if header.kind == KIND_DIR:
+    siblings = _sibling_files(header, plain, path, out)
+    if siblings:  # a model of several files side by side (an OpenVINO IR's .xml and .bin): each its own file
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:  # entered first, replaced last: the file a reader opens (``out``)
+            for target, content in siblings:
+                tmp = stack.enter_context(atomic_path(target))
+                os.chmod(tmp, 0o600)
+                tmp.write_bytes(content)
+    elif header.kind == KIND_DIR:
         try:
             tar = tarfile.open(fileobj=io.BytesIO(plain))  # noqa: SIM115 - closed by the with below
             members = tar.getmembers()
@@ -96,3 +105,26 @@ def cmd_decrypt(args) -> int:
     doc = {"model": str(path), "format": header.format, "output": str(out)}
     print(json.dumps(doc, indent=2) if args.json else f"decrypted {path} ({header.format}) -> {out}")
     return 0
+
+
+def _sibling_files(header, plain: bytes, path: Path, out: Path) -> list[tuple[Path, bytes]]:
+    """For a file format whose models are several files side by side (the registry's ``files``,
+    not a folder): [(where each decrypted file goes, its bytes)], the main file at ``out`` first and
+    each other one beside it with its own suffix; each checked like any output. Empty otherwise."""
+    from shipyard.atomic import check_output_path
+    from shipyard.errors import ModelFormatError
+    from shipyard.formats import registry
+    from shipyard.protect import KIND_DIR, untar
+
+    fmt = registry.FORMATS.get(header.format)
+    if header.kind != KIND_DIR or fmt is None or fmt.directory or not fmt.files:
+        return []
+    files = untar(plain, path)
+    main = [name for name in files if Path(name).suffix == fmt.suffix]
+    targets = {name: out if name in main else out.with_suffix(Path(name).suffix) for name in files}
+    if len(main) != 1 or len(set(targets.values())) != len(targets):
+        raise ModelFormatError(f"{path}: the encrypted {fmt.word} holds files that do not make one model "
+                               f"({', '.join(sorted(files))})")
+    for target in targets.values():
+        check_output_path(target, path)
+    return sorted(((targets[name], files[name]) for name in files), key=lambda t: t[0] != out)

@@ -19,6 +19,7 @@ from shipyard.model import Model, Signature, TensorSpec
 from shipyard.summary import Summary, add_param, histogram
 
 WEIGHTS_SUFFIX = ".bin"
+IN_MEMORY_FORMATS = ("onnx", "openvino-ir")  # what OpenVINO reads from bytes (an encrypted model, decrypted in memory)
 # Element types of constants that are weights (not shapes, axes or indices)
 _WEIGHT_TYPES = ("f32", "f16", "bf16", "f64", "i8", "u8", "i4", "u4", "nf4", "f8e4m3", "f8e5m2")
 
@@ -70,21 +71,37 @@ def port_spec(port, name: str) -> TensorSpec:
     return TensorSpec(name, dtype, shape)
 
 
+def read(core, model: Model, payload: bytes | None = None):
+    """The ``openvino.Model`` of an IR: from its two files, or from an encrypted one's decrypted
+    files in memory (``payload``, the plaintext archive; OpenVINO reads the graph as text and the
+    weights as a tensor, so nothing decrypted touches the disk)."""
+    ov = require("openvino", "Reading an OpenVINO IR model")
+    payload = payload if payload is not None else model.in_memory()
+    bin_path = weights_path(model.path)
+    try:
+        if payload is not None:
+            from shipyard.protect import untar
+
+            files = untar(payload, model.path)
+            graph = next((v for k, v in sorted(files.items()) if k.endswith(".xml")), None)
+            weights = next((v for k, v in sorted(files.items()) if k.endswith(WEIGHTS_SUFFIX)), b"")
+            if graph is None:
+                raise ModelLoadError(f"{model.path}: the encrypted IR holds no .xml file (holds: {', '.join(files) or 'nothing'})")
+            return core.read_model(graph, ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+        return core.read_model(str(model.path), str(bin_path) if bin_path.is_file() else "")
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        hint = None if payload is not None or bin_path.is_file() else \
+            f"an IR is two files: {model.path.name} and {bin_path.name} beside it"
+        raise ModelLoadError(f"{model.path}: OpenVINO cannot read the IR ({first_reason(exc)})", hint=hint) from exc
+
+
 @lru_cache(maxsize=4)
 def load(model: Model):
     """The ``openvino.Model`` of an IR file (its ``.bin`` read from beside it)."""
     ov = require("openvino", "Reading an OpenVINO IR model")
-    if model.in_memory() is not None:
-        from shipyard.errors import UnsupportedError
-
-        raise UnsupportedError(f"{model.path}: shipyard reads an encrypted model from memory only for ONNX",
-                               hint="keep the IR unencrypted, or ship an ONNX artifact for encryption")
-    bin_path = weights_path(model.path)
-    try:
-        return ov.Core().read_model(str(model.path), str(bin_path) if bin_path.is_file() else "")
-    except Exception as exc:
-        hint = None if bin_path.is_file() else f"an IR is two files: {model.path.name} and {bin_path.name} beside it"
-        raise ModelLoadError(f"{model.path}: OpenVINO cannot read the IR ({first_reason(exc)})", hint=hint) from exc
+    return read(ov.Core(), model)
 
 
 def signature_of(ov_model) -> Signature:

@@ -11,7 +11,7 @@ import numpy as np
 
 from shipyard.deps import require
 from shipyard.errors import ModelLoadError, ModelRunError, UnsupportedError
-from shipyard.formats import registry
+from shipyard.formats import openvino_ir, registry
 from shipyard.formats.openvino_ir import first_reason, port_name, port_spec
 from shipyard.model import Model, Signature
 from shipyard.runtimes.base import BaseRunner
@@ -31,8 +31,8 @@ class OpenVINORunner(BaseRunner):
         if precision not in PRECISIONS:
             raise UnsupportedError(f"unknown OpenVINO precision '{precision}'", hint="one of: " + ", ".join(PRECISIONS))
         model_bytes = model_bytes if model_bytes is not None else model.in_memory()
-        if model_bytes is not None and model.format != "onnx":
-            raise UnsupportedError(f"{model.path}: OpenVINO reads an encrypted model from memory only for ONNX",
+        if model_bytes is not None and model.format not in openvino_ir.IN_MEMORY_FORMATS:
+            raise UnsupportedError(f"{model.path}: OpenVINO reads an encrypted model from memory only for ONNX and IR",
                                    hint="run the encrypted model on its default backend")
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
@@ -41,9 +41,13 @@ class OpenVINORunner(BaseRunner):
         if profile:
             config["PERF_COUNT"] = True
         try:
-            source = model_bytes if model_bytes is not None else str(model.path)
-            self.ov_model = core.read_model(source)
+            if model.format == "openvino-ir":
+                self.ov_model = openvino_ir.read(core, model, model_bytes)
+            else:
+                self.ov_model = core.read_model(model_bytes if model_bytes is not None else str(model.path))
             self.compiled = core.compile_model(self.ov_model, "CPU", config)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # OpenVINO raises RuntimeError/OpConversionFailure with multi-line logs
             raise ModelLoadError(f"{model.path}: OpenVINO cannot load the model ({first_reason(exc)})") from exc
         self.request = self.compiled.create_infer_request()
