@@ -29,8 +29,8 @@ def register(sub) -> None:
     p.add_argument("--method", dest="calibrate_method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="ONNX calibration method")
     p.add_argument("--engine", choices=["onnxruntime", "nncf"], default="onnxruntime",
-                   help="ONNX static int8: onnxruntime's quantizer (QOperator, fastest on onnxruntime) or NNCF "
-                        "(QDQ, fastest on --backend openvino)")
+                   help="static int8: onnxruntime's quantizer (QOperator, fastest on onnxruntime) or NNCF for "
+                        "--backend openvino (QDQ ONNX; with -o MODEL.xml an OpenVINO IR, from any model OpenVINO reads)")
     p.add_argument("--int8-io", action="store_true", help="TFLite static: int8 inputs and outputs too")
     p.add_argument("--minimum-size", type=int, default=1024, help="weights mode: smallest tensor to quantize")
     p.add_argument("--image-size", help="image folders: resize to H,W (default: the model's input size)")

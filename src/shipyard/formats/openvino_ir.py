@@ -2,7 +2,7 @@
 
 It is what NNCF's OpenVINO backend writes: an int8 IR runs on OpenVINO's CPU plugin with every
 quantized layer fused into int8 kernels, which the QDQ ONNX NNCF's ONNX backend writes does not
-always get (Keras ResNet50, 2 threads: 0.75x the QDQ ONNX's latency). Only OpenVINO reads it, so
+always get (Keras ResNet50, 2 threads: 0.6-0.8x the QDQ ONNX's latency). Only OpenVINO reads it, so
 shipyard reads it with OpenVINO too. The pieces every OpenVINO reader shares — a port's name and
 spec, an exception's informative line — live here, and the runner imports them.
 """

@@ -9,9 +9,10 @@ without the speed-up (QDQ s8s8 on x86: see onnx_quant.py).
 ``-o model.xml``: NNCF's OpenVINO backend on the model as OpenVINO reads it (ONNX, TFLite,
 SavedModel, GraphDef), written as an OpenVINO IR (.xml + .bin). Its int8 graph is OpenVINO's own,
 with FakeQuantize nodes where OpenVINO's CPU plugin has int8 kernels, and the plugin fuses all of
-them: Keras ResNet50 at 2 threads ran 0.75x the latency of the QDQ ONNX above and 0.92x that of
-the TFLite converter's int8 file, both on OpenVINO (paired bursts). Which form is faster depends
-on the model, so ``ship --optimize`` makes and measures both.
+them: Keras ResNet50 at 2 threads ran 0.6-0.8x the latency of the QDQ ONNX above and 0.93-1.0x
+that of the TFLite converter's int8 file, all on OpenVINO (paired bursts), and became ``ship
+--optimize``'s choice at 7.2x ``tf.function`` (docs/bench.md). Which form is faster depends on the
+model (MobileNetV2: the QDQ ONNX at one thread), so ``ship --optimize`` makes and measures both.
 
 When the default settings miss the accuracy budget, the variants below are tried in order, the
 way NNCF's accuracy-control loop would, and the first inside the budget is kept.
