@@ -200,6 +200,24 @@ def test_nncf_writes_an_openvino_ir_for_an_xml_output_from_onnx_and_tflite(keras
         assert server.stop() == 0
 
 
+def test_convert_to_openvino_ir_from_keras_and_tflite(keras_example, tmp_path, capsys):
+    """``convert --to openvino``: OpenVINO's converter, float32 weights, verified against the source;
+    Keras goes through its frozen graph, TFLite is read by OpenVINO directly."""
+    _, paths, x, expected = keras_example
+    for source in (paths["keras"], paths["tflite"]):
+        out = tmp_path / f"{source.suffix[1:]}.xml"
+        proc = cli_inprocess(capsys, "convert", source, "--to", "openvino", "-o", out, "--json")
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert doc["artifact"]["format"] == "openvino-ir" and doc["verification"]["passed"]
+        assert doc["path"][-1].endswith("openvino-ir")
+        assert out.with_suffix(".bin").stat().st_size > 1000  # float32 weights beside it
+        _, got = _outputs(out, "openvino", {"image": x})
+        np.testing.assert_allclose(next(iter(got.values())), expected, atol=1e-5)
+    assert_clean_error(cli_inprocess(capsys, "convert", paths["keras"], "--to", "openvino", "-o", paths["keras"]),
+                       "would overwrite")
+
+
 def test_ship_optimize_latency_chooses_measures_and_serves_its_choice(keras_paths, tmp_path, capsys):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(6).standard_normal((32, 12, 12, 3)).astype("float32"))

@@ -8,7 +8,7 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("convert", help="convert a model to another format and verify it against the source")
     p.add_argument("model", help="model file/directory, or a PyTorch module as package.module:factory")
-    p.add_argument("--to", required=True, help="onnx, tflite, tfjs, savedmodel, keras, torchscript, pb, memmapped")
+    p.add_argument("--to", required=True, help="onnx, tflite, tfjs, savedmodel, keras, torchscript, pb, memmapped, openvino")
     p.add_argument("-o", "--output", required=True, type=Path, help="output file (or directory for tfjs/savedmodel)")
     from shipyard.cliargs import add_inputs, add_nodes
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipyard import guard
-from shipyard.convert import onnx_tf, tf_edges, torch_edges, torch_tflite
+from shipyard.convert import onnx_tf, openvino_edges, tf_edges, torch_edges, torch_tflite
 from shipyard.convert.options import ConvertOptions
 from shipyard.errors import UnsupportedError, UsageError
 from shipyard.formats import registry
@@ -23,9 +23,10 @@ TARGETS = {
     "savedmodel": "tf-savedmodel", "saved_model": "tf-savedmodel", "keras": "keras",
     "torchscript": "torchscript", "tf-graphdef": "tf-graphdef", "graphdef": "tf-graphdef", "pb": "tf-graphdef",
     "memmapped": "tf-memmapped", "tf-memmapped": "tf-memmapped", "mmpb": "tf-memmapped",
+    "openvino": "openvino-ir", "openvino-ir": "openvino-ir", "ir": "openvino-ir",
 }
 # The names `convert --help` and its errors show (one per format; the others in TARGETS are aliases).
-TARGET_NAMES = ("onnx", "tflite", "tfjs", "savedmodel", "keras", "torchscript", "pb", "memmapped")
+TARGET_NAMES = ("onnx", "tflite", "tfjs", "savedmodel", "keras", "torchscript", "pb", "memmapped", "openvino")
 SUFFIX = registry.suffixes()  # format -> the suffix of an intermediate file (formats/registry.py)
 
 
@@ -61,6 +62,11 @@ EDGES = [
     Edge("torch-export", "tflite", torch_tflite.to_tflite, "litert-torch", "litert-torch", torch_tflite.available),
     Edge("onnx", "tflite", onnx_tf.onnx_to_tflite, "onnx2tf", "onnx2tf"),
     Edge("onnx", "tf-savedmodel", onnx_tf.onnx_to_savedmodel, "onnx2tf", "onnx2tf"),
+    # OpenVINO reads these four itself (convert/openvino_edges.py); Keras goes through its frozen graph
+    Edge("onnx", "openvino-ir", openvino_edges.to_ir, "OpenVINO (convert_model)"),
+    Edge("tflite", "openvino-ir", openvino_edges.to_ir, "OpenVINO (convert_model)"),
+    Edge("tf-savedmodel", "openvino-ir", openvino_edges.to_ir, "OpenVINO (convert_model)"),
+    Edge("tf-graphdef", "openvino-ir", openvino_edges.to_ir, "OpenVINO (convert_model)"),
 ]
 
 # Reasons shown when no chain exists between two formats (none today: each pair that lacked a

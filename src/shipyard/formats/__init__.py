@@ -46,3 +46,19 @@ def files_of(path: Path, fmt: str | None = None) -> list[Path]:
         return sorted(p for p in path.rglob("*") if p.is_file())
     several = model_files(path, fmt) if fmt else None
     return [p for p in several.values() if p.is_file()] if several else [path]
+
+
+def copy_model(model, out: Path) -> None:
+    """The files of ``model`` (a ``Model``) at ``out``, each replaced atomically: the others (an
+    IR's .bin) beside ``out`` with their own suffixes, first, and ``out`` itself, the file a reader
+    opens, last, so that it never names weights that are not there yet."""
+    import shutil
+    from contextlib import ExitStack
+
+    from shipyard.atomic import atomic_path
+
+    sources = files_of(model.path, model.format)
+    with ExitStack() as stack:  # entered first, replaced last
+        for src in sorted(sources, key=lambda p: p != model.path):
+            target = out if src == model.path else out.with_suffix(src.suffix)
+            shutil.copyfile(src, stack.enter_context(atomic_path(target)))

@@ -19,7 +19,6 @@ way NNCF's accuracy-control loop would, and the first inside the budget is kept.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,26 +124,11 @@ def _ir_form(nncf, model: Model, feeds, signature) -> _Form:
                   "why": "NNCF's OpenVINO backend: every quantized layer runs on an int8 kernel of OpenVINO's CPU plugin"})
 
 
-def _commit(chosen: Model, out_path: Path) -> None:
-    """The chosen trial's files at ``out_path``, each replaced atomically (an IR's .bin before its
-    .xml, so that the .xml, the file a reader opens, never names weights that are not there yet)."""
-    from contextlib import ExitStack
-
-    from shipyard.atomic import atomic_path
-    from shipyard.formats import files_of
-
-    sources = files_of(chosen.path, chosen.format)
-    with ExitStack() as stack:
-        # entered first, replaced last: the main file; the others (.bin) are replaced before it
-        for src in sorted(sources, key=lambda p: p != chosen.path):
-            target = out_path if src == chosen.path else out_path.with_suffix(src.suffix)
-            shutil.copyfile(src, stack.enter_context(atomic_path(target)))
-
-
 def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
     """Static int8 with NNCF (QDQ ONNX, or an OpenVINO IR for a .xml output), judged on OpenVINO
     against the float model."""
     from shipyard.errors import UnsupportedError, UsageError
+    from shipyard.formats import copy_model
     from shipyard.formats.openvino_ir import first_reason
     from shipyard.quantize.request import calibration_source, finish, measure, samples_and_labels
     from shipyard.runtimes import open_runner
@@ -198,5 +182,5 @@ def quantize_nncf(model: Model, out_path: Path, req) -> QuantizeReport:
                          "kept_float": []} if req.search else None
         measure(report, model, chosen, feeds, req, backend="openvino")
         finish(report, verification, req, "the NNCF-quantized model")
-        _commit(chosen, out_path)
+        copy_model(chosen, out_path)
     return report
