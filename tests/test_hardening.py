@@ -482,3 +482,31 @@ def test_sigint_stops_a_run_whether_sent_to_the_pid_or_the_group(keras_paths, tm
     assert proc.returncode == 130, (proc.returncode, stderr)
     assert stderr.strip().splitlines() == ["shipyard: interrupted"], stderr
     assert list(tmp_path.iterdir()) == [], "nothing written next to the output"
+
+
+def test_scratch_directories_survive_another_run_removing_the_shared_root(tmp_path, monkeypatch):
+    """Every run makes its scratch directory under one shared root and removes the root when it is
+    empty at the end: another run's rmdir can fall between a run's mkdir and its check of it.
+    Another process doing exactly that, as fast as it can, must never make a run fail."""
+    import tempfile
+
+    from shipyard.atomic import run_scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = tmp_path / f"shipyard-{os.getuid()}"
+    churn = subprocess.Popen([sys.executable, "-c", (
+        "import os, time\n"
+        f"root = {str(root)!r}\n"
+        "end = time.time() + 20\n"
+        "while time.time() < end:\n"
+        "    try:\n"
+        "        os.mkdir(root); os.rmdir(root)\n"
+        "    except OSError:\n"
+        "        pass\n")])
+    try:
+        for _ in range(3000):
+            with run_scratch() as scratch:
+                assert scratch.is_dir()
+    finally:
+        churn.kill()
+        churn.wait()

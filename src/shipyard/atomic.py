@@ -135,13 +135,15 @@ def run_scratch() -> Iterator[Path]:
     next run. Without it a killed quantize left a full copy of its input in TMPDIR."""
     root = Path(tempfile.gettempdir()) / f"shipyard-{os.getuid()}"
     for attempt in range(5):  # another run may remove the (empty) root between mkdir and mkdtemp
-        root.mkdir(mode=0o700, exist_ok=True)
-        if attempt == 0:
-            _remove_stale(root, "run-")
         try:
+            # exist_ok still raises FileExistsError when another run's rmdir falls between the
+            # failed mkdir and its is_dir() check (CI saw it once in ~700 runs): try again
+            root.mkdir(mode=0o700, exist_ok=True)
+            if attempt == 0:
+                _remove_stale(root, "run-")
             scratch = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root))
             break
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):
             continue
     else:
         scratch = Path(tempfile.mkdtemp(prefix=f"shipyard-run-{os.getpid()}-"))
