@@ -87,24 +87,15 @@ def _onnx_form(nncf, model: Model, feeds, work: Path) -> _Form:
 
 def _ir_form(nncf, model: Model, feeds, signature) -> _Form:
     ov = require("openvino", "Quantizing for OpenVINO with NNCF")
-    from shipyard.errors import ModelLoadError, UnsupportedError, UsageError
-    from shipyard.formats.openvino_ir import first_reason, signature_of
+    from shipyard.errors import UsageError
+    from shipyard.formats.openvino_ir import graph_of, signature_of
     from shipyard.verify import adapt_feeds
 
     if model.format not in registry.formats_by_engine()["openvino"]:
         raise UsageError(f"{model.path}: OpenVINO does not read {registry.get(model.format).word} models, so NNCF "
                          "cannot make an OpenVINO IR of it",
                          hint="convert it first: shipyard convert MODEL --to onnx -o model.onnx")
-    if model.in_memory() is not None:
-        raise UnsupportedError(f"{model.path}: NNCF's OpenVINO backend reads the model from a file, not an encrypted one",
-                               hint="quantize the unencrypted model, then encrypt the result")
-    try:
-        # convert_model, not Core.read_model: its front-end passes fold the shape subgraphs that an
-        # ONNX Conv's bias brings with a dynamic batch (161 ShapeOf nodes in ResNet50, ~5% slower)
-        # (an IR is already OpenVINO's own graph: convert_model does not take one)
-        graph = ov.Core().read_model(str(model.path)) if model.format == "openvino-ir" else ov.convert_model(str(model.path))
-    except Exception as exc:
-        raise ModelLoadError(f"{model.path}: OpenVINO cannot read the model ({first_reason(exc)})") from exc
+    graph = graph_of(model)
     found = sorted({op.get_type_name() for op in graph.get_ordered_ops()} & {"FakeQuantize", "FakeConvert"})
     if found:
         raise UsageError(f"{model.path}: the model is already quantized (OpenVINO reads {', '.join(found)} nodes in it)",

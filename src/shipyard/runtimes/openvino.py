@@ -53,7 +53,8 @@ class OpenVINORunner(BaseRunner):
         self.request = self.compiled.create_infer_request()
         self._ov = ov
         self.precision = precision
-        wanted = _own_names(model)
+        # an IR's own names are its ports' (formats/openvino_ir.py): no second read of it for them
+        wanted = set() if model.format == "openvino-ir" else _own_names(model)
         ins = [port_spec(p, port_name(p, wanted)) for p in self.compiled.inputs]
         outs = [port_spec(p, port_name(p, wanted)) for p in self.compiled.outputs]
         super().__init__(model, Signature(tuple(ins), tuple(outs)), threads)
