@@ -210,3 +210,66 @@ def test_a_large_graph_is_searched_by_stretches_within_its_time_box(tmp_path):
     assert result.chosen.verification.passed
     assert set(result.chosen.kept_float) == stem
     assert len(result.trials) <= 30, len(result.trials)
+
+
+def test_a_float_front_is_found_when_no_stretch_helps(tmp_path):
+    """basic-pitch's graph computes its constant-Q transform (8 octaves of filter-bank convolutions,
+    each behind its own Pad/Reshape/Transpose) before a log: int8 rounds the quiet bins to zero,
+    and only the whole front kept in float brings them back: no stretch of an eighth of the graph
+    helps alone. The front is 80% of the nodes but 8% of the FLOPs, so the float share is counted
+    in FLOPs when the engine gives them; the head that still misses is found node by node on top."""
+    from shipyard.quantize.search import Search
+
+    candidates = {f"n{i}": "Conv" for i in range(200)}
+    front, head = {f"n{i}" for i in range(160)}, "n190"
+    cost = {n: (1 if n in front else 100) for n in candidates}
+
+    def error(kept):
+        return 0.5 if not front <= kept else (0.01 if head in kept else 0.2)
+
+    build, evaluate = _scripted_trials(tmp_path, error)
+    assert not evaluate(build({}, tuple(front))).passed  # the front alone is not enough
+
+    result = Search(build, evaluate, None, [{"per_channel": False}], candidates, cost=cost).run()
+    assert result.chosen.verification.passed
+    assert set(result.chosen.kept_float) == front | {head}
+    assert len(result.trials) <= 1 + 8 + 7 + 5 + 40 + 2, len(result.trials)
+
+    # counted by nodes, the same front is past the float share: out of reach, as before
+    result = Search(build, evaluate, None, [{"per_channel": False}], candidates).run()
+    assert not result.chosen.verification.passed
+
+
+def test_the_shortest_passing_front_is_kept(tmp_path):
+    """When a front alone meets the budget, the shortest one that does is kept (bisection between
+    the last prefix that missed and the first that met it), and its nodes are not pruned one by one."""
+    from shipyard.quantize.search import Search
+
+    candidates = {f"n{i}": "Conv" for i in range(100)}
+    needed = {f"n{i}" for i in range(37)}
+    build, evaluate = _scripted_trials(tmp_path, lambda kept: 0.01 if needed <= kept else 0.25)
+    result = Search(build, evaluate, None, [{"per_channel": False}], candidates,
+                    cost={n: 1 for n in candidates}, max_float_fraction=0.5).run()
+    assert result.chosen.verification.passed
+    assert set(result.chosen.kept_float) == needed
+    assert len(result.trials) <= 1 + 8 + 3 + 4, len(result.trials)
+
+
+def test_a_front_beats_stretches_that_each_help_a_little(tmp_path):
+    """basic-pitch as TFLite: each eighth of its filter bank kept float closes a little of the gap,
+    so the search by stretches went on round after round (71 trials, the whole 240 s time box) and
+    missed. After its first round the float front is tried too, and it wins."""
+    from shipyard.quantize.search import Search
+
+    candidates = {f"n{i}": "Conv" for i in range(200)}
+    front = {f"n{i}" for i in range(150)}
+    cost = {n: 1 for n in candidates}
+
+    def error(kept):
+        return 0.01 if front <= kept else 0.5 - 0.3 * len(front & kept) / len(front)
+
+    build, evaluate = _scripted_trials(tmp_path, error)
+    result = Search(build, evaluate, None, [{"per_channel": False}], candidates, cost=cost,
+                    max_float_fraction=0.8).run()
+    assert result.chosen.verification.passed and set(result.chosen.kept_float) == front
+    assert len(result.trials) <= 1 + 8 + 6 + 5, len(result.trials)

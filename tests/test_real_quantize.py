@@ -47,18 +47,19 @@ OUT_OF_BUDGET = {
     "ocr-det-onnx": (False, ("sigmoid_0.tmp_0 [288, 480] probability map: cosine 0.844, top-1 82.8% (1e-5 noise "
                             "alone: 2.4%)")),
 }
-# Sigmoid posteriorgrams (basic-pitch) and a CTC recogniser (PP-OCR rec) whose int8 loss is spread over
-# the whole graph: no stretch of it kept in float closes 1% of the gap (tried: 8 stretches of 27-41 nodes
-# each; the first or second half of the graph float: basic-pitch onset cosine 0.966 / 0.960, ocr-rec
-# 0.963 / 0.961), and every other node in float is the float model. Judged by what they decide
-# (test_a_posteriorgram_is_judged_by_its_note_decisions): basic-pitch onsets agree on ~34% of the
-# notes either model plays, ocr-rec's top-1 94%.
+# A CTC recogniser (PP-OCR rec) whose int8 loss is spread over the whole graph: no stretch of it kept
+# in float closes 1% of the gap (tried: 8 stretches of 27-41 nodes each; the first or second half of the
+# graph float: cosine 0.963 / 0.961), and every other node in float is the float model. Its top-1 94%.
+# (basic-pitch x3 were here: their int8 loss is the constant-Q filter bank before the log, which only
+# comes back when all of it is float; the search now tries the front of the graph in float:
+# test_a_float_front_is_found_when_no_stretch_helps.)
 OUT_OF_BUDGET.update({
-    "basic-pitch-onnx": (True, "onset cosine 0.966, note decisions 34% agreement"),
-    "basic-pitch-tflite": (True, "through its ONNX conversion: the same graph as basic-pitch-onnx"),
-    "basic-pitch-savedmodel": (True, "TFLite int8 of the same model (see benchmarks/quantize_corpus.py)"),
     "ocr-rec-onnx": (True, "softmax_11.tmp_0 cosine 0.951-0.965, top-1 93.7-94.9%"),
 })
+# Inside the budget, but the int8 file is not smaller than float: basic-pitch has 36 K weights, half of
+# them the filter bank that stays float, in a graph whose node records (tf2onnx's long names, the
+# quantize/dequantize pairs around the float front) outweigh what int8 saves. quantize says so.
+NOT_SMALLER = {"basic-pitch-onnx", "basic-pitch-tflite"}
 # Models onnxruntime's quantizer leaves unquantized: shipyard refuses (UnsupportedError, nothing written).
 NOTHING_TO_QUANTIZE = {
     "silero-vad-onnx": "every weight lives in Constant nodes inside If subgraphs (8 kHz / 16 kHz branches); shipyard "
@@ -134,7 +135,11 @@ def test_static_quantization_keeps_the_task(model_id: str, tmp_path):
     assert report.verification["passed"], report.verification["failures"]
     assert report.calibration["samples"] >= 32 and report.calibration["measured"]
     float_size = source.stat().st_size if source.is_file() else report.size_before
-    assert out.exists() and out.stat().st_size < float_size
+    assert out.exists()
+    if model_id in NOT_SMALLER:
+        assert any("not smaller than the float one" in w for w in report.warnings), report.warnings
+    else:
+        assert out.stat().st_size < float_size
     if model.check:
         model.check(run_task(model, out, names))
 
@@ -253,8 +258,9 @@ def test_int8_slower_than_float_is_refused_not_chosen_silently(tmp_path):
 def test_the_search_is_time_boxed(tmp_path):
     """The search used to stop only at 400 trials (BlazeFace: 1021 s, PP-OCR det: > 15 min). Now no
     trial starts after its time box: it ends like a search that ran out of trials (the closest model
-    judged, nothing written) and says that time stopped it. basic-pitch misses the budget (see below)
-    and its trials take about a second each, so a 3-second box stops the search after a few."""
+    judged, nothing written) and says that time stopped it. basic-pitch meets the budget only after
+    about 35 trials (its float front, then a head node or two) of about a second each, so a 3-second
+    box stops the search after a few."""
     model = CORPUS["basic-pitch-onnx"]
     calib = tmp_path / "calibration.npz"
     np.savez(calib, **calibration(model.id))
@@ -273,8 +279,8 @@ def test_a_posteriorgram_is_judged_by_its_note_decisions(tmp_path):
     which near-zero pitch is largest — and reported the onsets at 16% top-1 agreement, a figure of
     noise that also steered the search. Now each is read as probabilities (values in [0, 1] not
     summing to 1) and judged by its decisions at 0.5 over the elements either model calls positive,
-    and the report says so. The int8 model still misses the budget, on figures that mean something:
-    about a third of the onsets agree (and cosine 0.97); nothing is written."""
+    and the report says so. Fully int8 (no search) it misses the budget on figures that mean
+    something: about a third of the onsets agree (and cosine 0.97); nothing is written."""
     model = CORPUS["basic-pitch-onnx"]
     calib = tmp_path / "calibration.npz"
     np.savez(calib, **calibration(model.id))

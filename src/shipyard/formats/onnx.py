@@ -285,6 +285,13 @@ def count_flops(proto) -> F.FlopTally:
     return tally
 
 
+def flops_by_node(proto) -> dict[str, int | None]:
+    """Each named node's FLOPs (None where its shapes are unknown): what keeping it in float costs,
+    for the quantization search's float share."""
+    shapes = _shape_table(proto)
+    return {n.name: _node_flops(n, shapes) for n in proto.graph.node if n.name}
+
+
 def _attr(node, name, default=None):
     for a in node.attribute:
         if a.name == name:

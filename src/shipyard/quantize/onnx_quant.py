@@ -226,6 +226,13 @@ def quantizable_nodes(path: Path, opts: StaticOptions) -> tuple[dict[str, str], 
     return nodes, feeds
 
 
+def node_flops(path: Path) -> dict[str, int | None]:
+    """{node name: FLOPs} of the graph (None where shapes are unknown): the search's float share."""
+    from shipyard.formats.onnx import flops_by_node, load_proto
+
+    return flops_by_node(load_proto(path))
+
+
 def quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude) -> dict:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_dynamic

@@ -134,6 +134,15 @@ def check_speed(report: QuantizeReport, req: Request, what: str, ref_model: Mode
                           hint="nothing was written; ship the float model (or --force to write the int8 one anyway)")
 
 
+def warn_if_not_smaller(report: QuantizeReport) -> None:
+    """Say so when the quantized file is not smaller than the float one. basic-pitch: 36 K weights,
+    half of them a filter bank that stays float, in a graph whose node records (tf2onnx's long names,
+    the quantize/dequantize pairs around float nodes) outweigh what int8 saves."""
+    if report.size_before and report.size_after >= report.size_before:
+        report.warnings.append(f"the quantized file is not smaller than the float one ({report.size_after} bytes "
+                               f"against {report.size_before}): its graph outweighs what int8 saves on its weights")
+
+
 def measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, req: Request,
              backend: str | None = None) -> None:
     """Size and latency of ``new_model`` against ``ref_model``."""
@@ -144,6 +153,7 @@ def measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, r
     guard.stage("measuring the quantized model")
     report.size_before = inspect_model(ref_model).size_bytes
     report.size_after = sum(p.stat().st_size for p in files_of(new_model.path, new_model.format))
+    warn_if_not_smaller(report)
     if req.latency_runs:
         report.latency_before_ms = latency_ms(ref_model, feeds[0], req.latency_runs, req.threads, backend)
         report.latency_after_ms = latency_ms(new_model, feeds[0], req.latency_runs, req.threads, backend)

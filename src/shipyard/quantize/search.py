@@ -11,6 +11,9 @@ and the TFLite converter:
    candidates in graph order) are kept in float one at a time; a stretch that brings the model
    inside the budget is halved while a half still does (bisection: a few trials, where one per
    node over a 200-node model runs past the time box before it reaches the heads).
+   When no stretch helps, the front of the graph is kept in float instead (prefixes of growing
+   length): a model that computes its features in the graph (an audio model's filter bank and
+   log-magnitude) loses them as a whole, and only as a whole do they come back.
 3. Otherwise, starting from the variant closest to the budget, each candidate node's
    sensitivity is measured *at the model's outputs*: the model is rebuilt with only that node
    kept in float and the gain in the verification score is recorded. Every node kind counts
@@ -37,6 +40,7 @@ MIN_SAMPLES = 16  # fewer cannot tell a 1% agreement drop from noise
 RERANK = 16       # nodes measured again in each round after the first
 REGIONS = 8       # stretches of the graph tried in float first, when it has more than...
 MANY = 32         # ...this many candidates (one trial per node would not fit the time box)
+FRONT = 8         # prefixes of the graph tried in float: 1/8, 2/8, ... 7/8 of its candidates
 
 
 @dataclass
@@ -83,7 +87,7 @@ class Search:
     def __init__(self, build: Build, evaluate: Evaluate, latency: Latency | None, variants: list[dict],
                  candidates: dict[str, str], max_trials: int = 400, max_float_fraction: float = 0.5,
                  producers: dict[str, list[str]] | None = None, quantized: Callable[[Path], bool] | None = None,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, cost: dict[str, int | None] | None = None):
         self.build, self.evaluate, self.latency = build, evaluate, latency
         self.variants, self.candidates = variants, candidates
         self.producers = producers or {}  # node -> the candidates feeding it (its neighbourhood)
@@ -94,9 +98,25 @@ class Search:
         self.max_seconds = max_seconds
         self.started = time.monotonic()
         # A "quantized" model that keeps most of its nodes in float is the float model, slower:
-        # past this share the budget is declared out of reach.
+        # past this share the budget is declared out of reach. The share is of the compute (FLOPs)
+        # when the engine counted every candidate's: basic-pitch's float filter bank is 80% of the
+        # nodes (Reshape, Pad, Unsqueeze around 24 small convolutions) and 8% of the FLOPs.
         self.max_float = max(1, int(len(candidates) * max_float_fraction))
+        self.max_float_fraction = max_float_fraction
+        known = cost is not None and all(cost.get(n) is not None for n in candidates)
+        self.cost = {n: float(cost[n]) for n in candidates} if known else None
+        self.total_cost = sum(self.cost.values()) if self.cost else 0.0
+        if not self.total_cost:
+            self.cost = None
         self.trials: list[Trial] = []
+        self.front: tuple[str, ...] = ()  # the float front found by _front, if one is kept
+        self.front_tried = False
+
+    def _within_share(self, nodes) -> bool:
+        """Whether keeping ``nodes`` in float stays inside the float share the search allows itself."""
+        if self.cost is None:
+            return len(set(nodes)) <= self.max_float
+        return sum(self.cost.get(n, 0.0) for n in set(nodes)) <= self.max_float_fraction * self.total_cost
 
     def _exhausted(self) -> bool:
         return len(self.trials) >= self.max_trials or (
@@ -163,7 +183,7 @@ class Search:
             if groups and (len(group) == 1 or (groups > 1 and len(group) == 1 + len(
                     [p for p in self._ancestors(name, groups - 1) if p not in kept]))):
                 continue  # measured at a smaller depth already
-            if len(kept) + len(group) > self.max_float:
+            if not self._within_share((*kept, *group)):
                 continue  # past the float share the search allows itself
             what = "nodes with their inputs" if groups else ("sensitivity at the outputs" if not kept
                                                              else f"node {len(kept) + 1} to keep in float")
@@ -179,13 +199,20 @@ class Search:
         most, re-measure the others on top of it, and so on until the budget holds (then drop
         any the budget does not need). Re-measuring each round finds nodes that only matter
         once another is float (the inputs of a Concat that was forced to one scale)."""
+        front: tuple[str, ...] = ()
         if len(self.candidates) > MANY:
             found = self._regions(base)
-            if found is not None:
-                return self._finish(found, [])
-        kept: tuple[str, ...] = ()
-        state, sensitivity, rows = base, [], []
-        while len(kept) < self.max_float and not self._exhausted():
+            if found is None and not self.front_tried:
+                found = self._front(base)
+            front = self.front
+            if found is not None and found.verification.passed:
+                return self._finish(found, [], fixed=front)
+            if found is not None:  # the float front closes part of the gap: the per-node search goes on from it
+                base = found
+        kept: tuple[str, ...] = front
+        state, sensitivity = base, []
+        rows: list[dict] = [{"node": n, "op": self.candidates[n], "gain": None} for n in front]
+        while self._within_share(kept) and not self._exhausted():
             # After the first full round, only the most sensitive nodes and the neighbours of
             # the kept ones are measured again: a round over every node of a MobileNet-size
             # model would spend the whole trial budget on two or three nodes.
@@ -217,7 +244,7 @@ class Search:
             rows += [{"node": n, "op": self.candidates[n], "gain": row["gain"] if n == row["node"] else None}
                      for n in (row["node"], *row["group"])]
             if state.verification.passed:
-                state = self._prune(state)
+                state = self._prune(state, fixed=front)
                 rows = [r for r in rows if r["node"] in state.kept_float]
                 if self.latency is not None:
                     state.latency_ms = self.latency(state.path)
@@ -230,7 +257,9 @@ class Search:
         """Group testing over the graph: REGIONS contiguous stretches of candidates (graph order)
         each kept in float; the best one is kept when it helps and the rest is split again, until a
         trial meets the budget; that stretch is then halved while a half still meets it. None when
-        no stretch helps (the per-node search takes over)."""
+        no stretch helps (the per-node search takes over). When the first round's best stretch only
+        closes part of the gap, a float front (``_front``) is tried too, and returned (met or not)
+        when it does better."""
         order = list(self.candidates)
         kept: tuple[str, ...] = ()
         state = base
@@ -240,7 +269,7 @@ class Search:
             tried: list[tuple[list[str], Trial]] = []
             for i in range(0, len(rest), size):
                 group = rest[i:i + size]
-                if len(kept) + len(group) > self.max_float or self._exhausted():
+                if not self._within_share((*kept, *group)) or self._exhausted():
                     continue
                 guard.stage(f"keeping a stretch of the graph in float: {i // size + 1}/{-(-len(rest) // size)}")
                 tried.append((group, self._try(state.settings, (*kept, *group))))
@@ -256,8 +285,66 @@ class Search:
                 return self._bisect(kept, group, best)
             if best.verification.score() >= state.verification.score() * 0.99:
                 return None  # no stretch closes 1% of the gap: not a matter of one region
+            if not kept:
+                # Stretches help a little each (basic-pitch as TFLite: round after round of them
+                # spent the whole time box): a float front may be what they are approaching.
+                front = self._front(base)
+                if front is not None and front.verification.score() < best.verification.score():
+                    best.path.unlink(missing_ok=True)
+                    return front
+                self.front = ()
+                if front is not None:
+                    front.path.unlink(missing_ok=True)
             kept, state = best.kept_float, best
         return None
+
+    def _front(self, base: Trial) -> Trial | None:
+        """The front of the graph kept in float: prefixes of 1/FRONT, 2/FRONT... of the candidates
+        (graph order) until one meets the budget; when none does, the best one that closes >= 1% of
+        the gap, for the per-node search to finish; None when none helps. For a model whose first nodes compute features whose small values matter
+        (a filter bank before a log: int8 rounds the quiet bins to zero), which only help all together.
+        The front is then narrowed by bisection to the shortest one as good as the best."""
+        self.front_tried = True
+        order = list(self.candidates)
+        tried: list[tuple[int, Trial]] = []
+        for j in range(1, FRONT):
+            k = len(order) * j // FRONT
+            if k == 0 or (tried and k == tried[-1][0]):
+                continue
+            if self._exhausted() or not self._within_share(order[:k]):
+                break
+            guard.stage(f"keeping the front of the graph in float: {j}/{FRONT} of it")
+            tried.append((k, self._try(base.settings, tuple(order[:k]))))
+            if tried[-1][1].verification.passed:
+                break
+        if not tried:
+            return None
+        i = min(range(len(tried)), key=lambda r: (tried[r][1].verification.score(), r))
+        (hi, best), lo = tried[i], (tried[i - 1][0] if i else 0)
+        for _, t in tried:
+            if t is not best:
+                t.path.unlink(missing_ok=True)
+        if not best.verification.passed and best.verification.score() >= base.verification.score() * 0.99:
+            best.path.unlink(missing_ok=True)
+            return None  # no front closes 1% of the gap
+        # the shortest front as good as the best one: meeting the budget, or within 1% of its score
+        bar = best.verification.score() * 1.01
+
+        def as_good(t: Trial) -> bool:
+            return t.verification.passed if best.verification.passed else t.verification.score() <= bar
+
+        while hi - lo > 1 and not self._exhausted():
+            mid = (lo + hi) // 2
+            guard.stage(f"narrowing the float front: {mid} node(s)")
+            t = self._try(best.settings, tuple(order[:mid]))
+            if as_good(t):
+                best.path.unlink(missing_ok=True)
+                hi, best = mid, t
+            else:
+                t.path.unlink(missing_ok=True)
+                lo = mid
+        self.front = best.kept_float
+        return best
 
     def _bisect(self, kept: tuple[str, ...], group: list[str], best: Trial) -> Trial:
         """Halve ``group`` (kept in float on top of ``kept``) while one half still meets the budget."""
@@ -280,7 +367,10 @@ class Search:
         budget (a binary search over k, so log2(n) trials), or None when even the largest k the
         float share allows does not. Where many nodes each help a little (a detector's score
         head), this finds in a dozen trials what greedy rounds of re-measuring take hundreds for."""
-        order = [r["node"] for r in sensitivity if r["gain"] > 0][:self.max_float]
+        order = []
+        for r in sensitivity:
+            if r["gain"] > 0 and self._within_share((*order, r["node"])):
+                order.append(r["node"])
         if len(order) < 2 or self._exhausted():
             return None
         guard.stage(f"keeping the {len(order)} most sensitive nodes in float together")
@@ -301,9 +391,10 @@ class Search:
                 lo = mid + 1
         return best
 
-    def _finish(self, state: Trial, sensitivity: list[dict]) -> tuple[Trial, list[dict], list[dict]]:
-        """Prune what the budget holds without, measure the latency, name the kept nodes."""
-        state = self._prune(state)
+    def _finish(self, state: Trial, sensitivity: list[dict],
+                fixed: tuple[str, ...] = ()) -> tuple[Trial, list[dict], list[dict]]:
+        """Prune what the budget holds without (but ``fixed``), measure the latency, name the kept nodes."""
+        state = self._prune(state, fixed)
         gains = {r["node"]: r["gain"] for r in sensitivity}
         rows = [{"node": n, "op": self.candidates[n], "gain": gains.get(n)} for n in state.kept_float]
         if self.latency is not None:
@@ -316,12 +407,16 @@ class Search:
         are the noise of a few flipped samples)."""
         return row["passes"] or row["gain"] > max(1e-9, 0.01 * state.verification.score())
 
-    def _prune(self, best: Trial) -> Trial:
-        """Drop each kept node (least sensitive first) that the budget holds without."""
+    def _prune(self, best: Trial, fixed: tuple[str, ...] = ()) -> Trial:
+        """Drop each kept node (least sensitive first) that the budget holds without. Nodes in
+        ``fixed`` (a float front, already bisected to its shortest) are not tried one by one:
+        a trial per Reshape of a 200-node front would spend the time box."""
         kept = list(best.kept_float)
         for name in reversed(list(best.kept_float)):
             if len(kept) <= 1 or self._exhausted():
                 break
+            if name in fixed:
+                continue
             trial_kept = tuple(n for n in kept if n != name)
             t = self._try(best.settings, trial_kept)
             if t.verification.passed:

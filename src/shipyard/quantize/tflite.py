@@ -143,8 +143,9 @@ def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
 
 def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
     from shipyard.atomic import atomic_path
-    from shipyard.formats.tflite import TFLiteFile
-    from shipyard.quantize.request import calibration_source, finish, samples_and_labels
+    from shipyard.formats.tflite import TFLiteFile, flops_by_output
+    from shipyard.quantize.request import (calibration_source, check_speed, finish, samples_and_labels,
+                                           warn_if_not_smaller)
     from shipyard.quantize.search import Search
     from shipyard.verify import judge
 
@@ -194,7 +195,7 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
             result = Search(build, evaluate, latency if req.latency_runs else None, variants,
                             {k: v for k, v in candidates.items() if k not in req.exclude} if req.search else {},
                             producers=producers, quantized=_computes_in_int8, max_trials=req.max_trials,
-                            max_seconds=req.max_seconds).run()
+                            max_seconds=req.max_seconds, cost=flops_by_output(calibrated)).run()
             data = result.chosen.path.read_bytes()
             verification = result.chosen.verification
             report.search = result.to_json() if req.search else None
@@ -228,5 +229,10 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
             if req.latency_runs:
                 report.latency_before_ms = _latency(float_path, feeds[0], req.latency_runs, req.threads)
                 report.latency_after_ms = _latency(tmp, feeds[0], req.latency_runs, req.threads)
+            warn_if_not_smaller(report)
             finish(report, verification, req, f"the {req.mode}-quantized TFLite model")
+            if req.mode == "static":
+                # the same rule as for onnxruntime: an int8 model slower than its float one is not written
+                check_speed(report, req, "the int8 TFLite model", Model("tflite", float_path), Model("tflite", tmp),
+                            feeds[0])
     return report
