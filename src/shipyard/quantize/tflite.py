@@ -144,8 +144,13 @@ def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
 def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
     from shipyard.atomic import atomic_path
     from shipyard.formats.tflite import TFLiteFile, flops_by_output
-    from shipyard.quantize.request import (calibration_source, check_speed, finish, samples_and_labels,
-                                           warn_if_not_smaller)
+    from shipyard.quantize.request import (
+        calibration_source,
+        check_speed,
+        finish,
+        samples_and_labels,
+        warn_if_not_smaller,
+    )
     from shipyard.quantize.search import Search
     from shipyard.verify import judge
 
