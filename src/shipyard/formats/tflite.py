@@ -137,20 +137,6 @@ def ops_by_output(data: bytes, dtypes: tuple[str, ...] = ("float32",)) -> dict[s
     return out
 
 
-def flops_by_output(data: bytes) -> dict[str, int | None]:
-    """{first output tensor name: FLOPs (None when uncounted)} of the first subgraph's ops, keyed
-    like ``ops_by_output``: what keeping each in float costs, for the quantization search."""
-    f = TFLiteFile(Path("<memory>"), data)
-    g = f.subgraphs[0]
-    out: dict[str, int | None] = {}
-    for i in range(g.OperatorsLength()):
-        op = g.Operators(i)
-        if op.OutputsLength():
-            name = f.opcodes[op.OpcodeIndex()]
-            out[_text(g.Tensors(int(op.Outputs(0))).Name())] = _op_flops(f, g, op, name)
-    return out
-
-
 def signature(model: Model) -> Signature:
     f = TFLiteFile(model.path, model.in_memory())
     try:

@@ -138,9 +138,11 @@ def warn_if_not_smaller(report: QuantizeReport) -> None:
     """Say so when the quantized file is not smaller than the float one. basic-pitch: 36 K weights,
     half of them a filter bank that stays float, in a graph whose node records (tf2onnx's long names,
     the quantize/dequantize pairs around float nodes) outweigh what int8 saves."""
+    from shipyard.report.numbers import size
+
     if report.size_before and report.size_after >= report.size_before:
-        report.warnings.append(f"the quantized file is not smaller than the float one ({report.size_after} bytes "
-                               f"against {report.size_before}): its graph outweighs what int8 saves on its weights")
+        report.warnings.append(f"the quantized file is not smaller than the float one ({size(report.size_after)} "
+                               f"against {size(report.size_before)}): its graph outweighs what int8 saves on its weights")
 
 
 def measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, req: Request,

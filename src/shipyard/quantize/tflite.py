@@ -143,7 +143,7 @@ def _layer_errors(tf, converter, feeds, names, exclude, top: int = 5):
 
 def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
     from shipyard.atomic import atomic_path
-    from shipyard.formats.tflite import TFLiteFile, flops_by_output
+    from shipyard.formats.tflite import TFLiteFile
     from shipyard.quantize.request import (
         calibration_source,
         check_speed,
@@ -200,7 +200,7 @@ def quantize_to_tflite(model: Model, out_path: Path, req) -> QuantizeReport:
             result = Search(build, evaluate, latency if req.latency_runs else None, variants,
                             {k: v for k, v in candidates.items() if k not in req.exclude} if req.search else {},
                             producers=producers, quantized=_computes_in_int8, max_trials=req.max_trials,
-                            max_seconds=req.max_seconds, cost=flops_by_output(calibrated)).run()
+                            max_seconds=req.max_seconds).run()
             data = result.chosen.path.read_bytes()
             verification = result.chosen.verification
             report.search = result.to_json() if req.search else None
