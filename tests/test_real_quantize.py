@@ -55,6 +55,10 @@ OUT_OF_BUDGET = {
 # test_a_float_front_is_found_when_no_stretch_helps.)
 OUT_OF_BUDGET.update({
     "ocr-rec-onnx": (True, "softmax_11.tmp_0 cosine 0.951-0.965, top-1 93.7-94.9%"),
+    # The TFLite search met it (cosine 0.99966, 62 trials) with its float share counted in FLOPs; that
+    # counting is off again for TFLite (it changed the docs' Keras example), and by nodes the float
+    # filter bank is past half the graph.
+    "basic-pitch-savedmodel": (True, "TFLite int8: the float front is past half of its nodes"),
 })
 # Inside the budget, but the int8 file is not smaller than float: basic-pitch has 36 K weights, half of
 # them the filter bank that stays float, in a graph whose node records (tf2onnx's long names, the
