@@ -172,9 +172,9 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                 return path
 
             variants = [v.__dict__ for v in (oq.variants(opts) if req.search else [opts])]
-            candidates, producers = oq.quantizable_nodes(prepared, opts) if req.search else ({}, {})
+            candidates, producers, cost = oq.quantizable_nodes(prepared, opts) if req.search else ({}, {}, None)
             search = Search(build, evaluate, latency if req.latency_runs else None, variants, candidates,
-                            max_trials=req.max_trials, max_seconds=req.max_seconds, cost=oq.node_flops(prepared),
+                            max_trials=req.max_trials, max_seconds=req.max_seconds, cost=cost,
                             producers=producers, quantized=lambda p: oq.quantized_op_count(p, compute=True) > 0)
             result = search.run()
             chosen = result.chosen

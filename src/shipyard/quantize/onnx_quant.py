@@ -211,26 +211,25 @@ def variants(first: StaticOptions) -> list[StaticOptions]:
     return out
 
 
-def quantizable_nodes(path: Path, opts: StaticOptions) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """({node name: op type}, {node: the candidates feeding it}) of the nodes onnxruntime would
-    quantize in this form: the candidates for keeping in float. Every kind counts (Concat,
+def quantizable_nodes(path: Path, opts: StaticOptions) -> tuple[dict[str, str], dict[str, list[str]],
+                                                                  dict[str, int | None]]:
+    """({node name: op type}, {node: the candidates feeding it}, {node: FLOPs, None where shapes are
+    unknown}) of the nodes onnxruntime would quantize in this form: the candidates for keeping in
+    float, and what keeping each costs (the search's float share). Every kind counts (Concat,
     Reshape, Sigmoid, Add...)."""
     import onnx
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+    from shipyard.formats.onnx import flops_by_node
+
     kinds = set(QDQRegistry if opts.quant_format == "qdq" else QLinearOpsRegistry) - KEEP_FLOAT_OPS
-    graph = onnx.load(str(path), load_external_data=False).graph
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
     nodes = {n.name: n.op_type for n in graph.node if n.op_type in kinds and n.name and n.name not in opts.exclude}
     producer = {o: n.name for n in graph.node for o in n.output}
     feeds = {n.name: [producer[i] for i in n.input if producer.get(i) in nodes] for n in graph.node if n.name in nodes}
-    return nodes, feeds
-
-
-def node_flops(path: Path) -> dict[str, int | None]:
-    """{node name: FLOPs} of the graph (None where shapes are unknown): the search's float share."""
-    from shipyard.formats.onnx import flops_by_node, load_proto
-
-    return flops_by_node(load_proto(path))
+    flops = flops_by_node(proto)
+    return nodes, feeds, {n: flops.get(n) for n in nodes}
 
 
 def quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude) -> dict:

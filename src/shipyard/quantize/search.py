@@ -109,8 +109,7 @@ class Search:
         if not self.total_cost:
             self.cost = None
         self.trials: list[Trial] = []
-        self.front: tuple[str, ...] = ()  # the float front found by _front, if one is kept
-        self.front_tried = False
+        self.front: tuple[str, ...] | None = None  # the float front _front kept (() when none; None: not tried)
 
     def _within_share(self, nodes) -> bool:
         """Whether keeping ``nodes`` in float stays inside the float share the search allows itself."""
@@ -202,9 +201,9 @@ class Search:
         front: tuple[str, ...] = ()
         if len(self.candidates) > MANY:
             found = self._regions(base)
-            if found is None and not self.front_tried:
+            if found is None and self.front is None:
                 found = self._front(base)
-            front = self.front
+            front = self.front or ()
             if found is not None and found.verification.passed:
                 return self._finish(found, [], fixed=front)
             if found is not None:  # the float front closes part of the gap: the per-node search goes on from it
@@ -299,12 +298,13 @@ class Search:
         return None
 
     def _front(self, base: Trial) -> Trial | None:
-        """The front of the graph kept in float: prefixes of 1/FRONT, 2/FRONT... of the candidates
-        (graph order) until one meets the budget; when none does, the best one that closes >= 1% of
-        the gap, for the per-node search to finish; None when none helps. For a model whose first nodes compute features whose small values matter
-        (a filter bank before a log: int8 rounds the quiet bins to zero), which only help all together.
-        The front is then narrowed by bisection to the shortest one as good as the best."""
-        self.front_tried = True
+        """The front of the graph kept in float, for a model whose first nodes compute features that
+        only come back all together (a filter bank before a log: int8 rounds the quiet bins to zero).
+        Prefixes of 1/FRONT, 2/FRONT... of the candidates (graph order) until one meets the budget;
+        when none does, the best one that closes >= 1% of the gap, for the per-node search to finish;
+        None when none helps. The front is then narrowed by bisection to the shortest one as good as
+        the best, and remembered in ``self.front``."""
+        self.front = ()
         order = list(self.candidates)
         tried: list[tuple[int, Trial]] = []
         for j in range(1, FRONT):
