@@ -13,7 +13,15 @@ from shipyard import guard
 from shipyard.errors import ModelLoadError, ShipyardError, UnsupportedError, UsageError
 from shipyard.model import Model
 from shipyard.quantize.report import QuantizeReport
-from shipyard.quantize.request import Request, calibration_source, check_speed, finish, measure, samples_and_labels
+from shipyard.quantize.request import (
+    Request,
+    SlowerThanFloat,
+    calibration_source,
+    check_speed,
+    finish,
+    measure,
+    samples_and_labels,
+)
 from shipyard.sniff import open_model
 from shipyard.verify import Verification
 
@@ -183,6 +191,20 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                 report.search["kept_from_start"] = [c.to_json() for c in mixed]
                 report.search["judged_in_parts"] = {k: {"axis": a, "sizes": z} for k, (a, z) in parts.items()}
             report.settings = _static_settings(oq.StaticOptions(**chosen.settings), chosen.kept_float)
+            if req.search and not result.met:
+                # No model with int8 activations meets the budget: int8 weights computed in float may
+                # (PP-OCR rec: cosine 0.982 at best in int8, 0.997 weight-only) — smaller, not faster.
+                fallback = _weights_search(prepared, Path(work), feeds, evaluate, latency, req, source.measured,
+                                           fallback=True)
+                if fallback is not None:
+                    report.search["weights_fallback"] = fallback.to_json()
+                if fallback is not None and fallback.met:
+                    report.warnings.append(
+                        f"no model with int8 activations met the budget (closest: {chosen.verification.summary()}, "
+                        f"{len(result.trials)} tried); written with int8 weights computed in float instead: "
+                        "smaller, not faster (--no-search to refuse rather than fall back)")
+                    chosen = fallback.chosen
+                    report.settings = _weights_settings(chosen, req)
             if not oq.quantized_op_count(result.trials[0].path):  # the fully quantized first try
                 raise UnsupportedError(f"{model.path}: onnxruntime's quantizer quantized no node of this model: its "
                                        f"computation lives in If/Loop subgraphs, and onnxruntime's calibrator records "
@@ -199,10 +221,13 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                     report.warnings.append("dynamic quantization runs convolutions as ConvInteger, which onnxruntime "
                                            "runs slower than float on CPUs; --mode static is faster for CNNs")
             elif req.mode == "weights":
-                report.settings = oq.quantize_weights_only(prepared, tmp, req.minimum_size, req.exclude)
+                result = _weights_search(prepared, Path(work), feeds, evaluate, latency, req, source.measured)
+                report.search = result.to_json() if req.search else None
+                report.settings = _weights_settings(result.chosen, req)
+                shutil.copyfile(result.chosen.path, tmp)
             else:
                 report.settings = oq.to_float16(prepared, tmp, req.exclude)
-            verification = evaluate(tmp)
+            verification = result.chosen.verification if req.mode == "weights" else evaluate(tmp)
         measure(report, model, Model("onnx", tmp), feeds, req)
         if req.mode == "static" and req.layers and not (report.search and report.search["sensitivity"]):
             # local noise per layer; when the search ran, its sensitivities at the outputs say more
@@ -210,8 +235,86 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
             report.layers = oq.layer_errors(prepared, feeds[:16], opts)
         finish(report, verification, req, f"the {req.mode}-quantized model")
         if req.mode == "static":
-            check_speed(report, req, "the int8 model", model, Model("onnx", tmp), feeds[0])
+            try:
+                check_speed(report, req, "the int8 model", model, Model("onnx", tmp), feeds[0])
+            except SlowerThanFloat:
+                # int8 activations cost this model more than they save (an overhead-bound model, float
+                # islands): int8 weights computed in float keep the file small at the float speed
+                if not req.search or "weights_fallback" in (report.search or {}):
+                    raise
+                fallback = _weights_search(prepared, Path(work), feeds, evaluate, latency, req, source.measured,
+                                           fallback=True)
+                if fallback is None:
+                    raise
+                report.search["weights_fallback"] = fallback.to_json()
+                if not fallback.met:
+                    raise
+                shutil.copyfile(fallback.chosen.path, tmp)
+                report.settings, report.layers = _weights_settings(fallback.chosen, req), []
+                report.warnings.append(
+                    f"int8 activations ran slower than float here ({report.latency_after_ms:.3f} ms against "
+                    f"{report.latency_before_ms:.3f} ms); written with int8 weights computed in float instead: "
+                    "smaller, at the float speed (--no-search to refuse rather than fall back)")
+                measure(report, model, Model("onnx", tmp), feeds, req)
+                finish(report, fallback.chosen.verification, req, "the weight-only int8 model")
+                check_speed(report, req, "the weight-only int8 model", model, Model("onnx", tmp), feeds[0])
     return report
+
+
+def _weights_search(prepared: Path, work: Path, feeds: list[dict], evaluate, latency, req: Request,
+                    measured: bool, fallback: bool = False):
+    """Weight-only int8 (int8 weights, float compute), searched like static int8 when it misses the
+    budget: with bias correction and without (when the data are real: random data would correct
+    biases towards noise), then the weights whose rounding hurts the outputs most kept in float.
+    ``fallback`` (static's last resort): None when no weight is large enough to store as int8."""
+    import onnx
+
+    from shipyard.formats.onnx import flops_by_node
+    from shipyard.quantize import onnx_quant as oq
+    from shipyard.quantize.onnx_weights import weighted_nodes
+    from shipyard.quantize.search import Search
+
+    proto = onnx.load(str(prepared), load_external_data=False)
+    holders = {n: op for n, op in weighted_nodes(proto, req.minimum_size).items() if n not in req.exclude}
+    if fallback and not holders:
+        return None
+    means = None
+    if measured:
+        from shipyard.quantize.bias_correction import conv_input_means
+
+        guard.stage("measuring the convolutions' input means (bias correction)")
+        means = conv_input_means(prepared, feeds, threads=req.threads)
+    trial_dir = work / "weight-trials"
+    trial_dir.mkdir(exist_ok=True)
+    counter = iter(range(10**9))
+
+    def build(settings: dict, kept: tuple[str, ...]) -> Path:
+        path = trial_dir / f"trial{next(counter)}.onnx"
+        oq.quantize_weights_only(prepared, path, req.minimum_size, (*req.exclude, *kept),
+                                 means if settings["bias_correction"] else None)
+        return path
+
+    variants = [{"bias_correction": True}, {"bias_correction": False}] if means else [{"bias_correction": False}]
+    candidates, cost = {}, None
+    if req.search:
+        candidates = holders
+        flops = flops_by_node(proto)
+        cost = {n: flops.get(n) for n in candidates}
+    else:
+        variants = variants[:1]
+    return Search(build, evaluate, latency if req.latency_runs else None, variants, candidates,
+                  max_trials=req.max_trials, max_seconds=req.max_seconds, cost=cost,
+                  quantized=lambda p: oq.quantized_op_count(p) > 0).run()
+
+
+def _weights_settings(chosen, req: Request) -> dict:
+    from shipyard.quantize import onnx_quant as oq
+
+    return {"format": "weight-only int8 (cast to float at load, float compute)", "weights": "int8",
+            "per_channel": True, "quantized_tensors": oq.quantized_op_count(chosen.path),
+            "minimum_size": req.minimum_size, "bias_correction": chosen.settings["bias_correction"],
+            "kept_float": list(chosen.kept_float),
+            "why": "int8 weights cast to float when the model loads: a quarter of the file at float speed"}
 
 
 def _static_settings(o, kept: tuple[str, ...]) -> dict:

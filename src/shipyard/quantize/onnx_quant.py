@@ -34,7 +34,11 @@ class StaticOptions:
 
 
 def check_not_quantized(proto, path) -> None:
+    from shipyard.quantize.onnx_weights import int8_weight_casts
+
     found = sorted({n.op_type for n in proto.graph.node} & QUANTIZED_OPS)
+    if not found and int8_weight_casts(proto.graph):
+        found = ["int8 weights cast to float"]
     if found:
         raise UsageError(f"{path}: the model is already quantized (it has {', '.join(found)} nodes)",
                          hint="quantize the float model it came from")
@@ -44,12 +48,15 @@ def quantized_op_count(path: Path, compute: bool = False) -> int:
     """Quantized nodes in the model, subgraphs included: 0 when the quantizer changed nothing.
     ``compute``: only what computes in integers — QLinear*/*Integer/QGemm nodes, or in the QDQ
     form a DequantizeLinear of an int8 weight — not the Quantize/DequantizeLinear pairs that a
-    model whose every computing node stayed float may still carry."""
+    model whose every computing node stayed float may still carry. int8 weights cast to float
+    (weight-only int8) count either way: that model's point is its int8 storage."""
     import onnx
+
+    from shipyard.quantize.onnx_weights import int8_weight_casts
 
     def count(graph) -> int:
         weights = {i.name for i in graph.initializer}
-        total = 0
+        total = int8_weight_casts(graph)  # weight-only int8: computes in float, but stores int8
         for n in graph.node:
             if compute:
                 total += (n.op_type.startswith("QLinear") or n.op_type in QUANTIZED_OPS - {"QuantizeLinear", "DequantizeLinear"}
@@ -243,7 +250,11 @@ def quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude) -> dict:
     return {"format": "dynamic (activations quantized at run time)", "weights": "uint8", "per_channel": per_channel}
 
 
-def quantize_weights_only(src: Path, out: Path, minimum_size: int, exclude) -> dict:
+def quantize_weights_only(src: Path, out: Path, minimum_size: int, exclude,
+                          means: dict[str, np.ndarray] | None = None) -> int:
+    """Weight-only int8 (``onnx_weights``) of ``src`` into ``out``, but the weights of the nodes in
+    ``exclude``; ``means``: per-channel input means of the convolutions on real data, for bias
+    correction (None: none). Returns how many weights were stored as int8."""
     import onnx
 
     from shipyard.quantize.onnx_weights import quantize_weights
@@ -251,10 +262,9 @@ def quantize_weights_only(src: Path, out: Path, minimum_size: int, exclude) -> d
     proto = onnx.load(str(src))
     names = set(exclude)
     weights = {i for n in proto.graph.node if n.name in names for i in n.input}
-    count = quantize_weights(proto, minimum_size, exclude=weights)
+    count = quantize_weights(proto, minimum_size, exclude=weights, means=means)
     onnx.save(proto, str(out))
-    return {"format": "weight-only int8 (DequantizeLinear, float compute)", "weights": "int8",
-            "per_channel": True, "quantized_tensors": count, "minimum_size": minimum_size}
+    return count
 
 
 def to_float16(src: Path, out: Path, exclude) -> dict:

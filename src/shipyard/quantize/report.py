@@ -74,9 +74,12 @@ def render(r: QuantizeReport) -> str:
         s = r.search
         took = f" in {s['seconds']:.1f} s" if s.get("seconds") is not None else ""
         stopped = {"time": " (stopped by its time box)", "trials": " (stopped at its trial limit)"}.get(s.get("stopped"), "")
-        lines.append(f"  search       {len(s['trials'])} quantized model(s) tried{took}{stopped}; chosen: "
+        fallback = s.get("weights_fallback")
+        instead = bool(fallback and fallback["met"])  # the written model is the weight-only one
+        lines.append(f"  search       {len(s['trials'])} quantized model(s) tried{took}{stopped}; "
+                     + ("chosen: " if s.get("met", True) else "closest: ")
                      + ", ".join(f"{k}={v}" for k, v in s["chosen"]["settings"].items() if k != "exclude"))
-        for row in s.get("kept_from_start", []):
+        for row in [] if instead else s.get("kept_from_start", []):
             lines.append(f"  kept float   {_short(row['node'])} (Concat, from the start: {row['why']})")
         for name, part in s.get("judged_in_parts", {}).items():
             bounds = [sum(part["sizes"][:i]) for i in range(len(part["sizes"]) + 1)]
@@ -87,9 +90,15 @@ def render(r: QuantizeReport) -> str:
             lines.append("  nodes whose quantization hurts the outputs most (score gained when kept float alone):")
             for row in s["sensitivity"][:5]:
                 lines.append(f"    {_short(row['node']):<40} {row['op']:<17} {row['gain']:+.4f}")
-        for row in s["kept_float"]:
+        for row in [] if instead else s["kept_float"]:
             gain = f", score {row['gain']:+.4f} when kept" if row.get("gain") is not None else ", helps with the others"
             lines.append(f"  kept float   {_short(row['node'])} ({row['op']}{gain})")
+        if fallback:
+            kept = ", ".join(_short(r["node"]) for r in fallback["kept_float"]) or "none"
+            lines.append(f"  fallback     int8 weights, float compute: {len(fallback['trials'])} model(s) tried in "
+                         f"{fallback['seconds']:.1f} s, " + ("inside the budget" if fallback["met"] else
+                                                            "missed too: " + fallback["chosen"]["summary"])
+                         + f"; weights kept float: {kept}")
     if r.layers:
         lines.append("  layers adding the most quantization noise (keep one in float with --exclude NODE):")
         width = max(len(row["node"]) for row in r.layers)
