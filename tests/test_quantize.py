@@ -125,7 +125,7 @@ def test_keras_to_tflite_int8(keras_example, tmp_path):
     np.save(tmp_path / "calib.npy", x)
     out = tmp_path / "model_int8.tflite"
     proc = run_cli("quantize", paths["keras"], "--mode", "static", "--int8-io", "--calibration", tmp_path / "calib.npy",
-                   "-o", out, "--runs", "3", "--json")
+                   "-o", out, "--runs", "0", "--json")  # a 0.02 ms toy: its latency on a loaded CPU is noise
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     from shipyard.formats.tflite import TFLiteFile

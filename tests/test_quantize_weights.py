@@ -114,3 +114,42 @@ def test_a_weight_only_model_is_not_quantized_again(tmp_path):
     assert quantized_op_count(tmp_path / "q.onnx") == 1 and quantized_op_count(src) == 0
     with pytest.raises(UsageError, match="int8 weights cast to float"):
         check_not_quantized(proto, tmp_path / "q.onnx")
+
+
+def test_weights_inside_if_branches_are_quantized(tmp_path):
+    """silero-vad keeps every weight in the branches of an If (8 kHz / 16 kHz): weight-only int8 found
+    nothing to quantize there ("the model has no float weights") while the static refusal advised it."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from shipyard.quantize.onnx_quant import quantized_op_count
+    from shipyard.quantize.onnx_weights import quantize_weights, weighted_nodes
+
+    def branch(name: str, seed: int):
+        w = numpy_helper.from_array(outlier_weights(seed).astype(np.float32), f"{name}_w")
+        return helper.make_graph([helper.make_node("Conv", ["x", f"{name}_w"], [f"{name}_y"], name=f"{name}_conv",
+                                                   pads=[1, 1, 1, 1])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", onnx.TensorProto.FLOAT, None)], [w])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], name="choose", then_branch=branch("a", 0), else_branch=branch("b", 1))],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8]),
+              helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    src = tmp_path / "if.onnx"
+    onnx.save(model, str(src))
+    assert set(weighted_nodes(model, 16)) == {"a_conv", "b_conv"}
+    assert quantize_weights(model, minimum_size=16) == 2
+    out = tmp_path / "q.onnx"
+    onnx.save(model, str(out))
+    assert quantized_op_count(out) == 2
+    import onnxruntime as ort
+
+    x = np.random.default_rng(3).normal(size=(1, 4, 8, 8)).astype(np.float32)
+    for flag in (True, False):
+        feed = {"x": x, "flag": np.array(flag)}
+        ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()

@@ -191,21 +191,24 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                 report.search["kept_from_start"] = [c.to_json() for c in mixed]
                 report.search["judged_in_parts"] = {k: {"axis": a, "sizes": z} for k, (a, z) in parts.items()}
             report.settings = _static_settings(oq.StaticOptions(**chosen.settings), chosen.kept_float)
-            if req.search and not result.met:
-                # No model with int8 activations meets the budget: int8 weights computed in float may
-                # (PP-OCR rec: cosine 0.982 at best in int8, 0.997 weight-only) — smaller, not faster.
-                fallback = _weights_search(prepared, Path(work), feeds, evaluate, latency, req, source.measured,
+            nothing = not oq.quantized_op_count(result.trials[0].path)  # the fully quantized first try
+            why = ("onnxruntime's static quantizer quantized no node of this model (its computation lives in "
+                   "If/Loop subgraphs, where its calibrator records no ranges)" if nothing
+                   else f"no model with int8 activations met the budget (closest: {chosen.verification.summary()}, "
+                        f"{len(result.trials)} tried)" if not result.met else None)
+            if req.search and why:
+                # int8 weights computed in float may be inside where int8 activations are not (PP-OCR rec:
+                # cosine 0.985 at best in int8, 0.997 weight-only), or where there are none (silero-vad)
+                fallback = _weights_search(oq.lifted_path(Path(work)), Path(work), feeds, evaluate, latency, req, source.measured,
                                            fallback=True)
                 if fallback is not None:
                     report.search["weights_fallback"] = fallback.to_json()
                 if fallback is not None and fallback.met:
-                    report.warnings.append(
-                        f"no model with int8 activations met the budget (closest: {chosen.verification.summary()}, "
-                        f"{len(result.trials)} tried); written with int8 weights computed in float instead: "
-                        "smaller, not faster (--no-search to refuse rather than fall back)")
-                    chosen = fallback.chosen
+                    report.warnings.append(f"{why}; written with int8 weights computed in float instead: smaller, "
+                                           "not faster (--no-search to refuse rather than fall back)")
+                    chosen, nothing = fallback.chosen, False
                     report.settings = _weights_settings(chosen, req)
-            if not oq.quantized_op_count(result.trials[0].path):  # the fully quantized first try
+            if nothing:
                 raise UnsupportedError(f"{model.path}: onnxruntime's quantizer quantized no node of this model: its "
                                        f"computation lives in If/Loop subgraphs, and onnxruntime's calibrator records "
                                        f"ranges only in the main graph (its subgraph quantizer, EnableSubgraph, then "
@@ -242,7 +245,7 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                 # islands): int8 weights computed in float keep the file small at the float speed
                 if not req.search or "weights_fallback" in (report.search or {}):
                     raise
-                fallback = _weights_search(prepared, Path(work), feeds, evaluate, latency, req, source.measured,
+                fallback = _weights_search(oq.lifted_path(Path(work)), Path(work), feeds, evaluate, latency, req, source.measured,
                                            fallback=True)
                 if fallback is None:
                     raise

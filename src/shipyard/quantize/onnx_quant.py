@@ -34,10 +34,10 @@ class StaticOptions:
 
 
 def check_not_quantized(proto, path) -> None:
-    from shipyard.quantize.onnx_weights import int8_weight_casts
+    from shipyard.quantize.onnx_weights import graphs, int8_weight_casts
 
     found = sorted({n.op_type for n in proto.graph.node} & QUANTIZED_OPS)
-    if not found and int8_weight_casts(proto.graph):
+    if not found and any(int8_weight_casts(g) for g in graphs(proto.graph)):
         found = ["int8 weights cast to float"]
     if found:
         raise UsageError(f"{path}: the model is already quantized (it has {', '.join(found)} nodes)",
@@ -78,6 +78,12 @@ def check_exclude(proto, exclude) -> None:
         raise UsageError(f"--exclude: no node named {', '.join(unknown)} in the model", hint=f"node names look like: {sample}")
 
 
+def lifted_path(workdir: Path) -> Path:
+    """Where ``prepare`` leaves the model with its weights lifted but not otherwise optimized (what
+    weight-only int8 quantizes: onnxruntime's pre-processing can grow a graph, silero-vad's by 8%)."""
+    return workdir / "lifted.onnx"
+
+
 def prepare(proto, workdir: Path, optimize: bool = True) -> Path:
     """Lift Constant-node weights into initializers (Paddle exports keep weights in Constants,
     which the quantizer does not see), then onnxruntime's pre-processing: graph optimization
@@ -91,7 +97,7 @@ def prepare(proto, workdir: Path, optimize: bool = True) -> Path:
     if any(n.op_type == "Constant" for n in proto.graph.node):
         lifted = lift_constants_proto(proto)
         del lifted.graph.value_info[:]  # shape inference recomputes them for the new initializers
-    src = workdir / "lifted.onnx"
+    src = lifted_path(workdir)
     onnx.save(lifted, str(src))
     if not optimize:
         return src
@@ -257,11 +263,11 @@ def quantize_weights_only(src: Path, out: Path, minimum_size: int, exclude,
     correction (None: none). Returns how many weights were stored as int8."""
     import onnx
 
-    from shipyard.quantize.onnx_weights import quantize_weights
+    from shipyard.quantize.onnx_weights import graphs, quantize_weights
 
     proto = onnx.load(str(src))
     names = set(exclude)
-    weights = {i for n in proto.graph.node if n.name in names for i in n.input}
+    weights = {i for g in graphs(proto.graph) for n in g.node if n.name in names for i in n.input}
     count = quantize_weights(proto, minimum_size, exclude=weights, means=means)
     onnx.save(proto, str(out))
     return count

@@ -23,11 +23,20 @@ from shipyard.errors import UsageError
 CAST_SUFFIX = "_int8"  # the int8 initializer of weight W is W_int8, its scale W_scale
 
 
-def _axis_for(name: str, proto) -> int | None:
-    """The output-channel axis of ``name`` where a Conv/ConvTranspose/MatMul/Gemm uses it as its weight."""
+def graphs(graph):
+    """``graph`` and every subgraph in it (If branches, Loop and Scan bodies), outermost first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == attr.GRAPH else list(attr.graphs)):
+                yield from graphs(sub)
+
+
+def _axis_for(name: str, graph) -> int | None:
+    """The output-channel axis of ``name`` where a Conv/ConvTranspose/MatMul/Gemm of ``graph`` uses it as its weight."""
     from shipyard.quantize.bias_correction import conv_group
 
-    for node in proto.graph.node:
+    for node in graph.node:
         if len(node.input) > 1 and node.input[1] == name:
             if node.op_type == "Conv":
                 return 0
@@ -43,24 +52,41 @@ def _axis_for(name: str, proto) -> int | None:
 
 def quantize_weights(proto, minimum_size: int = 1024, exclude: set[str] | None = None,
                      means: dict[str, np.ndarray] | None = None) -> int:
-    """Rewrite ``proto`` in place; returns how many initializers were quantized. ``means``:
-    {Conv node: the mean of its input per channel} on real data, for bias correction."""
+    """Rewrite ``proto`` in place, subgraphs included (silero-vad keeps every weight in If branches);
+    returns how many initializers were quantized. ``means``: {Conv node: the mean of its input per
+    channel} on real data, for bias correction (main-graph convolutions: the runner sees no deeper)."""
     import onnx
-    from onnx import helper, numpy_helper
 
     exclude = exclude or set()
     graph_inputs = {i.name for i in proto.graph.input}
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     if opset < 7:
         raise UsageError(f"weight quantization needs opset >= 7 (broadcasting Mul); the model has opset {opset}")
-    taken = {i.name for i in proto.graph.initializer} | {o for n in proto.graph.node for o in n.output}
+    every = list(graphs(proto.graph))
+    taken = {i.name for g in every for i in g.initializer} | {o for g in every for n in g.node for o in n.output}
+    count = sum(_quantize_graph(g, minimum_size, exclude | graph_inputs, means or {}, taken) for g in every)
+    if not count:
+        from shipyard.passes.context import nothing_to_quantize
+
+        largest = max((int(np.prod(i.dims)) for g in every for i in g.initializer
+                       if i.data_type == onnx.TensorProto.FLOAT and i.name not in graph_inputs and i.name not in exclude),
+                      default=0)
+        raise nothing_to_quantize(minimum_size, largest)
+    return count
+
+
+def _quantize_graph(graph, minimum_size: int, exclude: set[str], means: dict[str, np.ndarray], taken: set[str]) -> int:
+    """One graph's large float initializers as int8 + Cast + Mul (at the head of its nodes)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
     kept, added, rounding = [], [], {}
-    for init in proto.graph.initializer:
+    for init in graph.initializer:
         value = numpy_helper.to_array(init) if init.data_type == onnx.TensorProto.FLOAT else None
-        if value is None or value.size < minimum_size or init.name in graph_inputs or init.name in exclude:
+        if value is None or value.size < minimum_size or init.name in exclude:
             kept.append(init)
             continue
-        axis = _axis_for(init.name, proto) if value.ndim >= 2 else None
+        axis = _axis_for(init.name, graph) if value.ndim >= 2 else None
         shape = [1] * value.ndim
         if axis is None:
             scale = np.array(max(float(np.abs(value).max()), 1e-12) / 127.0, np.float32)
@@ -78,33 +104,33 @@ def quantize_weights(proto, minimum_size: int = 1024, exclude: set[str] | None =
                                       to=onnx.TensorProto.FLOAT))
         added.append(helper.make_node("Mul", [f_name, s_name], [base], name=_fresh(f"{base}_dequantize", taken)))
     if not rounding:
-        from shipyard.passes.context import nothing_to_quantize
-
-        largest = max((int(np.prod(i.dims)) for i in kept if i.data_type == onnx.TensorProto.FLOAT
-                       and i.name not in graph_inputs and i.name not in exclude), default=0)
-        raise nothing_to_quantize(minimum_size, largest)
-    kept.extend(_corrected_biases(proto, kept, rounding, means or {}, taken))
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    nodes = added + list(proto.graph.node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
+        return 0
+    kept.extend(_corrected_biases(graph, kept, rounding, means, taken))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = added + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
     return len(rounding)
 
 
 def weighted_nodes(proto, minimum_size: int = 1024) -> dict[str, str]:
-    """{node name: op type} of the named nodes reading a float initializer that ``quantize_weights``
-    stores as int8: what the weight-only search may keep in float (excluding a node keeps its weights)."""
+    """{node name: op type} of the named nodes, subgraphs included, reading a float initializer that
+    ``quantize_weights`` stores as int8: what the weight-only search may keep in float (excluding a
+    node keeps its weights)."""
     import onnx
 
     graph_inputs = {i.name for i in proto.graph.input}
-    large = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
-             and int(np.prod(i.dims)) >= minimum_size and i.name not in graph_inputs}
-    return {n.name: n.op_type for n in proto.graph.node if n.name and large.intersection(n.input)}
+    out = {}
+    for graph in graphs(proto.graph):
+        large = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                 and int(np.prod(i.dims)) >= minimum_size and i.name not in graph_inputs}
+        out.update({n.name: n.op_type for n in graph.node if n.name and large.intersection(n.input)})
+    return out
 
 
 def int8_weight_casts(graph) -> int:
-    """How many int8 initializers ``graph`` casts to float (this module's weight-only form)."""
+    """How many int8 initializers ``graph`` (not its subgraphs) casts to float (this module's weight-only form)."""
     import onnx
 
     int8 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
@@ -121,7 +147,7 @@ def _fresh(name: str, taken: set[str]) -> str:
     return out
 
 
-def _corrected_biases(proto, inits: list, rounding: dict[str, np.ndarray], means: dict[str, np.ndarray],
+def _corrected_biases(graph, inits: list, rounding: dict[str, np.ndarray], means: dict[str, np.ndarray],
                       taken: set[str]) -> list:
     """Bias correction for the convolutions whose weights were rounded: each bias plus the mean error
     ΔW·E[x] (a new bias where the convolution had none, or shared its bias). Returns the new initializers."""
@@ -131,11 +157,11 @@ def _corrected_biases(proto, inits: list, rounding: dict[str, np.ndarray], means
 
     by_name = {i.name: i for i in inits}
     uses: dict[str, int] = {}
-    for node in proto.graph.node:
+    for node in graph.node:
         for i in node.input:
             uses[i] = uses.get(i, 0) + 1
     added = []
-    for node in proto.graph.node:
+    for node in graph.node:
         if node.op_type != "Conv" or node.name not in means or len(node.input) < 2 or node.input[1] not in rounding:
             continue
         delta = rounding[node.input[1]]
