@@ -14,8 +14,9 @@ scores, decisions at > 0.5 for probability maps (basic-pitch's posteriorgrams, P
 "search s" includes calibration.
 
 Latency: median of N runs, batch 1, 1 thread, on each format's engine (onnxruntime for ONNX,
-LiteRT for TFLite). Target of issue 12: every model inside the budget at <= 0.4x float size and no
-slower than float. "shipyard search -> weight-only": no model with int8 activations was inside the
+LiteRT for TFLite), float and quantized alternately three times, each keeping its best median.
+Target of issue 12: every model inside the budget at <= 0.4x float size and no slower than float
+(slower: by more than quantize's own margin, 10% and 0.05 ms). "shipyard search -> weight-only": no model with int8 activations was inside the
 budget, or the one that was ran slower than float, and the command wrote int8 weights computed in
 float instead (its last resort; "kept float" then names the weights it kept float).
 
@@ -123,7 +124,7 @@ def one_model(model_id: str, work: Path, runs: int) -> list[list[str]]:
     from shipyard.errors import ShipyardError
     from shipyard.model import Model
     from shipyard.quantize import Request, heads, quantize_model
-    from shipyard.quantize.request import SlowerThanFloat
+    from shipyard.quantize.request import SLOWER_FLOOR_MS, SLOWER_MARGIN, SlowerThanFloat
     from shipyard.runtimes import open_runner
     from shipyard.timing import latency_ms
     from shipyard.verify import Budget, VerificationError, judge, model_outputs
@@ -158,11 +159,19 @@ def one_model(model_id: str, work: Path, runs: int) -> list[list[str]]:
             return [model_id, method, kb(float_size), "-", "-", f"{float_ms:.2f}", "-", "-", verdict(v) if v else "-",
                     *extra, "no"]
         size = path.stat().st_size
-        q_ms = latency_ms(Model("tflite" if path.suffix == ".tflite" else "onnx", path), feeds[0], runs, threads=1,
-                          backend=backend)
-        meets = v.passed and size <= 0.4 * float_size and q_ms <= float_ms
-        return [model_id, method, kb(float_size), kb(size), f"{size / float_size:.2f}x", f"{float_ms:.2f}",
-                f"{q_ms:.2f}", f"{float_ms / q_ms:.2f}x", verdict(v), *extra, "yes" if meets else "no"]
+        # float and quantized alternately, three times, each keeping its best median: back-to-back single
+        # medians on this shared 2-core machine put identical graphs (weight-only int8 folds to the float
+        # one) 10% apart
+        f_ms, q_ms = float("inf"), float("inf")
+        for _ in range(3):
+            f_ms = min(f_ms, latency_ms(float_model, feeds[0], runs, threads=1))
+            q_ms = min(q_ms, latency_ms(Model("tflite" if path.suffix == ".tflite" else "onnx", path), feeds[0], runs,
+                                        threads=1, backend=backend))
+        # "no slower than float" by the rule quantize itself applies (request.check_speed)
+        slower = q_ms > f_ms * (1 + SLOWER_MARGIN) and q_ms - f_ms >= SLOWER_FLOOR_MS
+        meets = v.passed and size <= 0.4 * float_size and not slower
+        return [model_id, method, kb(float_size), kb(size), f"{size / float_size:.2f}x", f"{f_ms:.2f}",
+                f"{q_ms:.2f}", f"{f_ms / q_ms:.2f}x", verdict(v), *extra, "yes" if meets else "no"]
 
     rows = []
     # shipyard: the accuracy-aware search (nothing written when the budget is missed)

@@ -132,9 +132,9 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
         _, reference = model_outputs(model, feeds, threads=req.threads)
         req.budget.check_outputs(reference)  # a per-output budget naming no output: before any trial
         guard.stage("preparing the model for quantization")
-        # onnxruntime's pre-processing (BN folding, shape inference) is for static quantization;
-        # its shape annotations can trip the dynamic quantizer's own inference
-        prepared = oq.prepare(proto, Path(work), optimize=req.mode == "static")
+        # onnxruntime's pre-processing (BN folding, shape inference) is for static and weight-only
+        # quantization; its shape annotations can trip the dynamic quantizer's own inference
+        prepared = oq.prepare(proto, Path(work), optimize=req.mode in ("static", "weights"))
 
         parts: dict = {}  # model outputs made by a mixed-range Concat: judged part by part (quantize.heads)
 
@@ -199,8 +199,8 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
             if req.search and why:
                 # int8 weights computed in float may be inside where int8 activations are not (PP-OCR rec:
                 # cosine 0.985 at best in int8, 0.997 weight-only), or where there are none (silero-vad)
-                fallback = _weights_search(oq.lifted_path(Path(work)), Path(work), feeds, evaluate, latency, req, source.measured,
-                                           fallback=True)
+                fallback = _weights_search(oq.weights_source(prepared), Path(work), feeds, evaluate, latency, req,
+                                           source.measured, fallback=True)
                 if fallback is not None:
                     report.search["weights_fallback"] = fallback.to_json()
                 if fallback is not None and fallback.met:
@@ -224,7 +224,8 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                     report.warnings.append("dynamic quantization runs convolutions as ConvInteger, which onnxruntime "
                                            "runs slower than float on CPUs; --mode static is faster for CNNs")
             elif req.mode == "weights":
-                result = _weights_search(prepared, Path(work), feeds, evaluate, latency, req, source.measured)
+                result = _weights_search(oq.weights_source(prepared), Path(work), feeds, evaluate, latency, req,
+                                         source.measured)
                 report.search = result.to_json() if req.search else None
                 report.settings = _weights_settings(result.chosen, req)
                 shutil.copyfile(result.chosen.path, tmp)
@@ -245,8 +246,8 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                 # islands): int8 weights computed in float keep the file small at the float speed
                 if not req.search or "weights_fallback" in (report.search or {}):
                     raise
-                fallback = _weights_search(oq.lifted_path(Path(work)), Path(work), feeds, evaluate, latency, req, source.measured,
-                                           fallback=True)
+                fallback = _weights_search(oq.weights_source(prepared), Path(work), feeds, evaluate, latency, req,
+                                           source.measured, fallback=True)
                 if fallback is None:
                     raise
                 report.search["weights_fallback"] = fallback.to_json()
