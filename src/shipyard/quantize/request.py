@@ -140,9 +140,14 @@ def warn_if_not_smaller(report: QuantizeReport) -> None:
     the quantize/dequantize pairs around float nodes) outweigh what int8 saves."""
     from shipyard.report.numbers import size
 
+    # measured again (a model replaced by the weight-only fallback): only the written file's verdict stays
+    report.warnings = [w for w in report.warnings if not w.startswith(NOT_SMALLER)]
     if report.size_before and report.size_after >= report.size_before:
-        report.warnings.append(f"the quantized file is not smaller than the float one ({size(report.size_after)} "
-                               f"against {size(report.size_before)}): its graph outweighs what int8 saves on its weights")
+        report.warnings.append(f"{NOT_SMALLER} ({size(report.size_after)} against {size(report.size_before)}): "
+                               "its graph outweighs what int8 saves on its weights")
+
+
+NOT_SMALLER = "the quantized file is not smaller than the float one"
 
 
 def measure(report: QuantizeReport, ref_model: Model, new_model: Model, feeds, req: Request,
