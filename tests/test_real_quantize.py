@@ -82,6 +82,13 @@ QUANTIZABLE = ["fer-keras-h5", "silero-vad-onnx", "basic-pitch-savedmodel", "bas
                "ocr-cls-onnx"]
 
 
+def calibration_file(model_id: str, tmp_path: Path) -> Path:
+    """The corpus model's calibration set (tests/corpus_calibration.py) as the .npz quantize reads."""
+    path = tmp_path / "calibration.npz"
+    np.savez(path, **calibration(model_id))
+    return path
+
+
 def source_for_quantize(model: RealModel, work: Path) -> tuple[Path, dict[str, str]]:
     """The file shipyard quantizes, and {its output name: the corpus model's output name}."""
     if model.format != "tflite":
@@ -200,8 +207,7 @@ def test_mixed_range_concat_is_kept_float_from_the_start(tmp_path):
     import onnx
 
     model = CORPUS["nudenet-yolov8n-onnx"]
-    calib = tmp_path / "calibration.npz"
-    np.savez(calib, **calibration(model.id))
+    calib = calibration_file(model.id, tmp_path)
     out = tmp_path / "nudenet-int8.onnx"
     report = quantize_model(model.path, out, Request(mode="static", calibration=str(calib), latency_runs=0,
                                                      layers=False))
@@ -227,8 +233,7 @@ def test_dynamic_quantization_enters_if_subgraphs(tmp_path):
     from shipyard.quantize.onnx_quant import quantized_op_count
 
     model = CORPUS["silero-vad-onnx"]
-    calib = tmp_path / "calibration.npz"
-    np.savez(calib, **calibration(model.id))
+    calib = calibration_file(model.id, tmp_path)
     out = tmp_path / "vad-dyn.onnx"
     req = Request(mode="dynamic", calibration=str(calib), latency_runs=0, layers=False)
     with pytest.raises(VerificationError, match="output: cosine") as info:
@@ -252,8 +257,7 @@ def test_int8_slower_than_float_is_refused_not_chosen_silently(tmp_path):
     from shipyard.quantize.request import SlowerThanFloat
 
     model = CORPUS["ocr-cls-onnx"]
-    calib = tmp_path / "calibration.npz"
-    np.savez(calib, **calibration(model.id))
+    calib = calibration_file(model.id, tmp_path)
     out = tmp_path / "cls-int8.onnx"
     req = Request(mode="static", calibration=str(calib), latency_runs=100, threads=1, layers=False, search=False)
     with pytest.raises(SlowerThanFloat, match="keep the float model") as info:
@@ -283,8 +287,7 @@ def test_the_search_is_time_boxed(tmp_path):
     about 35 trials (its float front, then a head node or two) of about a second each, so a 3-second
     box stops the search after a few."""
     model = CORPUS["basic-pitch-onnx"]
-    calib = tmp_path / "calibration.npz"
-    np.savez(calib, **calibration(model.id))
+    calib = calibration_file(model.id, tmp_path)
     out = tmp_path / "bp-int8.onnx"
     req = Request(mode="static", calibration=str(calib), latency_runs=0, layers=False, max_seconds=3)
     with pytest.raises(VerificationError) as info:
@@ -303,8 +306,7 @@ def test_a_posteriorgram_is_judged_by_its_note_decisions(tmp_path):
     and the report says so. Fully int8 (no search) it misses the budget on figures that mean
     something: about a third of the onsets agree (and cosine 0.97); nothing is written."""
     model = CORPUS["basic-pitch-onnx"]
-    calib = tmp_path / "calibration.npz"
-    np.savez(calib, **calibration(model.id))
+    calib = calibration_file(model.id, tmp_path)
     out = tmp_path / "bp-int8.onnx"
     req = Request(mode="static", calibration=str(calib), per_channel=True, search=False, latency_runs=0, layers=False)
     with pytest.raises(VerificationError, match="decision agreement at > 0.5") as info:
@@ -329,8 +331,7 @@ def test_blazeface_meets_the_budget_by_keeping_a_stretch_float(tmp_path):
     covers its logic in 1 s). Latency is not measured here: this mixed model runs slower than float
     on onnxruntime (see docs/quantize.md), which quantize then refuses."""
     model = CORPUS["blazeface-tflite"]
-    calib = tmp_path / "calibration.npz"
-    np.savez(calib, **calibration(model.id))
+    calib = calibration_file(model.id, tmp_path)
     source, names = source_for_quantize(model, tmp_path)
     out = tmp_path / "blazeface-int8.onnx"
     report = quantize_model(source, out, Request(mode="static", calibration=str(calib), latency_runs=0, layers=False))
@@ -357,8 +358,7 @@ def test_nncf_quantizes_a_paddle_export_whose_weights_are_constant_nodes(tmp_pat
     import onnx
 
     model = CORPUS["ocr-cls-onnx"]
-    calib = tmp_path / "calibration.npz"
-    np.savez(calib, **calibration(model.id))
+    calib = calibration_file(model.id, tmp_path)
     out = tmp_path / "cls-nncf.onnx"
     report = quantize_model(model.path, out, Request(mode="static", engine="nncf", calibration=str(calib),
                                                      latency_runs=0, layers=False))
@@ -383,8 +383,7 @@ def test_weight_only_int8_keeps_pp_ocr_det_inside_the_budget(tmp_path):
     at 98.8% decisions; the weight-only search keeps the one convolution that matters in float and
     is inside in a few trials, at about a quarter of the file and still finding the three lines."""
     model = CORPUS["ocr-det-onnx"]
-    calib = tmp_path / "calibration.npz"
-    np.savez(calib, **calibration(model.id))
+    calib = calibration_file(model.id, tmp_path)
     out = tmp_path / "det-w8.onnx"
     report = quantize_model(model.path, out, Request(mode="weights", calibration=str(calib), latency_runs=0,
                                                      layers=False))

@@ -152,6 +152,21 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
         def latency(path: Path) -> float:
             return latency_ms(Model("onnx", path), feeds[0], max(req.latency_runs, 10), req.threads)
 
+        def fall_back(why: str, gain: str):
+            """Static int8's last resort: the weight-only search, recorded in the report; when it is
+            inside the budget, its chosen trial (the settings and a warning say so), else None."""
+            fallback = _weights_search(oq.weights_source(prepared), Path(work), feeds, evaluate, latency, req,
+                                       source.measured, fallback=True)
+            if fallback is None:
+                return None
+            report.search["weights_fallback"] = fallback.to_json()
+            if not fallback.met:
+                return None
+            report.warnings.append(f"{why}; written with int8 weights computed in float instead: {gain} "
+                                   "(--no-search to refuse rather than fall back)")
+            report.settings = _weights_settings(fallback.chosen, req)
+            return fallback.chosen
+
         opts = oq.StaticOptions(req.quant_format, "uint8" if req.quant_format == "qoperator" else "int8", "int8",
                                 req.per_channel, req.calibrate_method, tuple(req.exclude))
         guard.stage(f"quantizing ({req.mode})")
@@ -199,15 +214,9 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
             if req.search and why:
                 # int8 weights computed in float may be inside where int8 activations are not (PP-OCR rec:
                 # cosine 0.985 at best in int8, 0.997 weight-only), or where there are none (silero-vad)
-                fallback = _weights_search(oq.weights_source(prepared), Path(work), feeds, evaluate, latency, req,
-                                           source.measured, fallback=True)
-                if fallback is not None:
-                    report.search["weights_fallback"] = fallback.to_json()
-                if fallback is not None and fallback.met:
-                    report.warnings.append(f"{why}; written with int8 weights computed in float instead: smaller, "
-                                           "not faster (--no-search to refuse rather than fall back)")
-                    chosen, nothing = fallback.chosen, False
-                    report.settings = _weights_settings(chosen, req)
+                instead = fall_back(why, "smaller, not faster")
+                if instead is not None:
+                    chosen, nothing = instead, False
             if nothing:
                 raise UnsupportedError(f"{model.path}: onnxruntime's quantizer quantized no node of this model: its "
                                        f"computation lives in If/Loop subgraphs, and onnxruntime's calibrator records "
@@ -246,21 +255,14 @@ def _onnx(model: Model, out_path: Path, req: Request) -> QuantizeReport:
                 # islands): int8 weights computed in float keep the file small at the float speed
                 if not req.search or "weights_fallback" in (report.search or {}):
                     raise
-                fallback = _weights_search(oq.weights_source(prepared), Path(work), feeds, evaluate, latency, req,
-                                           source.measured, fallback=True)
-                if fallback is None:
+                instead = fall_back(f"int8 activations ran slower than float here ({report.latency_after_ms:.3f} ms "
+                                    f"against {report.latency_before_ms:.3f} ms)", "smaller, at the float speed")
+                if instead is None:
                     raise
-                report.search["weights_fallback"] = fallback.to_json()
-                if not fallback.met:
-                    raise
-                shutil.copyfile(fallback.chosen.path, tmp)
-                report.settings, report.layers = _weights_settings(fallback.chosen, req), []
-                report.warnings.append(
-                    f"int8 activations ran slower than float here ({report.latency_after_ms:.3f} ms against "
-                    f"{report.latency_before_ms:.3f} ms); written with int8 weights computed in float instead: "
-                    "smaller, at the float speed (--no-search to refuse rather than fall back)")
+                shutil.copyfile(instead.path, tmp)
+                report.layers = []
                 measure(report, model, Model("onnx", tmp), feeds, req)
-                finish(report, fallback.chosen.verification, req, "the weight-only int8 model")
+                finish(report, instead.verification, req, "the weight-only int8 model")
                 check_speed(report, req, "the weight-only int8 model", model, Model("onnx", tmp), feeds[0])
     return report
 
